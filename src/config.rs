@@ -1,0 +1,392 @@
+//! `/etc/auto-usb-attach.toml`: which VM gets which hubs and devices.
+//!
+//! Parsing (`parse_str`) is pure so tests feed it strings; `load` adds the file
+//! I/O. Every error is one line naming the file, the key and the problem.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/auto-usb-attach.toml";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub xen_run_dir: PathBuf,
+    pub timeout: Duration,
+    pub log_file: Option<PathBuf>,
+    pub vms: Vec<VmConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsbVersion {
+    /// piix3-usb-uhci, 2 full-speed ports.
+    V1,
+    /// usb-ehci, 6 high-speed ports.
+    V2,
+    /// nec-usb-xhci with p2 = p3 = ports.
+    V3,
+}
+
+impl UsbVersion {
+    pub fn driver(self) -> &'static str {
+        match self {
+            UsbVersion::V1 => "piix3-usb-uhci",
+            UsbVersion::V2 => "usb-ehci",
+            UsbVersion::V3 => "nec-usb-xhci",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    pub name: String,
+    /// Explicit QMP socket (plain QEMU/KVM). None: a Xen domain found by name.
+    pub qmp: Option<PathBuf>,
+    pub usb_version: UsbVersion,
+    /// xhci: ports per speed range (p2 = p3). uhci/ehci: fixed 2/6.
+    pub ports: u8,
+    pub max_controllers: u8,
+    pub hubs: Vec<HubRule>,
+    pub devices: Vec<DeviceRule>,
+}
+
+/// A place in the host's USB tree: a whole bus (`usb3`) or a port path
+/// (`1-4`, `1-4.2`) and everything plugged below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubRule {
+    Bus(u16),
+    Port(String),
+}
+
+impl HubRule {
+    pub fn parse(s: &str) -> Result<HubRule> {
+        if let Some(n) = s.strip_prefix("usb") {
+            return n
+                .parse::<u16>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(HubRule::Bus)
+                .ok_or_else(|| Error::new(format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
+        }
+        let ok = s.split_once('-').is_some_and(|(bus, path)| {
+            bus.parse::<u16>().is_ok_and(|b| b > 0)
+                && !path.is_empty()
+                && path.split('.').all(|p| p.parse::<u8>().is_ok_and(|p| p > 0))
+        });
+        if !ok {
+            return Err(Error::new(format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
+        }
+        Ok(HubRule::Port(s.to_string()))
+    }
+
+    /// Does a device at sysfs name `port_path` (e.g. "1-4.1") sit at or below this place?
+    pub fn covers(&self, bus: u16, port_path: &str) -> bool {
+        match self {
+            HubRule::Bus(b) => *b == bus,
+            HubRule::Port(p) => {
+                port_path == p
+                    || port_path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.'))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for HubRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HubRule::Bus(b) => write!(f, "usb{b}"),
+            HubRule::Port(p) => f.write_str(p),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub vendor: u16,
+    pub product: u16,
+    pub serial: Option<String>,
+}
+
+impl DeviceRule {
+    pub fn parse(s: &str) -> Result<DeviceRule> {
+        let bad = || Error::new(format!("{s:?} is not vendor:product[:serial] in hex, like \"046d:c52b\""));
+        let mut it = s.splitn(3, ':');
+        let hex4 = |p: Option<&str>| {
+            p.filter(|p| p.len() == 4)
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        let vendor = hex4(it.next()).ok_or_else(bad)?;
+        let product = hex4(it.next()).ok_or_else(bad)?;
+        let serial = match it.next() {
+            Some("") => return Err(bad()),
+            Some(s) => Some(s.to_string()),
+            None => None,
+        };
+        Ok(DeviceRule { vendor, product, serial })
+    }
+
+    pub fn covers(&self, vendor: u16, product: u16, serial: Option<&str>) -> bool {
+        self.vendor == vendor
+            && self.product == product
+            && self.serial.as_deref().is_none_or(|want| serial == Some(want))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    xen_run_dir: Option<PathBuf>,
+    timeout: Option<Number>,
+    log_file: Option<PathBuf>,
+    #[serde(default)]
+    vm: Vec<RawVm>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawVm {
+    name: String,
+    qmp: Option<PathBuf>,
+    usb_version: Option<i64>,
+    ports: Option<i64>,
+    max_controllers: Option<i64>,
+    #[serde(default)]
+    hubs: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+}
+
+/// Parse and validate config text. `origin` names the file in messages.
+pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(" line {}:", text[..s.start.min(text.len())].matches('\n').count() + 1))
+            .unwrap_or_default();
+        Error::new(format!("{origin}:{at} {}", e.message().trim().replace('\n', " ")))
+    })?;
+    let err = |key: &str, msg: String| Error::new(format!("{origin}: {key}: {msg}"));
+
+    let timeout = match raw.timeout {
+        None => 10.0,
+        Some(Number::Int(i)) => i as f64,
+        Some(Number::Float(f)) => f,
+    };
+    // udev kills RUN programs at 180 s and blocks the device's events meanwhile.
+    if !(timeout > 0.0 && timeout <= 120.0) {
+        return Err(err("timeout", format!("must be more than 0 and at most 120 seconds (got {timeout})")));
+    }
+    for (key, p) in [("state-dir", &raw.state_dir), ("xen-run-dir", &raw.xen_run_dir), ("log-file", &raw.log_file)] {
+        if let Some(p) = p {
+            if !p.is_absolute() {
+                return Err(err(key, format!("must be an absolute path (got {:?})", p)));
+            }
+        }
+    }
+
+    let mut vms = Vec::new();
+    for (i, v) in raw.vm.into_iter().enumerate() {
+        let label = format!("vm[{i}]");
+        if v.name.is_empty()
+            || !v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(err(&format!("{label}.name"), format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", v.name)));
+        }
+        let vkey = |k: &str| format!("vm {:?}: {k}", v.name);
+        if vms.iter().any(|o: &VmConfig| o.name == v.name) {
+            return Err(err(&vkey("name"), "used twice".into()));
+        }
+        if let Some(q) = &v.qmp {
+            if !q.is_absolute() {
+                return Err(err(&vkey("qmp"), format!("must be an absolute path (got {q:?})")));
+            }
+        }
+        let usb_version = match v.usb_version.unwrap_or(3) {
+            1 => UsbVersion::V1,
+            2 => UsbVersion::V2,
+            3 => UsbVersion::V3,
+            n => return Err(err(&vkey("usb-version"), format!("must be 1, 2 or 3 (got {n})"))),
+        };
+        let ports = match (usb_version, v.ports) {
+            (UsbVersion::V3, None) => 15,
+            (UsbVersion::V3, Some(p)) if (1..=15).contains(&p) => p as u8,
+            (UsbVersion::V3, Some(p)) => return Err(err(&vkey("ports"), format!("must be 1..15 (got {p})"))),
+            (UsbVersion::V1, None) => 2,
+            (UsbVersion::V2, None) => 6,
+            (_, Some(_)) => {
+                return Err(err(&vkey("ports"), "only applies to usb-version 3 (uhci has 2 ports, ehci 6)".into()))
+            }
+        };
+        let max_controllers = match v.max_controllers.unwrap_or(2) {
+            n @ 1..=8 => n as u8,
+            n => return Err(err(&vkey("max-controllers"), format!("must be 1..8 (got {n})"))),
+        };
+        let hubs = v
+            .hubs
+            .iter()
+            .map(|h| HubRule::parse(h).map_err(|e| err(&vkey("hubs"), e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        let devices = v
+            .devices
+            .iter()
+            .map(|d| DeviceRule::parse(d).map_err(|e| err(&vkey("devices"), e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        vms.push(VmConfig {
+            name: v.name,
+            qmp: v.qmp,
+            usb_version,
+            ports,
+            max_controllers,
+            hubs,
+            devices,
+        });
+    }
+
+    Ok(Config {
+        state_dir: raw.state_dir.unwrap_or_else(|| "/run/auto-usb-attach".into()),
+        xen_run_dir: raw.xen_run_dir.unwrap_or_else(|| "/run/xen".into()),
+        timeout: Duration::from_secs_f64(timeout),
+        log_file: raw.log_file,
+        vms,
+    })
+}
+
+/// Read and parse the config at `path` (already resolved under the root);
+/// `shown` is the path as the user knows it.
+pub fn load(path: &Path, shown: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::new(format!("{}: cannot read config: {e}", shown.display())))?;
+    parse_str(&text, &shown.display().to_string())
+}
+
+impl Config {
+    pub fn vm(&self, name: &str) -> Result<&VmConfig> {
+        self.vms
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| Error::new(format!("no VM named {name:?} in the config")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+state-dir = "/var/lib/aua"
+xen-run-dir = "/var/run/xen"
+timeout = 2.5
+log-file = "/var/log/aua.log"
+
+[[vm]]
+name = "win10"
+usb-version = 3
+ports = 4
+max-controllers = 3
+hubs = ["usb3", "1-4"]
+devices = ["046d:c52b", "1050:0407:0123456"]
+
+[[vm]]
+name = "lin"
+qmp = "/run/qemu/lin.qmp"
+usb-version = 2
+"#;
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse_str(FULL, "t.toml").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/aua"));
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.vms.len(), 2);
+        let w = &c.vms[0];
+        assert_eq!((w.usb_version, w.ports, w.max_controllers), (UsbVersion::V3, 4, 3));
+        assert_eq!(w.hubs, vec![HubRule::Bus(3), HubRule::Port("1-4".into())]);
+        assert_eq!(w.devices[1].serial.as_deref(), Some("0123456"));
+        let l = &c.vms[1];
+        assert_eq!((l.usb_version, l.ports, l.max_controllers), (UsbVersion::V2, 6, 2));
+        assert_eq!(l.qmp, Some(PathBuf::from("/run/qemu/lin.qmp")));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse_str("[[vm]]\nname = \"a\"\n", "t").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/run/auto-usb-attach"));
+        assert_eq!(c.xen_run_dir, PathBuf::from("/run/xen"));
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!((c.vms[0].usb_version, c.vms[0].ports, c.vms[0].max_controllers), (UsbVersion::V3, 15, 2));
+        assert!(parse_str("", "t").unwrap().vms.is_empty());
+    }
+
+    fn bad(text: &str, want: &[&str]) {
+        let e = parse_str(text, "/etc/x.toml").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "multi-line error: {e}");
+        assert!(e.starts_with("/etc/x.toml"), "{e}");
+        for w in want {
+            assert!(e.contains(w), "{e:?} lacks {w:?}");
+        }
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        bad("stat-dir = \"/x\"", &["line 1", "unknown field", "stat-dir"]);
+        bad("[[vm]]\nname = \"a\"\nport = 3\n", &["line 3", "unknown field", "port"]);
+        bad("[[vm]]\nname = \"a\"\nports = \"3\"\n", &["line 3"]);
+        bad("timeout = 0", &["timeout", "more than 0"]);
+        bad("timeout = 500", &["timeout"]);
+        bad("state-dir = \"run/x\"", &["state-dir", "absolute"]);
+        bad("[[vm]]\nname = \"a b\"\n", &["vm[0].name"]);
+        bad("[[vm]]\nname = \"a\"\n[[vm]]\nname = \"a\"\n", &["vm \"a\": name", "twice"]);
+        bad("[[vm]]\nname = \"a\"\nusb-version = 4\n", &["usb-version", "got 4"]);
+        bad("[[vm]]\nname = \"a\"\nports = 16\n", &["ports", "1..15"]);
+        bad("[[vm]]\nname = \"a\"\nports = 0\n", &["ports"]);
+        bad("[[vm]]\nname = \"a\"\nusb-version = 1\nports = 4\n", &["ports", "usb-version 3"]);
+        bad("[[vm]]\nname = \"a\"\nmax-controllers = 0\n", &["max-controllers"]);
+        bad("[[vm]]\nname = \"a\"\nhubs = [\"usbx\"]\n", &["hubs", "usbx"]);
+        bad("[[vm]]\nname = \"a\"\nhubs = [\"1-\"]\n", &["hubs"]);
+        bad("[[vm]]\nname = \"a\"\nhubs = [\"1-4.a\"]\n", &["hubs"]);
+        bad("[[vm]]\nname = \"a\"\ndevices = [\"46d:c52b\"]\n", &["devices", "46d:c52b"]);
+        bad("[[vm]]\nname = \"a\"\ndevices = [\"046d:c52b:\"]\n", &["devices"]);
+        bad("[[vm]]\nname = \"a\"\nqmp = \"rel.sock\"\n", &["qmp", "absolute"]);
+        bad("[[vm]]\nqmp = \"/x\"\n", &["name"]);
+        bad("[vm]\nname = \"a\"\n", &["vm"]);
+    }
+
+    #[test]
+    fn hub_rules_cover_their_subtree_only() {
+        let p = HubRule::parse("1-4").unwrap();
+        assert!(p.covers(1, "1-4"));
+        assert!(p.covers(1, "1-4.1"));
+        assert!(p.covers(1, "1-4.1.3"));
+        assert!(!p.covers(1, "1-40"));
+        assert!(!p.covers(1, "1-3"));
+        assert!(!p.covers(2, "2-4"));
+        let b = HubRule::parse("usb3").unwrap();
+        assert!(b.covers(3, "3-1.2"));
+        assert!(!b.covers(13, "13-1"));
+        assert_eq!(b.to_string(), "usb3");
+    }
+
+    #[test]
+    fn device_rules_match_ids_and_serial() {
+        let d = DeviceRule::parse("046D:c52b").unwrap();
+        assert!(d.covers(0x046d, 0xc52b, None));
+        assert!(d.covers(0x046d, 0xc52b, Some("x")));
+        assert!(!d.covers(0x046d, 0xc52c, None));
+        let s = DeviceRule::parse("1050:0407:0123456").unwrap();
+        assert!(s.covers(0x1050, 0x0407, Some("0123456")));
+        assert!(!s.covers(0x1050, 0x0407, Some("999")));
+        assert!(!s.covers(0x1050, 0x0407, None));
+        // serials may contain ':' (everything after the second colon is the serial)
+        assert_eq!(DeviceRule::parse("1050:0407:a:b").unwrap().serial.as_deref(), Some("a:b"));
+    }
+}

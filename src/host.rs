@@ -1,0 +1,353 @@
+//! The host side: USB devices as sysfs shows them, and udev events as the
+//! RUN environment describes them.
+//!
+//! On `remove` sysfs is already gone, so an event carries everything the
+//! tool needs in its environment; on `add`/`bind` sysfs fills in what udev
+//! does not export (speed, serial).
+
+use crate::error::{Context, Error, Result};
+use crate::root::Root;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const SYS_USB_DEVICES: &str = "/sys/bus/usb/devices";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HostDevice {
+    pub bus: u16,
+    pub addr: u16,
+    /// sysfs name: "3-1.2" (a port path) or "usb3" (a root hub).
+    pub port_path: String,
+    #[serde(serialize_with = "hex4")]
+    pub vendor: u16,
+    #[serde(serialize_with = "hex4")]
+    pub product: u16,
+    pub serial: Option<String>,
+    pub class: u8,
+    /// sysfs `speed` in Mbit/s as the kernel writes it: "1.5", "12", "480", "5000", ...
+    pub speed: String,
+    pub manufacturer: Option<String>,
+    pub name: Option<String>,
+}
+
+fn hex4<S: serde::Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:04x}"))
+}
+
+impl HostDevice {
+    pub fn is_root_hub(&self) -> bool {
+        self.port_path.starts_with("usb")
+    }
+    pub fn is_hub(&self) -> bool {
+        self.class == 9
+    }
+    /// SuperSpeed (USB 3) devices go to an xHCI controller's USB 3 ports.
+    pub fn is_superspeed(&self) -> bool {
+        self.speed.parse::<f64>().is_ok_and(|s| s >= 5000.0)
+    }
+    /// The node QEMU opens itself with `hostdevice=` (see `plan::attach_args`).
+    pub fn devname(&self) -> String {
+        devname(self.bus, self.addr)
+    }
+    pub fn id_string(&self) -> String {
+        format!("{:04x}:{:04x}", self.vendor, self.product)
+    }
+}
+
+pub fn devname(bus: u16, addr: u16) -> String {
+    format!("/dev/bus/usb/{bus:03}/{addr:03}")
+}
+
+fn read_attr(dir: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(name))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn num_attr<T: std::str::FromStr>(dir: &Path, name: &str, radix16: bool) -> Result<T>
+where
+    T: TryFrom<u32>,
+{
+    let s = read_attr(dir, name).ok_or_else(|| Error::new(format!("{}: missing {name}", dir.display())))?;
+    let n = if radix16 { u32::from_str_radix(&s, 16) } else { s.parse::<u32>() };
+    n.ok()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| Error::new(format!("{}: bad {name} {s:?}", dir.display())))
+}
+
+/// Read one device directory (`/sys/bus/usb/devices/3-1.2` or the DEVPATH dir).
+pub fn read_device(dir: &Path) -> Result<HostDevice> {
+    let port_path = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::new(format!("{}: not a device directory", dir.display())))?
+        .to_string();
+    Ok(HostDevice {
+        bus: num_attr(dir, "busnum", false)?,
+        addr: num_attr(dir, "devnum", false)?,
+        vendor: num_attr(dir, "idVendor", true)?,
+        product: num_attr(dir, "idProduct", true)?,
+        class: num_attr(dir, "bDeviceClass", true)?,
+        serial: read_attr(dir, "serial"),
+        speed: read_attr(dir, "speed").unwrap_or_else(|| "480".into()),
+        manufacturer: read_attr(dir, "manufacturer"),
+        name: read_attr(dir, "product"),
+        port_path,
+    })
+}
+
+/// Every USB device (not interface) the host has, sorted by bus and address.
+pub fn scan(root: &Root) -> Result<Vec<HostDevice>> {
+    let dir = root.path(SYS_USB_DEVICES);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        // No USB at all (or no sysfs in a test root): simply no devices.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).context(format!("cannot list {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Interfaces are "3-1.2:1.0"; devices have no colon.
+        if name.contains(':') {
+            continue;
+        }
+        match read_device(&e.path()) {
+            Ok(d) => out.push(d),
+            // A device unplugged mid-scan, or a half-written fixture: skip, say so.
+            Err(err) => log::debug!("skipping {name}: {err}"),
+        }
+    }
+    out.sort_by_key(|d| (d.bus, d.addr));
+    Ok(out)
+}
+
+pub fn find(root: &Root, bus: u16, addr: u16) -> Result<HostDevice> {
+    scan(root)?
+        .into_iter()
+        .find(|d| d.bus == bus && d.addr == addr)
+        .ok_or_else(|| Error::new(format!("no USB device at bus {bus} address {addr} on this host")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Add,
+    Bind,
+    Remove,
+}
+
+/// One udev event for a USB device, as the RUN program's environment gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdevEvent {
+    pub action: Action,
+    pub bus: u16,
+    pub addr: u16,
+    pub devpath: String,
+    pub vendor: Option<u16>,
+    pub product: Option<u16>,
+    pub serial: Option<String>,
+    pub class: Option<u8>,
+}
+
+impl UdevEvent {
+    /// Parse the environment. `Ok(None)`: an event we do not act on
+    /// (other actions, interfaces, other subsystems).
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Option<UdevEvent>> {
+        let get = |k: &str| env.get(k).map(|s| s.as_str()).filter(|s| !s.is_empty());
+        let action = match get("ACTION") {
+            Some("add") => Action::Add,
+            Some("bind") => Action::Bind,
+            Some("remove") => Action::Remove,
+            Some(_) => return Ok(None),
+            None => return Err(Error::new("udev event: ACTION is not set (run by udev? by hand use attach/detach)")),
+        };
+        if get("SUBSYSTEM").is_some_and(|s| s != "usb") || get("DEVTYPE").is_some_and(|t| t != "usb_device") {
+            return Ok(None);
+        }
+        let num = |k: &str| -> Result<u16> {
+            let v = get(k).ok_or_else(|| Error::new(format!("udev event: {k} is not set")))?;
+            v.parse::<u16>()
+                .ok()
+                .filter(|n| (1..=999).contains(n) && v.len() <= 3 && v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| Error::new(format!("udev event: {k}={v:?} is not a USB bus/device number")))
+        };
+        let bus = num("BUSNUM")?;
+        let addr = num("DEVNUM")?;
+        let devpath = get("DEVPATH").ok_or_else(|| Error::new("udev event: DEVPATH is not set"))?;
+        if !devpath.starts_with("/devices/") || devpath.split('/').any(|c| c == "..") {
+            return Err(Error::new(format!("udev event: DEVPATH={devpath:?} is not a /devices path")));
+        }
+        // PRODUCT is the kernel's own "vid/pid/bcd" in unpadded hex; ID_* come
+        // from udev's usb_id builtin and may be missing (always on remove).
+        let product_env: Vec<&str> = get("PRODUCT").map(|p| p.split('/').collect()).unwrap_or_default();
+        let hex = |id: &str, idx: usize| -> Result<Option<u16>> {
+            match get(id).or(product_env.get(idx).copied()) {
+                None => Ok(None),
+                Some(v) => u16::from_str_radix(v, 16)
+                    .map(Some)
+                    .map_err(|_| Error::new(format!("udev event: {id}={v:?} is not a hex USB id"))),
+            }
+        };
+        let class = match get("TYPE") {
+            None => None,
+            Some(t) => Some(
+                t.split('/')
+                    .next()
+                    .and_then(|c| c.parse::<u8>().ok())
+                    .ok_or_else(|| Error::new(format!("udev event: TYPE={t:?} is not class/subclass/protocol")))?,
+            ),
+        };
+        Ok(Some(UdevEvent {
+            action,
+            bus,
+            addr,
+            devpath: devpath.to_string(),
+            vendor: hex("ID_VENDOR_ID", 0)?,
+            product: hex("ID_MODEL_ID", 1)?,
+            serial: get("ID_SERIAL_SHORT").map(str::to_string),
+            class,
+        }))
+    }
+
+    pub fn port_path(&self) -> &str {
+        self.devpath.rsplit('/').next().unwrap_or("")
+    }
+
+    pub fn sysfs_dir(&self, root: &Root) -> PathBuf {
+        root.path(format!("/sys{}", self.devpath))
+    }
+
+    /// The device as the host has it: sysfs when present (add/bind), else
+    /// what the event itself says.
+    pub fn device(&self, root: &Root) -> Result<HostDevice> {
+        let dir = self.sysfs_dir(root);
+        if let Ok(mut d) = read_device(&dir) {
+            if (d.bus, d.addr) != (self.bus, self.addr) {
+                return Err(Error::new(format!(
+                    "udev event for {}:{} but sysfs {} says {}:{}",
+                    self.bus,
+                    self.addr,
+                    dir.display(),
+                    d.bus,
+                    d.addr
+                )));
+            }
+            if d.serial.is_none() {
+                d.serial = self.serial.clone();
+            }
+            return Ok(d);
+        }
+        let (Some(vendor), Some(product)) = (self.vendor, self.product) else {
+            return Err(Error::new(format!(
+                "udev event for {}:{}: no PRODUCT/ID_VENDOR_ID and no sysfs at {}",
+                self.bus,
+                self.addr,
+                dir.display()
+            )));
+        };
+        Ok(HostDevice {
+            bus: self.bus,
+            addr: self.addr,
+            port_path: self.port_path().to_string(),
+            vendor,
+            product,
+            serial: self.serial.clone(),
+            class: self.class.unwrap_or(0),
+            speed: "480".into(),
+            manufacturer: None,
+            name: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const ADD: &[(&str, &str)] = &[
+        ("ACTION", "add"),
+        ("SUBSYSTEM", "usb"),
+        ("DEVTYPE", "usb_device"),
+        ("BUSNUM", "001"),
+        ("DEVNUM", "006"),
+        ("DEVPATH", "/devices/pci0000:00/0000:00:04.0/usb1/1-4/1-4.1"),
+        ("PRODUCT", "627/1/0"),
+        ("TYPE", "0/0/0"),
+        ("ID_VENDOR_ID", "0627"),
+        ("ID_MODEL_ID", "0001"),
+    ];
+
+    #[test]
+    fn parses_an_add_event() {
+        let e = UdevEvent::from_env(&env(ADD)).unwrap().unwrap();
+        assert_eq!((e.action, e.bus, e.addr), (Action::Add, 1, 6));
+        assert_eq!(e.port_path(), "1-4.1");
+        assert_eq!((e.vendor, e.product, e.class), (Some(0x627), Some(1), Some(0)));
+    }
+
+    #[test]
+    fn remove_falls_back_to_product() {
+        let mut m = env(ADD);
+        m.insert("ACTION".into(), "remove".into());
+        m.remove("ID_VENDOR_ID");
+        m.remove("ID_MODEL_ID");
+        m.insert("PRODUCT".into(), "46d/c52b/1201".into());
+        let e = UdevEvent::from_env(&m).unwrap().unwrap();
+        assert_eq!((e.action, e.vendor, e.product), (Action::Remove, Some(0x46d), Some(0xc52b)));
+        // sysfs is gone: the device is built from the event alone
+        let d = e.device(&Root::new("/nonexistent-root")).unwrap();
+        assert_eq!((d.bus, d.addr, d.port_path.as_str()), (1, 6, "1-4.1"));
+    }
+
+    #[test]
+    fn ignores_other_actions_and_interfaces() {
+        let mut m = env(ADD);
+        m.insert("ACTION".into(), "change".into());
+        assert_eq!(UdevEvent::from_env(&m).unwrap(), None);
+        let mut m = env(ADD);
+        m.insert("DEVTYPE".into(), "usb_interface".into());
+        assert_eq!(UdevEvent::from_env(&m).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        for (k, v) in [("BUSNUM", "abc"), ("DEVNUM", "0"), ("DEVNUM", "1000"), ("DEVPATH", "/etc/../x"), ("TYPE", "x"), ("ID_VENDOR_ID", "zz")] {
+            let mut m = env(ADD);
+            m.insert(k.into(), v.into());
+            let e = UdevEvent::from_env(&m).unwrap_err().to_string();
+            assert!(e.contains(k), "{e}");
+        }
+        let mut m = env(ADD);
+        m.remove("BUSNUM");
+        assert!(UdevEvent::from_env(&m).unwrap_err().to_string().contains("BUSNUM"));
+        assert!(UdevEvent::from_env(&HashMap::new()).unwrap_err().to_string().contains("ACTION"));
+    }
+
+    #[test]
+    fn speed_classes() {
+        let mut d = HostDevice {
+            bus: 1,
+            addr: 2,
+            port_path: "1-1".into(),
+            vendor: 1,
+            product: 2,
+            serial: None,
+            class: 0,
+            speed: "1.5".into(),
+            manufacturer: None,
+            name: None,
+        };
+        assert!(!d.is_superspeed());
+        d.speed = "5000".into();
+        assert!(d.is_superspeed());
+        assert_eq!(d.devname(), "/dev/bus/usb/001/002");
+    }
+}

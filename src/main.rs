@@ -1,0 +1,42 @@
+//! auto-usb-attach: make USB devices follow the user into a VM.
+//!
+//! One-shot: run by a udev rule per USB device event (or by hand), it takes a
+//! lock, reads its state, talks QMP to the VM's QEMU, writes state and exits.
+//! `main` only maps the outcome to an exit code: 0 ok, 1 failure, 2 usage.
+
+mod app;
+mod cli;
+mod config;
+mod deadline;
+mod error;
+mod host;
+mod lock;
+mod log;
+mod plan;
+mod qmp;
+mod root;
+mod state;
+mod vm;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match app::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            ::log::error!("{e}");
+            if ::log::max_level() < ::log::LevelFilter::Error {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

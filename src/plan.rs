@@ -1,0 +1,272 @@
+//! Pure decisions: where a device goes (controller and port), whether a new
+//! controller is needed, and the exact QMP arguments. No I/O here, so every
+//! rule is unit-tested on small cases; `app` applies the result over QMP.
+
+use crate::config::{Config, UsbVersion, VmConfig};
+use crate::host::HostDevice;
+use crate::state::{Controller, VmState};
+use serde_json::{json, Value};
+
+/// Which configured VM (index into `config.vms`) gets this device, if any.
+/// Root hubs and hubs are never passed (devices behind a hub are). A device
+/// matching several VMs goes to the first in config order.
+pub fn route(config: &Config, d: &HostDevice) -> Option<usize> {
+    if d.is_root_hub() || d.is_hub() {
+        return None;
+    }
+    config.vms.iter().position(|vm| wants(vm, d))
+}
+
+pub fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
+    vm.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
+        || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
+}
+
+/// QEMU id of the usb-host device for host bus:addr (libxl's own scheme).
+pub fn device_id(bus: u16, addr: u16) -> String {
+    format!("xenusb-{bus}-{addr}")
+}
+
+pub fn parse_device_id(id: &str) -> Option<(u16, u16)> {
+    let (b, a) = id.strip_prefix("xenusb-")?.split_once('-')?;
+    Some((b.parse().ok()?, a.parse().ok()?))
+}
+
+pub fn parse_controller_id(id: &str) -> Option<u32> {
+    id.strip_prefix("xenusb-")?.parse().ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Create this controller first.
+    pub new_controller: Option<Controller>,
+    pub controller: String,
+    pub port: u8,
+}
+
+/// The ports of `c` that suit a device of this speed. xhci: 1..=p2 for USB
+/// 1/2, p2+1..=p2+p3 for USB 3 (QEMU refuses a high-speed device above p2).
+pub fn port_range(c: &Controller, superspeed: bool) -> std::ops::RangeInclusive<u8> {
+    if superspeed && c.usb3_ports > 0 {
+        c.ports + 1..=c.ports + c.usb3_ports
+    } else {
+        1..=c.ports
+    }
+}
+
+pub fn new_controller(vm: &VmConfig, n: u32) -> Controller {
+    let (ports, usb3_ports) = match vm.usb_version {
+        UsbVersion::V1 => (2, 0),
+        UsbVersion::V2 => (6, 0),
+        UsbVersion::V3 => (vm.ports, vm.ports),
+    };
+    Controller { id: format!("xenusb-{n}"), driver: vm.usb_version.driver().into(), ports, usb3_ports }
+}
+
+pub fn is_taken(held: &VmState, controller: &str, port: u8) -> bool {
+    held.devices.iter().any(|d| d.controller == controller && d.port == port)
+        || held.foreign_ports.iter().any(|f| *f == format!("{controller}:{port}"))
+}
+
+/// First free suitable port on an existing controller (in id order), else a
+/// new controller within `max-controllers`. Never trial and error: every
+/// failed device_add costs QEMU ~55 ms.
+pub fn place(vm: &VmConfig, held: &VmState, superspeed: bool) -> Result<Placement, String> {
+    let mut ctrls: Vec<&Controller> = held.controllers.iter().collect();
+    ctrls.sort_by_key(|c| parse_controller_id(&c.id).unwrap_or(u32::MAX));
+    for c in &ctrls {
+        if let Some(port) = port_range(c, superspeed).find(|p| !is_taken(held, &c.id, *p)) {
+            return Ok(Placement { new_controller: None, controller: c.id.clone(), port });
+        }
+    }
+    if ctrls.len() >= vm.max_controllers as usize {
+        return Err(format!(
+            "no free {} port on VM {} and max-controllers = {} reached",
+            if superspeed { "USB 3" } else { "USB 1/2" },
+            vm.name,
+            vm.max_controllers
+        ));
+    }
+    let n = (0..).find(|n| !ctrls.iter().any(|c| parse_controller_id(&c.id) == Some(*n))).expect("a free index");
+    let c = new_controller(vm, n);
+    let port = *port_range(&c, superspeed).start();
+    Ok(Placement { controller: c.id.clone(), new_controller: Some(c), port })
+}
+
+pub fn controller_args(c: &Controller) -> Value {
+    let mut a = json!({ "driver": c.driver, "id": c.id });
+    if c.usb3_ports > 0 {
+        // Integers, not strings: QEMU >= 9.2 rejects "15".
+        a["p2"] = json!(c.ports);
+        a["p3"] = json!(c.usb3_ports);
+    }
+    a
+}
+
+/// `hostdevice`: QEMU opens the node itself, which works synchronously from
+/// udev's add event (libusb has not heard of the device yet, so hostbus and
+/// hostaddr alone fail then). hostbus/hostaddr are passed too so QOM shows
+/// them, and alone they are what the bind-event fallback uses.
+pub fn device_args(p: &Placement, bus: u16, addr: u16, hostdevice: Option<&str>) -> Value {
+    let mut a = json!({
+        "driver": "usb-host",
+        "id": device_id(bus, addr),
+        "bus": format!("{}.0", p.controller),
+        "port": p.port.to_string(),
+        "hostbus": bus,
+        "hostaddr": addr,
+    });
+    if let Some(h) = hostdevice {
+        a["hostdevice"] = json!(h);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use crate::state::{Attached, Origin};
+
+    fn dev(port_path: &str, vid: u16, pid: u16, class: u8, speed: &str) -> HostDevice {
+        let bus = port_path.trim_start_matches("usb").split('-').next().unwrap().parse().unwrap();
+        HostDevice {
+            bus,
+            addr: 5,
+            port_path: port_path.into(),
+            vendor: vid,
+            product: pid,
+            serial: Some("S1".into()),
+            class,
+            speed: speed.into(),
+            manufacturer: None,
+            name: None,
+        }
+    }
+
+    const CFG: &str = r#"
+[[vm]]
+name = "a"
+hubs = ["1-4"]
+devices = ["046d:c52b"]
+[[vm]]
+name = "b"
+hubs = ["usb1", "2-1"]
+devices = ["1050:0407:S1"]
+"#;
+
+    #[test]
+    fn routing_first_match_wins_and_hubs_never_pass() {
+        let c = parse_str(CFG, "t").unwrap();
+        assert_eq!(route(&c, &dev("1-4.1", 1, 1, 0, "12")), Some(0));
+        assert_eq!(route(&c, &dev("1-3", 1, 1, 0, "12")), Some(1)); // usb1 in b
+        assert_eq!(route(&c, &dev("2-1", 0x046d, 0xc52b, 0, "12")), Some(0)); // id rule beats b's hub
+        assert_eq!(route(&c, &dev("3-1", 0x1050, 0x0407, 0, "12")), Some(1)); // serial matches
+        assert_eq!(route(&c, &dev("3-1", 9, 9, 0, "12")), None);
+        assert_eq!(route(&c, &dev("1-4", 1, 1, 9, "480")), None); // a hub
+        assert_eq!(route(&c, &dev("usb1", 0x1d6b, 2, 9, "480")), None); // root hub
+    }
+
+    fn vm(extra: &str) -> VmConfig {
+        parse_str(&format!("[[vm]]\nname = \"a\"\n{extra}"), "t").unwrap().vms.remove(0)
+    }
+
+    fn held(ctrls: &[Controller], taken: &[(&str, u8)]) -> VmState {
+        VmState {
+            controllers: ctrls.to_vec(),
+            devices: taken
+                .iter()
+                .enumerate()
+                .map(|(i, (c, p))| Attached {
+                    id: device_id(1, i as u16 + 1),
+                    bus: 1,
+                    addr: i as u16 + 1,
+                    controller: c.to_string(),
+                    port: *p,
+                    port_path: String::new(),
+                    usb_id: String::new(),
+                    origin: Origin::Rule,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cold_start_creates_first_controller() {
+        let v = vm("ports = 4");
+        let p = place(&v, &VmState::default(), false).unwrap();
+        let c = p.new_controller.clone().unwrap();
+        assert_eq!((c.id.as_str(), c.driver.as_str(), c.ports, c.usb3_ports), ("xenusb-0", "nec-usb-xhci", 4, 4));
+        assert_eq!((p.controller.as_str(), p.port), ("xenusb-0", 1));
+        assert_eq!(controller_args(&c), json!({"driver": "nec-usb-xhci", "id": "xenusb-0", "p2": 4, "p3": 4}));
+    }
+
+    #[test]
+    fn speed_picks_the_range() {
+        let v = vm("ports = 2");
+        let c0 = new_controller(&v, 0);
+        let h = held(&[c0.clone()], &[("xenusb-0", 1)]);
+        assert_eq!(place(&v, &h, false).unwrap().port, 2);
+        assert_eq!(place(&v, &h, true).unwrap().port, 3);
+        let h = held(&[c0], &[("xenusb-0", 3), ("xenusb-0", 4)]);
+        assert_eq!(place(&v, &h, false).unwrap().port, 1);
+        // USB 3 ports full: a new controller, first USB 3 port
+        let p = place(&v, &h, true).unwrap();
+        assert_eq!((p.controller.as_str(), p.port, p.new_controller.is_some()), ("xenusb-1", 3, true));
+    }
+
+    #[test]
+    fn foreign_ports_are_respected() {
+        let v = vm("ports = 2");
+        let mut h = held(&[new_controller(&v, 0)], &[]);
+        h.foreign_ports.push("xenusb-0:1".into());
+        assert_eq!(place(&v, &h, false).unwrap().port, 2);
+    }
+
+    #[test]
+    fn full_controller_and_cap() {
+        let v = vm("ports = 1\nmax-controllers = 2");
+        let c0 = new_controller(&v, 0);
+        let h = held(&[c0.clone()], &[("xenusb-0", 1)]);
+        assert_eq!(place(&v, &h, false).unwrap().new_controller.unwrap().id, "xenusb-1");
+        let c1 = new_controller(&v, 1);
+        let h = held(&[c0, c1], &[("xenusb-0", 1), ("xenusb-1", 1)]);
+        let e = place(&v, &h, false).unwrap_err();
+        assert!(e.contains("max-controllers = 2"), "{e}");
+    }
+
+    #[test]
+    fn controller_index_fills_gaps_and_existing_order() {
+        let v = vm("usb-version = 2\nmax-controllers = 3");
+        let c2 = Controller { id: "xenusb-2".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 };
+        let h = held(&[c2.clone()], &(1..=6).map(|p| ("xenusb-2", p)).collect::<Vec<_>>());
+        let p = place(&v, &h, true).unwrap();
+        assert_eq!(p.new_controller.unwrap(), Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 });
+        assert_eq!(controller_args(&new_controller(&v, 0)), json!({"driver": "usb-ehci", "id": "xenusb-0"}));
+        // ehci takes any speed on any of its ports
+        let h = held(&[c2], &[("xenusb-2", 1)]);
+        assert_eq!(place(&v, &h, true).unwrap().port, 2);
+    }
+
+    #[test]
+    fn uhci_layout() {
+        let c = new_controller(&vm("usb-version = 1"), 0);
+        assert_eq!((c.driver.as_str(), c.ports, c.usb3_ports), ("piix3-usb-uhci", 2, 0));
+    }
+
+    #[test]
+    fn device_args_are_typed_as_qemu_wants() {
+        let p = Placement { new_controller: None, controller: "xenusb-1".into(), port: 7 };
+        assert_eq!(
+            device_args(&p, 3, 7, Some("/dev/bus/usb/003/007")),
+            json!({"driver": "usb-host", "id": "xenusb-3-7", "bus": "xenusb-1.0", "port": "7",
+                   "hostbus": 3, "hostaddr": 7, "hostdevice": "/dev/bus/usb/003/007"})
+        );
+        assert!(device_args(&p, 3, 7, None).get("hostdevice").is_none());
+        assert_eq!(parse_device_id("xenusb-3-7"), Some((3, 7)));
+        assert_eq!(parse_device_id("xenusb-0"), None);
+        assert_eq!(parse_controller_id("xenusb-12"), Some(12));
+        assert_eq!(parse_controller_id("xenusb-3-7"), None);
+    }
+}

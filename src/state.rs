@@ -1,0 +1,220 @@
+//! `<state-dir>/state.json`: what this tool put into which QEMU.
+//!
+//! It is a cache of QEMU's own view plus our intent (who attached what, on
+//! whose behalf). Losing it is never fatal: the tool rebuilds from QEMU
+//! (`vm::enumerate`). It is versioned kebab-case JSON, written atomically
+//! (temp file, fsync, rename, fsync dir) and only under the lock.
+
+use crate::error::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+pub const VERSION: u32 = 1;
+pub const FILE: &str = "state.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    #[serde(default)]
+    pub vms: BTreeMap<String, VmState>,
+    /// Rule-matched devices an admin detached by hand: kept out until unplugged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_out: Vec<HeldOut>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { version: VERSION, vms: BTreeMap::new(), held_out: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VmState {
+    /// The QMP socket (as configured, not under --root) last used for this VM.
+    pub socket: String,
+    /// Identity of the QEMU behind the socket (socket inode and ctime). A new
+    /// QEMU (VM restart) makes a new socket, so a mismatch means "rebuild".
+    pub instance: String,
+    /// Xen domain id, when the VM was found by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domid: Option<u32>,
+    #[serde(default)]
+    pub controllers: Vec<Controller>,
+    #[serde(default)]
+    pub devices: Vec<Attached>,
+    /// Ports on our controllers held by devices that are not ours (libxl's,
+    /// anonymous ones): "xenusb-0:4".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_ports: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Controller {
+    pub id: String,
+    pub driver: String,
+    /// Ports 1..=ports take USB 1/2 devices (all ports, for uhci/ehci).
+    pub ports: u8,
+    /// xhci: ports ports+1..=ports+usb3_ports take USB 3 devices.
+    #[serde(default)]
+    pub usb3_ports: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Attached because a config rule routes it here (udev event or sync).
+    Rule,
+    /// Attached by hand with `attach`.
+    Manual,
+    /// Found in QEMU when rebuilding; we do not know who asked for it.
+    Found,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Attached {
+    pub id: String,
+    pub bus: u16,
+    pub addr: u16,
+    pub controller: String,
+    pub port: u8,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub port_path: String,
+    /// "046d:c52b"; empty when rebuilt from QEMU.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub usb_id: String,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HeldOut {
+    pub bus: u16,
+    pub addr: u16,
+    pub vm: String,
+}
+
+impl State {
+    pub fn parse_str(text: &str) -> Result<State> {
+        let s: State = serde_json::from_str(text).context("not valid state JSON")?;
+        if s.version != VERSION {
+            crate::bail!("state version {} (this tool writes {VERSION})", s.version);
+        }
+        Ok(s)
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("state serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Load from `dir`. Missing: empty. Unreadable or corrupt: moved aside to
+    /// `state.json.bad` (kept for inspection) and rebuilt from QEMU later.
+    pub fn load(dir: &Path) -> Result<State> {
+        let path = dir.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => String::new(),
+            Err(e) => return Err(e).context(format!("cannot read {}", path.display())),
+        };
+        match State::parse_str(&text) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let aside = dir.join(format!("{FILE}.bad"));
+                log::warn!("{}: {e}; moved to {} and rebuilding from QEMU", path.display(), aside.display());
+                std::fs::rename(&path, &aside).with_context(|| format!("cannot move aside {}", path.display()))?;
+                Ok(State::default())
+            }
+        }
+    }
+
+    /// Atomic replace: a crash leaves either the old or the new file, whole.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(FILE);
+        let tmp = dir.join(format!(".{FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(self.to_json().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Which VM holds host device bus:addr, by our records.
+    pub fn find(&self, bus: u16, addr: u16) -> Option<(&str, &Attached)> {
+        self.vms.iter().find_map(|(name, vm)| {
+            vm.devices.iter().find(|d| d.bus == bus && d.addr == addr).map(|d| (name.as_str(), d))
+        })
+    }
+
+    pub fn is_held_out(&self, bus: u16, addr: u16) -> bool {
+        self.held_out.iter().any(|h| h.bus == bus && h.addr == addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        let mut s = State::default();
+        s.vms.insert(
+            "win10".into(),
+            VmState {
+                socket: "/run/xen/qmp-libxl-7".into(),
+                instance: "1234:1764012345.000000123".into(),
+                domid: Some(7),
+                controllers: vec![Controller { id: "xenusb-0".into(), driver: "nec-usb-xhci".into(), ports: 15, usb3_ports: 15 }],
+                devices: vec![Attached {
+                    id: "xenusb-3-7".into(),
+                    bus: 3,
+                    addr: 7,
+                    controller: "xenusb-0".into(),
+                    port: 1,
+                    port_path: "3-1.2".into(),
+                    usb_id: "046d:c52b".into(),
+                    origin: Origin::Rule,
+                }],
+                foreign_ports: vec![],
+            },
+        );
+        s.held_out.push(HeldOut { bus: 3, addr: 9, vm: "win10".into() });
+        s
+    }
+
+    #[test]
+    fn golden_fixture_round_trips() {
+        let golden = include_str!("../tests/fixtures/state-v1.json");
+        assert_eq!(sample().to_json(), golden, "serialised form changed: update the fixture deliberately");
+        assert_eq!(State::parse_str(golden).unwrap(), sample());
+    }
+
+    #[test]
+    fn rejects_other_versions_and_garbage() {
+        assert!(State::parse_str("{\"version\": 2}").unwrap_err().to_string().contains("version 2"));
+        assert!(State::parse_str("{nope").is_err());
+        assert!(State::parse_str("{\"version\":1,\"extra\":1}").is_err());
+    }
+
+    #[test]
+    fn load_save_and_corrupt_file_moved_aside() {
+        let dir = std::env::temp_dir().join(format!("aua-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), State::default());
+        sample().save(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), sample());
+        std::fs::write(dir.join(FILE), "{\"version\":1,").unwrap();
+        assert_eq!(State::load(&dir).unwrap(), State::default());
+        assert_eq!(std::fs::read_to_string(dir.join("state.json.bad")).unwrap(), "{\"version\":1,");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

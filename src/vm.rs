@@ -1,0 +1,214 @@
+//! Finding a VM's QEMU and reading what it really holds.
+//!
+//! A VM is either an explicit QMP socket (plain QEMU/KVM) or a Xen domain
+//! name: libxl puts domain N's socket at `<xen-run-dir>/qmp-libxl-N` and
+//! starts QEMU with `-name <domain>`, so QMP `query-name` identifies it
+//! without linking libxl or xenstore. The domid is cached in state.
+
+use crate::config::{Config, VmConfig};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::plan::{parse_controller_id, parse_device_id};
+use crate::qmp::{self, Client, QmpError, QmpResult};
+use crate::root::Root;
+use crate::state::{Attached, Controller, Origin, VmState};
+use serde_json::{json, Value};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+pub const XEN_SOCKET_PREFIX: &str = "qmp-libxl-";
+
+/// While scanning Xen sockets for a name, a busy unrelated domain must not
+/// eat the whole budget.
+const SCAN_GREETING_CAP: Duration = Duration::from_secs(2);
+
+pub struct Running {
+    pub client: Client,
+    /// The socket as the config knows it (not under --root): kept in state.
+    pub socket: String,
+    pub instance: String,
+    pub domid: Option<u32>,
+}
+
+pub enum Located {
+    Running(Box<Running>),
+    /// Why it is not running, for the log / the error message.
+    NotRunning(String),
+}
+
+/// Identity of the QEMU that created the socket: a restarted VM's QEMU
+/// creates a fresh socket file (new inode, new ctime).
+pub fn instance_of(path: &Path) -> Option<String> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!("{}:{}.{:09}", m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+fn not_running(e: &QmpError) -> bool {
+    // A socket file left behind by a dead QEMU refuses connections.
+    matches!(e, QmpError::Io(m) if m.contains("refused") || m.contains("No such file"))
+}
+
+fn open(path: &Path, shown: String, domid: Option<u32>, deadline: &Deadline, cap: Duration) -> QmpResult<Running> {
+    let instance = instance_of(path).unwrap_or_default();
+    let client = qmp::connect(path, deadline, cap)?;
+    log::debug!("{}: {}", path.display(), client.greeting);
+    Ok(Running { client, socket: shown, instance, domid })
+}
+
+/// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names.
+pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
+    let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
+    if let Some(q) = &vm.qmp {
+        let path = root.path(q);
+        if !path.exists() {
+            return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
+        }
+        return match open(&path, q.display().to_string(), None, deadline, Duration::MAX) {
+            Ok(r) => Ok(Located::Running(Box::new(r))),
+            Err(e) if not_running(&e) => Ok(Located::NotRunning(e.to_string())),
+            Err(e) => Err(ctx(e, &path)),
+        };
+    }
+
+    let dir = root.path(&config.xen_run_dir);
+    let mut domids: Vec<u32> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(XEN_SOCKET_PREFIX)?.parse().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    // Cached domid first, then newest first: a rebooted domain gets a higher id.
+    domids.sort_by_key(|d| (Some(*d) != cached_domid, std::cmp::Reverse(*d)));
+    let mut busy = Vec::new();
+    for domid in domids {
+        let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
+        let path = root.path(&shown);
+        let mut r = match open(&path, shown.display().to_string(), Some(domid), deadline, SCAN_GREETING_CAP) {
+            Ok(r) => r,
+            Err(e) if not_running(&e) => continue,
+            Err(QmpError::Timeout(m)) => {
+                log::debug!("{}: {m}", path.display());
+                busy.push(path.display().to_string());
+                deadline.remaining(&format!("looking for Xen domain {}", vm.name))?;
+                continue;
+            }
+            Err(e) => {
+                log::warn!("{}: {e}", path.display());
+                continue;
+            }
+        };
+        let name = r.client.execute("query-name", None).map_err(|e| ctx(e, &path))?;
+        if name.get("name").and_then(Value::as_str) == Some(vm.name.as_str()) {
+            return Ok(Located::Running(Box::new(r)));
+        }
+    }
+    if !busy.is_empty() {
+        return Err(Error::new(format!(
+            "VM {}: cannot tell whether it is running: QMP socket busy (another client connected?): {}",
+            vm.name,
+            busy.join(", ")
+        )));
+    }
+    Ok(Located::NotRunning(format!("no Xen domain named {} has a QMP socket in {}", vm.name, dir.display())))
+}
+
+fn qom_get(q: &mut Client, path: &str, prop: &str) -> QmpResult<Value> {
+    q.execute("qom-get", Some(json!({ "path": path, "property": prop })))
+}
+
+fn qom_list(q: &mut Client, path: &str) -> QmpResult<Vec<(String, String)>> {
+    let v = q.execute("qom-list", Some(json!({ "path": path })))?;
+    let items = v.as_array().ok_or_else(|| QmpError::Protocol(format!("qom-list {path}: not a list")))?;
+    Ok(items
+        .iter()
+        .filter_map(|i| Some((i.get("name")?.as_str()?.to_string(), i.get("type")?.as_str()?.to_string())))
+        .collect())
+}
+
+/// Ports per range of a controller QEMU holds, by its type.
+fn layout(q: &mut Client, id: &str, ty: &str) -> QmpResult<Option<(u8, u8)>> {
+    let path = format!("/machine/peripheral/{id}");
+    Ok(match ty {
+        "nec-usb-xhci" | "qemu-xhci" => {
+            let n = |v: Value| v.as_u64().and_then(|n| u8::try_from(n).ok()).unwrap_or(0);
+            Some((n(qom_get(q, &path, "p2")?), n(qom_get(q, &path, "p3")?)))
+        }
+        "usb-ehci" | "ich9-usb-ehci1" | "ich9-usb-ehci2" => Some((6, 0)),
+        "piix3-usb-uhci" | "piix4-usb-uhci" | "ich9-usb-uhci1" => Some((2, 0)),
+        _ => None,
+    })
+}
+
+/// Rebuild our view of a VM from QEMU itself: `xenusb-<n>` controllers, the
+/// `usb-host` devices with `xenusb-<bus>-<addr>` ids on them, and every other
+/// port in use on those controllers. Origins are `Found` (the caller merges
+/// what state knew).
+pub fn enumerate(q: &mut Client) -> QmpResult<VmState> {
+    let peripherals = qom_list(q, "/machine/peripheral")?;
+    let child_type = |name: &str| {
+        peripherals
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, t)| t.strip_prefix("child<")?.strip_suffix('>'))
+            .map(str::to_string)
+    };
+    let mut view = VmState::default();
+    for (name, ty) in &peripherals {
+        let Some(ty) = ty.strip_prefix("child<").and_then(|t| t.strip_suffix('>')) else { continue };
+        if parse_controller_id(name).is_none() {
+            continue;
+        }
+        match layout(q, name, ty)? {
+            Some((ports, usb3_ports)) => view.controllers.push(Controller { id: name.clone(), driver: ty.to_string(), ports, usb3_ports }),
+            None => log::warn!("{name} is a {ty}, not a USB controller this tool knows; leaving it alone"),
+        }
+    }
+    for c in view.controllers.clone() {
+        let bus = format!("/machine/peripheral/{0}/{0}.0", c.id);
+        for (link, ty) in qom_list(q, &bus)? {
+            if !(link.starts_with("child[") && ty.starts_with("link<")) {
+                continue;
+            }
+            let path = qom_get(q, &bus, &link)?;
+            let Some(path) = path.as_str() else { continue };
+            let port = qom_get(q, path, "port")?;
+            let Some(port) = port.as_str().and_then(|p| p.parse::<u8>().ok()) else {
+                log::warn!("{path} on {} has port {port}; not a root port, ignoring", c.id);
+                continue;
+            };
+            let id = path.strip_prefix("/machine/peripheral/").unwrap_or("");
+            let ours = parse_device_id(id).filter(|_| child_type(id).as_deref() == Some("usb-host"));
+            match ours {
+                Some((bus_n, addr_n)) => view.devices.push(Attached {
+                    id: id.to_string(),
+                    bus: bus_n,
+                    addr: addr_n,
+                    controller: c.id.clone(),
+                    port,
+                    port_path: String::new(),
+                    usb_id: String::new(),
+                    origin: Origin::Found,
+                }),
+                None => view.foreign_ports.push(format!("{}:{port}", c.id)),
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// Merge what QEMU holds (`fresh`) with what state remembered about the same
+/// QEMU: QEMU is the truth for what exists; state keeps who asked for it.
+pub fn merge(fresh: VmState, old: Option<&VmState>) -> VmState {
+    let mut out = fresh;
+    if let Some(old) = old {
+        for d in &mut out.devices {
+            if let Some(o) = old.devices.iter().find(|o| o.id == d.id && o.bus == d.bus && o.addr == d.addr) {
+                d.origin = o.origin;
+                d.port_path = o.port_path.clone();
+                d.usb_id = o.usb_id.clone();
+            }
+        }
+    }
+    out
+}
