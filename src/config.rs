@@ -169,9 +169,16 @@ struct RawVm {
 /// Parse and validate config text. `origin` names the file in messages.
 pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        // Name the line and show it: toml's own message does not always say which key.
         let at = e
             .span()
-            .map(|s| format!(" line {}:", text[..s.start.min(text.len())].matches('\n').count() + 1))
+            .map(|s| {
+                let start = s.start.min(text.len());
+                let line_no = text[..start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                let line: String = line.chars().take(60).collect();
+                format!(" line {line_no} ({line}):")
+            })
             .unwrap_or_default();
         Error::new(format!("{origin}:{at} {}", e.message().trim().replace('\n', " ")))
     })?;
