@@ -323,7 +323,7 @@ fn attach_by_hand(ctx: &Ctx, bus: u16, addr: u16, vm_name: Option<&str>) -> Resu
         state.held_out.retain(|h| (h.bus, h.addr) != (bus, addr));
         attach(ctx, state, vm, &dev, Origin::Manual, Some(&hostdevice), false)
     })
-    .with_context(|| format!("attach {bus}:{addr} to VM {}", vm.name))
+    .with_context(|| format!("attach {bus}:{addr}"))
 }
 
 fn detach_by_hand(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> {
