@@ -421,7 +421,7 @@ fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
         };
         match d {
             Some(d) => {
-                let name = [d.manufacturer.as_deref(), d.name.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+                let name: String = d.name.as_deref().or(d.manufacturer.as_deref()).unwrap_or("").chars().take(28).collect();
                 println!("{:03}:{:03}  {:<9} {:<10} {:>6}  {:<28} {attached}", d.bus, d.addr, d.id_string(), d.port_path, d.speed, name);
             }
             None => {
