@@ -51,6 +51,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Attach { dev, vm } => attach_by_hand(&ctx, dev.bus, dev.addr, vm.as_deref()),
         Command::Detach { target, vm } => detach_by_hand(&ctx, &target, vm.as_deref()),
         Command::List { json } => list(&ctx, json),
+        Command::Sync { vm } => sync(&ctx, vm.as_deref()),
+        Command::Check => crate::check::check(&ctx, &cli.config),
     }
 }
 
@@ -142,21 +144,23 @@ fn drop_record(state: &mut State, vm: &str, bus: u16, addr: u16) {
 
 /// Connect to `vm`; `None` when it is not running (logged when `quiet`,
 /// an error otherwise).
-fn connect(ctx: &Ctx, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Box<Running>>> {
+pub(crate) fn connect(ctx: &Ctx, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Box<Running>>> {
     let cached = state.vms.get(&vm.name).and_then(|v| v.domid);
     match vm::locate(&ctx.root, &ctx.config, vm, cached, &ctx.deadline)? {
         Located::Running(r) => Ok(Some(r)),
-        Located::NotRunning(why) if quiet => {
+        Located::NotRunning(why) | Located::NotReady(why) if quiet => {
             log::info!("VM {} is not running ({why}); nothing to do", vm.name);
             Ok(None)
         }
-        Located::NotRunning(why) => Err(Error::new(format!("VM {} is not running: {why}", vm.name))),
+        Located::NotRunning(why) | Located::NotReady(why) => {
+            Err(Error::new(format!("VM {} is not running: {why}", vm.name)))
+        }
     }
 }
 
 /// What the QEMU behind `r` holds: state's cache when it is the same QEMU
 /// instance, else rebuilt from QEMU (VM restarted, state lost).
-fn view(ctx: &Ctx, state: &State, vm: &VmConfig, r: &mut Running) -> Result<VmState> {
+pub(crate) fn view(state: &State, vm: &VmConfig, r: &mut Running) -> Result<VmState> {
     let cached = state.vms.get(&vm.name);
     let mut v = match cached {
         Some(c) if !r.instance.is_empty() && c.instance == r.instance && c.socket == r.socket => c.clone(),
@@ -171,7 +175,6 @@ fn view(ctx: &Ctx, state: &State, vm: &VmConfig, r: &mut Running) -> Result<VmSt
     v.socket = r.socket.clone();
     v.instance = r.instance.clone();
     v.domid = r.domid;
-    let _ = ctx;
     Ok(v)
 }
 
@@ -197,17 +200,33 @@ fn view_was_stale(e: &QmpError) -> bool {
 /// Attach `dev` to `vm`, recording it in `state`.
 fn attach(ctx: &Ctx, state: &mut State, vm: &VmConfig, dev: &HostDevice, origin: Origin, hostdevice: Option<&str>, quiet: bool) -> Result<()> {
     let Some(mut r) = connect(ctx, state, vm, quiet)? else { return Ok(()) };
-    let mut held = view(ctx, state, vm, &mut r)?;
+    let mut held = view(state, vm, &mut r)?;
+    let result = attach_on(ctx, &mut r, &mut held, vm, dev, origin, hostdevice);
+    // Saved even on failure: a controller created before a failed device_add is real.
+    state.vms.insert(vm.name.clone(), held);
+    result
+}
+
+/// Attach over an open connection, keeping `held` in step with QEMU.
+pub(crate) fn attach_on(
+    ctx: &Ctx,
+    r: &mut Running,
+    held: &mut VmState,
+    vm: &VmConfig,
+    dev: &HostDevice,
+    origin: Origin,
+    hostdevice: Option<&str>,
+) -> Result<()> {
     let id = plan::device_id(dev.bus, dev.addr);
     if held.devices.iter().any(|d| d.id == id) {
         log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
-        state.vms.insert(vm.name.clone(), held);
         return Ok(());
     }
     let mut retried = false;
     let mut hostdevice = hostdevice;
-    let result = loop {
-        let p = plan::place(vm, &held, dev.is_superspeed()).map_err(|e| Error::new(format!("cannot attach {}:{}: {e}", dev.bus, dev.addr)))?;
+    loop {
+        let p = plan::place(vm, held, dev.is_superspeed())
+            .map_err(|e| Error::new(format!("cannot attach {}:{} ({}): {e}", dev.bus, dev.addr, dev.port_path)))?;
         if let Some(c) = &p.new_controller {
             match r.client.execute("device_add", Some(plan::controller_args(c))) {
                 Ok(_) => {
@@ -216,10 +235,10 @@ fn attach(ctx: &Ctx, state: &mut State, vm: &VmConfig, dev: &HostDevice, origin:
                 }
                 Err(e) if !retried && view_was_stale(&e) => {
                     retried = true;
-                    held = rebuild(vm, &mut r, &held)?;
+                    *held = rebuild(vm, r, held)?;
                     continue;
                 }
-                Err(e) => break Err(qmp_err(vm, &format!("device_add {} ({})", c.id, c.driver), e)),
+                Err(e) => return Err(qmp_err(vm, &format!("device_add {} ({})", c.id, c.driver), e)),
             }
         }
         match r.client.execute("device_add", Some(plan::device_args(&p, dev.bus, dev.addr, hostdevice))) {
@@ -246,7 +265,7 @@ fn attach(ctx: &Ctx, state: &mut State, vm: &VmConfig, dev: &HostDevice, origin:
                     p.port,
                     ctx.deadline.elapsed().as_millis()
                 );
-                break Ok(());
+                return Ok(());
             }
             // QEMU before 5.1 has no hostdevice property: fall back to hostbus/hostaddr.
             Err(e) if hostdevice.is_some() && e.desc().contains("hostdevice") && e.desc().contains("not found") => {
@@ -256,17 +275,15 @@ fn attach(ctx: &Ctx, state: &mut State, vm: &VmConfig, dev: &HostDevice, origin:
             Err(e) if !retried && view_was_stale(&e) => {
                 retried = true;
                 log::info!("VM {}: {e}; re-reading QEMU's devices", vm.name);
-                held = rebuild(vm, &mut r, &held)?;
+                *held = rebuild(vm, r, held)?;
                 if held.devices.iter().any(|d| d.id == id) {
                     log::info!("{id} is already in VM {}", vm.name);
-                    break Ok(());
+                    return Ok(());
                 }
             }
-            Err(e) => break Err(qmp_err(vm, &format!("device_add {id} ({} {})", dev.port_path, dev.id_string()), e)),
+            Err(e) => return Err(qmp_err(vm, &format!("device_add {id} ({} {})", dev.port_path, dev.id_string()), e)),
         }
-    };
-    state.vms.insert(vm.name.clone(), held);
-    result
+    }
 }
 
 /// `device_del` bus:addr from `vm` and drop the record. Gone already (VM not
@@ -277,7 +294,7 @@ fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, bus: u16, addr: u16,
         drop_record(state, &vm.name, bus, addr);
         return Ok(false);
     };
-    let mut held = view(ctx, state, vm, &mut r)?;
+    let mut held = view(state, vm, &mut r)?;
     let found = match r.client.execute("device_del", Some(json!({ "id": id }))) {
         Ok(_) => {
             log::info!("detached {id} ({bus}:{addr}) from VM {}", vm.name);
@@ -431,4 +448,120 @@ fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long `sync` waits between tries for a QEMU that is still starting.
+const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Before `sync` takes the lock: wait (within most of the budget) for VMs
+/// whose QEMU is still starting, so that udev events are never kept waiting
+/// on our lock while we sleep. Past that the next trigger (or the timer)
+/// finishes the job.
+fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
+    let dir = ctx.state_dir();
+    let cached = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(crate::state::FILE)).unwrap_or_default();
+        State::parse_str(&text).ok().and_then(|s| s.vms.get(name).and_then(|v| v.domid))
+    };
+    for &i in targets {
+        let vm = &ctx.config.vms[i];
+        loop {
+            match vm::locate(&ctx.root, &ctx.config, vm, cached(&vm.name), &ctx.deadline)? {
+                Located::Running(_) | Located::NotRunning(_) => break,
+                Located::NotReady(why) => {
+                    if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
+                        log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
+                        break;
+                    }
+                    log::debug!("VM {} not ready ({why}); retrying", vm.name);
+                    std::thread::sleep(SYNC_RETRY);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
+    if let Some(n) = only {
+        ctx.config.vm(n)?;
+    }
+    let targets: Vec<usize> = (0..ctx.config.vms.len()).filter(|i| only.is_none_or(|n| ctx.config.vms[*i].name == n)).collect();
+    wait_until_ready(ctx, &targets)?;
+    with_state(ctx, |state| {
+        let host = host::scan(&ctx.root)?;
+        // "Keep it out until unplugged": unplugged now, so the intent ends.
+        state.held_out.retain(|h| host.iter().any(|d| (d.bus, d.addr) == (h.bus, h.addr)));
+        let mut conns: Vec<(usize, Box<Running>, VmState)> = Vec::new();
+        for &i in &targets {
+            let vm = &ctx.config.vms[i];
+            match connect(ctx, state, vm, true)? {
+                Some(mut r) => {
+                    let same = state.vms.get(&vm.name).filter(|o| o.instance == r.instance && o.socket == r.socket && !r.instance.is_empty());
+                    if state.vms.contains_key(&vm.name) && same.is_none() {
+                        log::info!("VM {}: a different QEMU is behind {} now (restarted?)", vm.name, r.socket);
+                    }
+                    let v = rebuild(vm, &mut r, same.cloned().as_ref().unwrap_or(&VmState::default()))?;
+                    conns.push((i, r, v));
+                }
+                None => {
+                    // Its QEMU is gone, and with it everything we had added.
+                    if let Some(v) = state.vms.get_mut(&vm.name) {
+                        v.controllers.clear();
+                        v.devices.clear();
+                        v.foreign_ports.clear();
+                    }
+                }
+            }
+        }
+        let elsewhere: Vec<(u16, u16)> = state
+            .vms
+            .iter()
+            .filter(|(name, _)| !targets.iter().any(|i| ctx.config.vms[*i].name == **name))
+            .flat_map(|(_, v)| v.devices.iter().map(|d| (d.bus, d.addr)))
+            .collect();
+        let views: Vec<(usize, &VmState)> = conns.iter().map(|(i, _, v)| (*i, v)).collect();
+        let steps = crate::sync::plan(&ctx.config, &views, &elsewhere, &host, &state.held_out);
+        let mut failures = Vec::new();
+        for step in &steps {
+            let (i, res) = match step {
+                crate::sync::Step::Detach { vm, id, bus, addr, why } => {
+                    let (_, r, v) = conns.iter_mut().find(|(i, _, _)| i == vm).expect("planned for a connected VM");
+                    let cfg = &ctx.config.vms[*vm];
+                    log::info!("VM {}: detaching {id}: {why}", cfg.name);
+                    let res = match r.client.execute("device_del", Some(json!({ "id": id }))) {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.class() == Some("DeviceNotFound") => Ok(()),
+                        Err(e) => Err(qmp_err(cfg, &format!("device_del {id}"), e)),
+                    };
+                    if res.is_ok() {
+                        v.devices.retain(|d| (d.bus, d.addr) != (*bus, *addr));
+                        log::info!("detached {id} ({bus}:{addr}) from VM {}", cfg.name);
+                    }
+                    (*vm, res)
+                }
+                crate::sync::Step::Attach { vm, dev } => {
+                    let (_, r, v) = conns.iter_mut().find(|(i, _, _)| i == vm).expect("planned for a connected VM");
+                    let hostdevice = ctx.root.path(dev.devname()).display().to_string();
+                    (*vm, attach_on(ctx, r, v, &ctx.config.vms[*vm], dev, Origin::Rule, Some(&hostdevice)))
+                }
+            };
+            if let Err(e) = res {
+                log::warn!("{e}");
+                failures.push((i, e));
+            }
+        }
+        for (i, _, v) in conns {
+            let name = &ctx.config.vms[i].name;
+            if !steps.iter().any(|s| matches!(s, crate::sync::Step::Attach { vm, .. } | crate::sync::Step::Detach { vm, .. } if *vm == i)) {
+                log::info!("VM {name}: in sync ({} device(s) attached); nothing to do", v.devices.len());
+            }
+            state.vms.insert(name.clone(), v);
+        }
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0).1),
+            n => Err(Error::new(format!("{n} steps failed; first: {}", failures.remove(0).1))),
+        }
+    })
 }

@@ -39,6 +39,15 @@ pub enum Command {
         #[arg(long)]
         vm: Option<String>,
     },
+    /// Make every running VM hold exactly what the config routes to it
+    /// (cold-plugged devices, after a VM restart, after missed unplugs).
+    Sync {
+        /// Only this VM.
+        #[arg(long)]
+        vm: Option<String>,
+    },
+    /// Check the config, its permissions, the installed rule and units, and each VM.
+    Check,
     /// List host USB devices and where each is attached.
     List {
         /// Machine-readable output.

@@ -5,6 +5,7 @@
 //! `main` only maps the outcome to an exit code: 0 ok, 1 failure, 2 usage.
 
 mod app;
+mod check;
 mod cli;
 mod config;
 mod deadline;
@@ -16,6 +17,7 @@ mod plan;
 mod qmp;
 mod root;
 mod state;
+mod sync;
 mod vm;
 
 use clap::Parser;

@@ -35,6 +35,10 @@ pub enum Located {
     Running(Box<Running>),
     /// Why it is not running, for the log / the error message.
     NotRunning(String),
+    /// Its QEMU is starting: a socket that refuses connections, or (Xen >=
+    /// 4.20) the short-lived unnamed probe QEMU libxl runs first on the
+    /// same path. Worth retrying shortly.
+    NotReady(String),
 }
 
 /// Identity of the QEMU that created the socket: a restarted VM's QEMU
@@ -66,7 +70,7 @@ pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<
         }
         return match open(&path, q.display().to_string(), None, deadline, Duration::MAX) {
             Ok(r) => Ok(Located::Running(Box::new(r))),
-            Err(e) if not_running(&e) => Ok(Located::NotRunning(e.to_string())),
+            Err(e) if not_running(&e) => Ok(Located::NotReady(e.to_string())),
             Err(e) => Err(ctx(e, &path)),
         };
     }
@@ -81,12 +85,16 @@ pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<
     // Cached domid first, then newest first: a rebooted domain gets a higher id.
     domids.sort_by_key(|d| (Some(*d) != cached_domid, std::cmp::Reverse(*d)));
     let mut busy = Vec::new();
+    let mut starting = Vec::new();
     for domid in domids {
         let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
         let path = root.path(&shown);
         let mut r = match open(&path, shown.display().to_string(), Some(domid), deadline, SCAN_GREETING_CAP) {
             Ok(r) => r,
-            Err(e) if not_running(&e) => continue,
+            Err(e) if not_running(&e) => {
+                starting.push(path.display().to_string());
+                continue;
+            }
             Err(QmpError::Timeout(m)) => {
                 log::debug!("{}: {m}", path.display());
                 busy.push(path.display().to_string());
@@ -99,8 +107,11 @@ pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<
             }
         };
         let name = r.client.execute("query-name", None).map_err(|e| ctx(e, &path))?;
-        if name.get("name").and_then(Value::as_str) == Some(vm.name.as_str()) {
-            return Ok(Located::Running(Box::new(r)));
+        match name.get("name").and_then(Value::as_str) {
+            Some(n) if n == vm.name => return Ok(Located::Running(Box::new(r))),
+            Some(_) => {}
+            // libxl always passes -name to a domain's device model.
+            None => starting.push(format!("{} (unnamed QEMU: libxl's probe?)", path.display())),
         }
     }
     if !busy.is_empty() {
@@ -109,6 +120,9 @@ pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<
             vm.name,
             busy.join(", ")
         )));
+    }
+    if !starting.is_empty() {
+        return Ok(Located::NotReady(format!("no QEMU named {} yet; starting: {}", vm.name, starting.join(", "))));
     }
     Ok(Located::NotRunning(format!("no Xen domain named {} has a QMP socket in {}", vm.name, dir.display())))
 }
