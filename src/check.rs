@@ -89,11 +89,18 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
         Some(p) => println!("udev rule: {}", p.display()),
         None => problems.push(format!("udev rule {RULE_FILE} is not installed (looked in {})", RULE_DIRS.join(", "))),
     }
+    let mut missing = Vec::new();
     for unit in UNITS {
         match UNIT_DIRS.iter().map(|d| Path::new(d).join(unit)).find(|p| root.path(p).exists()) {
             Some(p) => println!("systemd unit: {}", p.display()),
-            None => problems.push(format!("systemd unit {unit} is not installed: VMs started or rebooted will not get their devices until one is plugged")),
+            None => missing.push(*unit),
         }
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "systemd units not installed ({}): devices plugged before a VM starts or reboots wait for the next plug",
+            missing.join(", ")
+        ));
     }
 
     let host = host::scan(root)?;

@@ -32,6 +32,23 @@ def view(q):
     return out
 
 
+def run_view(sock, timeout=15.0):
+    q = connect_retry(sock, timeout=timeout)
+    try:
+        return view(q)
+    finally:
+        q.close()
+
+
+def run_cmds(sock, cmds, timeout=15.0):
+    """cmds: [[execute, {args}], ...] -> list of replies (one session)."""
+    q = connect_retry(sock, timeout=timeout)
+    try:
+        return [q.cmd(c[0], **(c[1] if len(c) > 1 else {})) for c in cmds]
+    finally:
+        q.close()
+
+
 def main():
     args = sys.argv[1:]
     timeout = 15.0

@@ -4,7 +4,7 @@ commands in the guest through the file agent in <workdir>/ctl (9p, guest: /tmp/r
 
 Stdlib only.  Each Rig has its own fresh work dir (mktemp), so it never collides
 with a developer's /tmp/rig or another run."""
-import ctypes, itertools, os, shutil, signal, subprocess, sys, tempfile, time
+import ctypes, itertools, json, os, shutil, signal, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -131,12 +131,12 @@ class Rig:
         return time.time()
 
     # ---- guest command agent ---------------------------------------------------------
-    def gstart(self, cmd):
+    def gstart(self, cmd, kind=".cmd"):
         name = "%06d-%d" % (next(self._seq), os.getpid())
         tmp = os.path.join(self.ctl, name + ".tmp")
         with open(tmp, "w") as f:
             f.write(cmd)
-        os.rename(tmp, os.path.join(self.ctl, name + ".cmd"))
+        os.rename(tmp, os.path.join(self.ctl, name + kind))
         return name
 
     def gwait(self, name, timeout=60):
@@ -157,6 +157,14 @@ class Rig:
     def gexec(self, cmd, timeout=60):
         """Run a /bin/sh command in the guest; returns (rc, stdout+stderr)."""
         return self.gwait(self.gstart(cmd), timeout)
+
+    def greq(self, req, timeout=60):
+        """A JSON request served inside the guest agent itself (ops: views, qmp, read)."""
+        rc, out = self.gwait(self.gstart(json.dumps(req), ".req"), timeout)
+        r = json.loads(out)
+        if "error" in r:
+            raise RigError("guest agent: %s" % r["error"])
+        return r["ok"]
 
     def gcheck(self, cmd, timeout=60):
         rc, out = self.gexec(cmd, timeout)
