@@ -45,6 +45,15 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(f) = &config.log_file {
         crate::log::add_file(root.path(f));
     }
+    // Whoever can write the config or state decides what VMs get: refuse to
+    // act on them (check reports it; list only reads).
+    if !matches!(cli.command, Command::List { .. } | Command::Check) {
+        for (what, shown) in [("config", &cli.config), ("state dir", &config.state_dir)] {
+            if let Some(why) = crate::check::writable_by_others(&root.path(shown)) {
+                crate::bail!("refusing to run: {what} {} is {why}", shown.display());
+            }
+        }
+    }
     let ctx = Ctx { deadline: Deadline::after(config.timeout), root, config };
     match cli.command {
         Command::Udev => udev(&ctx, &std::env::vars().collect()),
@@ -128,7 +137,11 @@ fn udev_remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
         match ctx.config.vm(&owner) {
             Ok(vm) => detach_from(ctx, state, vm, ev.bus, ev.addr, true).map(drop),
             Err(_) => {
-                log::warn!("{}:{} was attached to {owner}, which is no longer configured; forgetting it", ev.bus, ev.addr);
+                log::warn!(
+                    "{}:{} was attached to {owner}, which is no longer configured; forgetting it",
+                    ev.bus,
+                    ev.addr
+                );
                 drop_record(state, &owner, ev.bus, ev.addr);
                 Ok(())
             }
@@ -166,7 +179,11 @@ pub(crate) fn view(state: &State, vm: &VmConfig, r: &mut Running) -> Result<VmSt
         Some(c) if !r.instance.is_empty() && c.instance == r.instance && c.socket == r.socket => c.clone(),
         _ => {
             if cached.is_some() {
-                log::info!("VM {}: a different QEMU is behind {} now (restarted?); rebuilding from QEMU", vm.name, r.socket);
+                log::info!(
+                    "VM {}: a different QEMU is behind {} now (restarted?); rebuilding from QEMU",
+                    vm.name,
+                    r.socket
+                );
             }
             let fresh = vm::enumerate(&mut r.client).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
             vm::merge(fresh, None)
@@ -194,11 +211,22 @@ fn qmp_err(vm: &VmConfig, what: &str, e: QmpError) -> Error {
 /// QEMU's answers that mean our picture of its ports/controllers was wrong.
 fn view_was_stale(e: &QmpError) -> bool {
     let d = e.desc();
-    e.class() == Some("GenericError") && (d.contains("(in use?)") || d.contains("Duplicate device ID") || (d.starts_with("Bus '") && d.ends_with("not found")))
+    e.class() == Some("GenericError")
+        && (d.contains("(in use?)")
+            || d.contains("Duplicate device ID")
+            || (d.starts_with("Bus '") && d.ends_with("not found")))
 }
 
 /// Attach `dev` to `vm`, recording it in `state`.
-fn attach(ctx: &Ctx, state: &mut State, vm: &VmConfig, dev: &HostDevice, origin: Origin, hostdevice: Option<&str>, quiet: bool) -> Result<()> {
+fn attach(
+    ctx: &Ctx,
+    state: &mut State,
+    vm: &VmConfig,
+    dev: &HostDevice,
+    origin: Origin,
+    hostdevice: Option<&str>,
+    quiet: bool,
+) -> Result<()> {
     let Some(mut r) = connect(ctx, state, vm, quiet)? else { return Ok(()) };
     let mut held = view(state, vm, &mut r)?;
     let result = attach_on(ctx, &mut r, &mut held, vm, dev, origin, hostdevice);
@@ -319,7 +347,10 @@ fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, bus: u16, addr: u16,
 fn attach_by_hand(ctx: &Ctx, bus: u16, addr: u16, vm_name: Option<&str>) -> Result<()> {
     let dev = host::find(&ctx.root, bus, addr)?;
     if dev.is_root_hub() || dev.is_hub() {
-        crate::bail!("{bus}:{addr} ({}) is a hub; hubs are never passed (plug devices behind it instead)", dev.port_path);
+        crate::bail!(
+            "{bus}:{addr} ({}) is a hub; hubs are never passed (plug devices behind it instead)",
+            dev.port_path
+        );
     }
     let vm = match vm_name {
         Some(n) => ctx.config.vm(n)?,
@@ -386,10 +417,9 @@ fn detach_by_hand(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<
 fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
     let devices = host::scan(&ctx.root)?;
     // Read-only: no lock (state is replaced atomically), works without root.
-    let state = match State::parse_str(&std::fs::read_to_string(ctx.state_dir().join(crate::state::FILE)).unwrap_or_default()) {
-        Ok(s) => s,
-        Err(_) => State::default(),
-    };
+    let state =
+        State::parse_str(&std::fs::read_to_string(ctx.state_dir().join(crate::state::FILE)).unwrap_or_default())
+            .unwrap_or_default();
     let mut rows = Vec::new();
     for d in &devices {
         let at = state.find(d.bus, d.addr);
@@ -417,7 +447,9 @@ fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
                 o["wanted-by"] = json!(route);
                 o["held-out"] = json!(d.is_some_and(|d| state.is_held_out(d.bus, d.addr)));
                 o["attached"] = match at {
-                    Some((vm, a)) => json!({ "vm": vm, "id": a.id, "controller": a.controller, "port": a.port, "origin": a.origin }),
+                    Some((vm, a)) => {
+                        json!({ "vm": vm, "id": a.id, "controller": a.controller, "port": a.port, "origin": a.origin })
+                    }
                     None => json!(null),
                 };
                 o
@@ -438,12 +470,24 @@ fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
         };
         match d {
             Some(d) => {
-                let name: String = d.name.as_deref().or(d.manufacturer.as_deref()).unwrap_or("").chars().take(28).collect();
-                println!("{:03}:{:03}  {:<9} {:<10} {:>6}  {:<28} {attached}", d.bus, d.addr, d.id_string(), d.port_path, d.speed, name);
+                let name: String =
+                    d.name.as_deref().or(d.manufacturer.as_deref()).unwrap_or("").chars().take(28).collect();
+                println!(
+                    "{:03}:{:03}  {:<9} {:<10} {:>6}  {:<28} {attached}",
+                    d.bus,
+                    d.addr,
+                    d.id_string(),
+                    d.port_path,
+                    d.speed,
+                    name
+                );
             }
             None => {
                 let a = at.expect("gone devices are attached").1;
-                println!("{:03}:{:03}  {:<9} {:<10} {:>6}  {:<28} {attached}", a.bus, a.addr, a.usb_id, a.port_path, "", "(gone from host)");
+                println!(
+                    "{:03}:{:03}  {:<9} {:<10} {:>6}  {:<28} {attached}",
+                    a.bus, a.addr, a.usb_id, a.port_path, "", "(gone from host)"
+                );
             }
         }
     }
@@ -452,6 +496,32 @@ fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
 
 /// How long `sync` waits between tries for a QEMU that is still starting.
 const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// libxl adds the controllers a domain's config asks for (`xenusb-N`) over
+/// QMP right after its QEMU starts; creating ours first would make libxl's
+/// device_add fail ("Duplicate device ID") and the domain with it. So a sync
+/// triggered by a brand-new Xen socket lets it settle this long first.
+const XEN_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn settle_xen(ctx: &Ctx, vm: &VmConfig, socket: &str) {
+    if vm.qmp.is_some() {
+        return;
+    }
+    let age = std::fs::metadata(ctx.root.path(socket))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(XEN_SETTLE);
+    if let Some(wait) = XEN_SETTLE.checked_sub(age) {
+        let wait = ctx.deadline.capped("", wait).unwrap_or_default();
+        log::info!(
+            "VM {}: its QEMU started {} ms ago; letting libxl add its own controllers first",
+            vm.name,
+            age.as_millis()
+        );
+        std::thread::sleep(wait);
+    }
+}
 
 /// Before `sync` takes the lock: wait (within most of the budget) for VMs
 /// whose QEMU is still starting, so that udev events are never kept waiting
@@ -467,7 +537,11 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
         let vm = &ctx.config.vms[i];
         loop {
             match vm::locate(&ctx.root, &ctx.config, vm, cached(&vm.name), &ctx.deadline)? {
-                Located::Running(_) | Located::NotRunning(_) => break,
+                Located::Running(r) => {
+                    settle_xen(ctx, vm, &r.socket);
+                    break;
+                }
+                Located::NotRunning(_) => break,
                 Located::NotReady(why) => {
                     if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
                         log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
@@ -486,7 +560,8 @@ fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     if let Some(n) = only {
         ctx.config.vm(n)?;
     }
-    let targets: Vec<usize> = (0..ctx.config.vms.len()).filter(|i| only.is_none_or(|n| ctx.config.vms[*i].name == n)).collect();
+    let targets: Vec<usize> =
+        (0..ctx.config.vms.len()).filter(|i| only.is_none_or(|n| ctx.config.vms[*i].name == n)).collect();
     wait_until_ready(ctx, &targets)?;
     with_state(ctx, |state| {
         let host = host::scan(&ctx.root)?;
@@ -497,7 +572,10 @@ fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
             let vm = &ctx.config.vms[i];
             match connect(ctx, state, vm, true)? {
                 Some(mut r) => {
-                    let same = state.vms.get(&vm.name).filter(|o| o.instance == r.instance && o.socket == r.socket && !r.instance.is_empty());
+                    let same = state
+                        .vms
+                        .get(&vm.name)
+                        .filter(|o| o.instance == r.instance && o.socket == r.socket && !r.instance.is_empty());
                     if state.vms.contains_key(&vm.name) && same.is_none() {
                         log::info!("VM {}: a different QEMU is behind {} now (restarted?)", vm.name, r.socket);
                     }

@@ -14,17 +14,31 @@ use crate::vm;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-const RULE_DIRS: &[&str] = &["/etc/udev/rules.d", "/run/udev/rules.d", "/usr/local/lib/udev/rules.d", "/usr/lib/udev/rules.d", "/lib/udev/rules.d"];
-const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+const RULE_DIRS: &[&str] = &[
+    "/etc/udev/rules.d",
+    "/run/udev/rules.d",
+    "/usr/local/lib/udev/rules.d",
+    "/usr/lib/udev/rules.d",
+    "/lib/udev/rules.d",
+];
+const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
 pub const RULE_FILE: &str = "99-xen-usb.rules";
 pub const UNITS: &[&str] = &["auto-usb-attach-sync.service", "auto-usb-attach-sync.path", "auto-usb-attach-sync.timer"];
 
-/// Config and state dir must not be writable by anyone but root: whoever can
-/// write them decides which host devices a VM gets.
-fn writable_by_others(path: &Path) -> Option<String> {
+/// Config and state dir must not be writable by anyone but root (or the
+/// user running the tool): whoever can write them decides which host
+/// devices a VM gets.
+pub fn writable_by_others(path: &Path) -> Option<String> {
     let m = std::fs::metadata(path).ok()?;
     let mode = m.mode() & 0o7777;
-    if m.uid() != 0 {
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != 0 && m.uid() != me {
         Some(format!("owned by uid {} (mode {mode:04o})", m.uid()))
     } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
         Some(format!("writable by group or others (mode {mode:04o})"))
@@ -48,7 +62,10 @@ pub fn overlaps(c: &Config) -> Vec<String> {
                         (HubRule::Port(_), HubRule::Bus(_)) => false,
                     };
                     if nested(ha, hb) || nested(hb, ha) {
-                        out.push(format!("hubs {ha} (VM {}) and {hb} (VM {}) overlap: devices there go to {}", a.name, b.name, a.name));
+                        out.push(format!(
+                            "hubs {ha} (VM {}) and {hb} (VM {}) overlap: devices there go to {}",
+                            a.name, b.name, a.name
+                        ));
                     }
                 }
             }
@@ -118,7 +135,8 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
             Ok(Some(mut r)) => match vm::enumerate(&mut r.client) {
                 Ok(v) => {
                     let ctrls: Vec<String> = v.controllers.iter().map(|c| format!("{} ({})", c.id, c.driver)).collect();
-                    let devs: Vec<String> = v.devices.iter().map(|d| format!("{} on {} port {}", d.id, d.controller, d.port)).collect();
+                    let devs: Vec<String> =
+                        v.devices.iter().map(|d| format!("{} on {} port {}", d.id, d.controller, d.port)).collect();
                     println!(
                         "VM {}: running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
                         vm.name,
@@ -171,6 +189,10 @@ devices = ["046d:c52b", "1050:0407"]
         assert!(o[0].starts_with("hubs 1-4 (VM a) and 1-4.2 (VM b)"), "{o:?}");
         assert!(o[1].starts_with("hubs usb2 (VM a) and 2-1 (VM b)"), "{o:?}");
         assert!(o[2].starts_with("devices 046d:c52b"), "{o:?}");
-        assert!(overlaps(&parse_str("[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n[[vm]]\nname = \"b\"\nhubs = [\"1-40\"]\n", "t").unwrap()).is_empty());
+        assert!(overlaps(
+            &parse_str("[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n[[vm]]\nname = \"b\"\nhubs = [\"1-40\"]\n", "t")
+                .unwrap()
+        )
+        .is_empty());
     }
 }

@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "auto-usb-attach", version, about = "Attach host USB devices to Xen and QEMU/KVM guests over QMP, driven by udev")]
+#[command(
+    name = "auto-usb-attach",
+    version,
+    about = "Attach host USB devices to Xen and QEMU/KVM guests over QMP, driven by udev"
+)]
 pub struct Cli {
     /// Resolve every OS path (config, state, /sys, /dev, sockets) under DIR.
     #[arg(long, global = true, value_name = "DIR", env = "AUTO_USB_ATTACH_ROOT")]

@@ -86,8 +86,7 @@ impl HubRule {
         match self {
             HubRule::Bus(b) => *b == bus,
             HubRule::Port(p) => {
-                port_path == p
-                    || port_path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.'))
+                port_path == p || port_path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.'))
             }
         }
     }
@@ -113,10 +112,7 @@ impl DeviceRule {
     pub fn parse(s: &str) -> Result<DeviceRule> {
         let bad = || Error::new(format!("{s:?} is not vendor:product[:serial] in hex, like \"046d:c52b\""));
         let mut it = s.splitn(3, ':');
-        let hex4 = |p: Option<&str>| {
-            p.filter(|p| p.len() == 4)
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        };
+        let hex4 = |p: Option<&str>| p.filter(|p| p.len() == 4).and_then(|p| u16::from_str_radix(p, 16).ok());
         let vendor = hex4(it.next()).ok_or_else(bad)?;
         let product = hex4(it.next()).ok_or_else(bad)?;
         let serial = match it.next() {
@@ -204,10 +200,11 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     let mut vms = Vec::new();
     for (i, v) in raw.vm.into_iter().enumerate() {
         let label = format!("vm[{i}]");
-        if v.name.is_empty()
-            || !v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(err(&format!("{label}.name"), format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", v.name)));
+        if v.name.is_empty() || !v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(err(
+                &format!("{label}.name"),
+                format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", v.name),
+            ));
         }
         let vkey = |k: &str| format!("vm {:?}: {k}", v.name);
         if vms.iter().any(|o: &VmConfig| o.name == v.name) {
@@ -248,15 +245,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
             .iter()
             .map(|d| DeviceRule::parse(d).map_err(|e| err(&vkey("devices"), e.to_string())))
             .collect::<Result<Vec<_>>>()?;
-        vms.push(VmConfig {
-            name: v.name,
-            qmp: v.qmp,
-            usb_version,
-            ports,
-            max_controllers,
-            hubs,
-            devices,
-        });
+        vms.push(VmConfig { name: v.name, qmp: v.qmp, usb_version, ports, max_controllers, hubs, devices });
     }
 
     Ok(Config {

@@ -22,10 +22,7 @@ impl Deadline {
     pub fn remaining(&self, what: &str) -> Result<Duration> {
         let now = Instant::now();
         if now >= self.end {
-            return Err(Error::new(format!(
-                "timed out {what} ({:.1} s budget used up)",
-                self.budget.as_secs_f64()
-            )));
+            return Err(Error::new(format!("timed out {what} ({:.1} s budget used up)", self.budget.as_secs_f64())));
         }
         Ok(self.end - now)
     }

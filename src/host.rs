@@ -61,21 +61,13 @@ pub fn devname(bus: u16, addr: u16) -> String {
 }
 
 fn read_attr(dir: &Path, name: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(name))
-        .ok()
-        .map(|s| s.trim_end_matches('\n').to_string())
-        .filter(|s| !s.is_empty())
+    std::fs::read_to_string(dir.join(name)).ok().map(|s| s.trim_end_matches('\n').to_string()).filter(|s| !s.is_empty())
 }
 
-fn num_attr<T: std::str::FromStr>(dir: &Path, name: &str, radix16: bool) -> Result<T>
-where
-    T: TryFrom<u32>,
-{
+fn num_attr<T: TryFrom<u32>>(dir: &Path, name: &str, radix16: bool) -> Result<T> {
     let s = read_attr(dir, name).ok_or_else(|| Error::new(format!("{}: missing {name}", dir.display())))?;
     let n = if radix16 { u32::from_str_radix(&s, 16) } else { s.parse::<u32>() };
-    n.ok()
-        .and_then(|n| T::try_from(n).ok())
-        .ok_or_else(|| Error::new(format!("{}: bad {name} {s:?}", dir.display())))
+    n.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Error::new(format!("{}: bad {name} {s:?}", dir.display())))
 }
 
 /// Read one device directory (`/sys/bus/usb/devices/3-1.2` or the DEVPATH dir).
@@ -319,7 +311,14 @@ mod tests {
 
     #[test]
     fn bad_env_names_the_variable() {
-        for (k, v) in [("BUSNUM", "abc"), ("DEVNUM", "0"), ("DEVNUM", "1000"), ("DEVPATH", "/etc/../x"), ("TYPE", "x"), ("ID_VENDOR_ID", "zz")] {
+        for (k, v) in [
+            ("BUSNUM", "abc"),
+            ("DEVNUM", "0"),
+            ("DEVNUM", "1000"),
+            ("DEVPATH", "/etc/../x"),
+            ("TYPE", "x"),
+            ("ID_VENDOR_ID", "zz"),
+        ] {
             let mut m = env(ADD);
             m.insert(k.into(), v.into());
             let e = UdevEvent::from_env(&m).unwrap_err().to_string();

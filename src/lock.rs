@@ -30,13 +30,13 @@ impl LockGuard {
             match file.try_lock() {
                 Ok(()) => return Ok(LockGuard { file }),
                 Err(TryLockError::WouldBlock) => {
-                    let left = deadline
-                        .remaining(&format!("waiting for lock {} (another auto-usb-attach is running)", path.display()))?;
+                    let left = deadline.remaining(&format!(
+                        "waiting for lock {} (another auto-usb-attach is running)",
+                        path.display()
+                    ))?;
                     std::thread::sleep(left.min(Duration::from_millis(5)));
                 }
-                Err(TryLockError::Error(e)) => {
-                    return Err(Error::new(format!("cannot lock {}: {e}", path.display())))
-                }
+                Err(TryLockError::Error(e)) => return Err(Error::new(format!("cannot lock {}: {e}", path.display()))),
             }
         }
     }

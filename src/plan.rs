@@ -206,7 +206,7 @@ devices = ["1050:0407:S1"]
     fn speed_picks_the_range() {
         let v = vm("ports = 2");
         let c0 = new_controller(&v, 0);
-        let h = held(&[c0.clone()], &[("xenusb-0", 1)]);
+        let h = held(std::slice::from_ref(&c0), &[("xenusb-0", 1)]);
         assert_eq!(place(&v, &h, false).unwrap().port, 2);
         assert_eq!(place(&v, &h, true).unwrap().port, 3);
         let h = held(&[c0], &[("xenusb-0", 3), ("xenusb-0", 4)]);
@@ -228,7 +228,7 @@ devices = ["1050:0407:S1"]
     fn full_controller_and_cap() {
         let v = vm("ports = 1\nmax-controllers = 2");
         let c0 = new_controller(&v, 0);
-        let h = held(&[c0.clone()], &[("xenusb-0", 1)]);
+        let h = held(std::slice::from_ref(&c0), &[("xenusb-0", 1)]);
         assert_eq!(place(&v, &h, false).unwrap().new_controller.unwrap().id, "xenusb-1");
         let c1 = new_controller(&v, 1);
         let h = held(&[c0, c1], &[("xenusb-0", 1), ("xenusb-1", 1)]);
@@ -240,9 +240,12 @@ devices = ["1050:0407:S1"]
     fn controller_index_fills_gaps_and_existing_order() {
         let v = vm("usb-version = 2\nmax-controllers = 3");
         let c2 = Controller { id: "xenusb-2".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 };
-        let h = held(&[c2.clone()], &(1..=6).map(|p| ("xenusb-2", p)).collect::<Vec<_>>());
+        let h = held(std::slice::from_ref(&c2), &(1..=6).map(|p| ("xenusb-2", p)).collect::<Vec<_>>());
         let p = place(&v, &h, true).unwrap();
-        assert_eq!(p.new_controller.unwrap(), Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 });
+        assert_eq!(
+            p.new_controller.unwrap(),
+            Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 }
+        );
         assert_eq!(controller_args(&new_controller(&v, 0)), json!({"driver": "usb-ehci", "id": "xenusb-0"}));
         // ehci takes any speed on any of its ports
         let h = held(&[c2], &[("xenusb-2", 1)]);

@@ -69,9 +69,7 @@ pub struct Qmp<S> {
 
 fn io_err(e: std::io::Error, what: &str) -> QmpError {
     match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            QmpError::Timeout(format!("timed out {what}"))
-        }
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => QmpError::Timeout(format!("timed out {what}")),
         _ => QmpError::Io(format!("{what}: {e}")),
     }
 }
@@ -84,9 +82,7 @@ impl<S: BufRead + Write> Qmp<S> {
             // QEMU accepts a second client into the backlog but only greets it
             // when the first one leaves.
             Err(QmpError::Timeout(_)) => {
-                return Err(QmpError::Timeout(
-                    "QMP socket busy (another client connected?): no greeting".into(),
-                ))
+                return Err(QmpError::Timeout("QMP socket busy (another client connected?): no greeting".into()))
             }
             Err(e) => return Err(e),
         };
@@ -132,7 +128,10 @@ impl<S: BufRead + Write> Qmp<S> {
                 let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
                 return Err(QmpError::Qemu { class: s("class"), desc: s("desc") });
             }
-            return Err(QmpError::Protocol(format!("reply to {command} has neither return nor error: {}", snippet(&v.to_string()))));
+            return Err(QmpError::Protocol(format!(
+                "reply to {command} has neither return nor error: {}",
+                snippet(&v.to_string())
+            )));
         }
     }
 
@@ -258,8 +257,9 @@ fn connect_unix(path: &Path, deadline: &Deadline) -> QmpResult<UnixStream> {
     use std::os::fd::{AsRawFd, OwnedFd};
     let addr = UnixAddr::new(path).map_err(|e| QmpError::Io(format!("bad socket path {}: {e}", path.display())))?;
     loop {
-        let fd: OwnedFd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-            .map_err(|e| QmpError::Io(format!("socket: {e}")))?;
+        let fd: OwnedFd =
+            socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
+                .map_err(|e| QmpError::Io(format!("socket: {e}")))?;
         match connect(fd.as_raw_fd(), &addr) {
             Ok(()) => {
                 let s = UnixStream::from(fd);
@@ -268,7 +268,10 @@ fn connect_unix(path: &Path, deadline: &Deadline) -> QmpResult<UnixStream> {
             }
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
                 if deadline.remaining("").is_err() {
-                    return Err(QmpError::Timeout(format!("timed out connecting to {} (backlog full)", path.display())));
+                    return Err(QmpError::Timeout(format!(
+                        "timed out connecting to {} (backlog full)",
+                        path.display()
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

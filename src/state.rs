@@ -173,7 +173,12 @@ mod tests {
                 socket: "/run/xen/qmp-libxl-7".into(),
                 instance: "1234:1764012345.000000123".into(),
                 domid: Some(7),
-                controllers: vec![Controller { id: "xenusb-0".into(), driver: "nec-usb-xhci".into(), ports: 15, usb3_ports: 15 }],
+                controllers: vec![Controller {
+                    id: "xenusb-0".into(),
+                    driver: "nec-usb-xhci".into(),
+                    ports: 15,
+                    usb3_ports: 15,
+                }],
                 devices: vec![Attached {
                     id: "xenusb-3-7".into(),
                     bus: 3,

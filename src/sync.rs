@@ -34,8 +34,9 @@ pub fn plan(
         for d in &view.devices {
             let why = match host_at(d.bus, d.addr) {
                 None => Some("its host device is gone"),
-                Some(h) if (!d.usb_id.is_empty() && d.usb_id != h.id_string())
-                    || (!d.port_path.is_empty() && d.port_path != h.port_path) =>
+                Some(h)
+                    if (!d.usb_id.is_empty() && d.usb_id != h.id_string())
+                        || (!d.port_path.is_empty() && d.port_path != h.port_path) =>
                 {
                     Some("another device now has its bus:addr")
                 }
@@ -136,7 +137,12 @@ hubs = ["usb1"]
     #[test]
     fn cold_start_attaches_everything_routed() {
         let c = parse_str(CFG, "t").unwrap();
-        let host = vec![dev(1, 2, "1-1", (1, 1)), dev(1, 3, "1-2", (1, 1)), dev(2, 2, "2-1", (0x1050, 0x0407)), dev(2, 3, "2-2", (9, 9))];
+        let host = vec![
+            dev(1, 2, "1-1", (1, 1)),
+            dev(1, 3, "1-2", (1, 1)),
+            dev(2, 2, "2-1", (0x1050, 0x0407)),
+            dev(2, 3, "2-2", (9, 9)),
+        ];
         let empty = VmState::default();
         let s = plan(&c, &[(0, &empty), (1, &empty)], &[], &host, &[]);
         assert_eq!(attaches(&s), vec![(0, 1, 2), (1, 1, 3), (0, 2, 2)]);
@@ -168,7 +174,10 @@ hubs = ["usb1"]
         let s = plan(&c, &[(0, &v)], &[], &[], &[]);
         assert_eq!(
             detaches(&s),
-            vec![(0, "xenusb-1-2".into(), "its host device is gone"), (0, "xenusb-1-9".into(), "its host device is gone")]
+            vec![
+                (0, "xenusb-1-2".into(), "its host device is gone"),
+                (0, "xenusb-1-9".into(), "its host device is gone")
+            ]
         );
     }
 
@@ -190,7 +199,7 @@ hubs = ["usb1"]
         let k = dev(1, 2, "1-1", (1, 1));
         let in_b = view(vec![rec(&k, Origin::Rule)]);
         let empty = VmState::default();
-        let s = plan(&c, &[(0, &empty), (1, &in_b)], &[], &[k.clone()], &[]);
+        let s = plan(&c, &[(0, &empty), (1, &in_b)], &[], std::slice::from_ref(&k), &[]);
         assert_eq!(detaches(&s), vec![(1, "xenusb-1-2".into(), "no rule routes it to this VM any more")]);
         assert_eq!(attaches(&s), vec![(0, 1, 2)]);
         // Syncing only a while b (not synced) holds it: never attach twice.
@@ -203,7 +212,7 @@ hubs = ["usb1"]
         let c = parse_str(CFG, "t").unwrap();
         let stranger = dev(3, 4, "3-1", (9, 9)); // no rule wants it
         let v = view(vec![rec(&stranger, Origin::Manual)]);
-        assert!(plan(&c, &[(0, &v)], &[], &[stranger.clone()], &[]).is_empty());
+        assert!(plan(&c, &[(0, &v)], &[], std::slice::from_ref(&stranger), &[]).is_empty());
         // a device found in QEMU (state lost) is left alone as well
         let v = view(vec![rec(&stranger, Origin::Found)]);
         assert!(plan(&c, &[(0, &v)], &[], &[stranger], &[]).is_empty());

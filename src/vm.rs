@@ -61,7 +61,13 @@ fn open(path: &Path, shown: String, domid: Option<u32>, deadline: &Deadline, cap
 }
 
 /// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names.
-pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
+pub fn locate(
+    root: &Root,
+    config: &Config,
+    vm: &VmConfig,
+    cached_domid: Option<u32>,
+    deadline: &Deadline,
+) -> Result<Located> {
     let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
     if let Some(q) = &vm.qmp {
         let path = root.path(q);
@@ -77,9 +83,9 @@ pub fn locate(root: &Root, config: &Config, vm: &VmConfig, cached_domid: Option<
 
     let dir = root.path(&config.xen_run_dir);
     let mut domids: Vec<u32> = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(XEN_SOCKET_PREFIX)?.parse().ok())
-            .collect(),
+        Ok(rd) => {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(XEN_SOCKET_PREFIX)?.parse().ok()).collect()
+        }
         Err(_) => Vec::new(),
     };
     // Cached domid first, then newest first: a rebooted domain gets a higher id.
@@ -174,7 +180,9 @@ pub fn enumerate(q: &mut Client) -> QmpResult<VmState> {
             continue;
         }
         match layout(q, name, ty)? {
-            Some((ports, usb3_ports)) => view.controllers.push(Controller { id: name.clone(), driver: ty.to_string(), ports, usb3_ports }),
+            Some((ports, usb3_ports)) => {
+                view.controllers.push(Controller { id: name.clone(), driver: ty.to_string(), ports, usb3_ports })
+            }
             None => log::warn!("{name} is a {ty}, not a USB controller this tool knows; leaving it alone"),
         }
     }
