@@ -1,0 +1,426 @@
+"""auto-usb-attach e2e harness: project-specific helpers on top of rig/rig.py.
+
+Installs the tool inside the rig's outer guest the way `make install` would, starts
+inner QEMUs standing for Xen domains, waits for udev events (with deadlines), asks the
+INNER QEMU for its real state over QMP (short sessions: connect, query, disconnect),
+and collects diagnostics and timing figures.  Stdlib only."""
+import datetime, json, os, re, shlex, statistics, sys, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(HERE, "rig"))
+from rig import Rig, RigError, GUEST_RIG  # noqa: E402,F401
+
+DEFAULT_BIN = os.path.join(REPO, "target", "release", "auto-usb-attach")
+PREFIX = "/run/aua"
+BIN_G = PREFIX + "/sbin/auto-usb-attach"
+CONF_G = PREFIX + "/etc/auto-usb-attach.toml"
+RULE_G = "/run/udev/rules.d/99-xen-usb.rules"
+TOOL_LOG = PREFIX + "/tool.log"
+STATE_DIR = "/run/auto-usb-attach"
+XEN_RUN = "/run/xen"
+# The rule as CONTRACT.md gives it; used only if the repo has no udev-rules/99-xen-usb.rules yet.
+CONTRACT_RULE = ('ACTION=="add|bind|remove", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_device", '
+                 'RUN+="@SBINDIR@/auto-usb-attach --config @SYSCONFDIR@/auto-usb-attach.toml udev"\n')
+
+
+class Fail(Exception):
+    pass
+
+
+class Skip(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def toml(cfg):
+    """Tiny TOML writer for the tool's config: top-level scalars + [[vm]] tables."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return json.dumps(str(v))
+    out = ["%s = %s" % (k, val(v)) for k, v in cfg.items() if k != "vm"]
+    for vm in cfg.get("vm", []):
+        out += ["", "[[vm]]"] + ["%s = %s" % (k, val(v)) for k, v in vm.items()]
+    return "\n".join(out) + "\n"
+
+
+class Event:
+    __slots__ = ("action", "bus", "addr", "vidpid", "devpath", "seq", "ts", "idx")
+
+    def __init__(self, line, idx):
+        f = line.split()
+        self.action, self.bus, self.addr, self.vidpid, self.devpath = f[0], int(f[1]), int(f[2]), f[3], f[4]
+        self.seq, self.ts, self.idx = int(f[5]), float(f[6]), idx
+
+    @property
+    def sysname(self):
+        return self.devpath.rsplit("/", 1)[-1]
+
+    def __repr__(self):
+        return "%s %d-%d %s %s #%d" % (self.action, self.bus, self.addr, self.vidpid, self.sysname, self.seq)
+
+
+class Device:
+    """One emulated USB device as the guest saw it (from the rig's event log)."""
+
+    def __init__(self, name, port, bus, addr, add, bind, plug_t):
+        self.name, self.port, self.bus, self.addr = name, port, bus, addr
+        self.add, self.bind, self.plug_t = add, bind, plug_t
+
+    @property
+    def qid(self):
+        return "xenusb-%d-%d" % (self.bus, self.addr)
+
+    def __repr__(self):
+        return "%s@%s=%d:%d" % (self.name, self.port, self.bus, self.addr)
+
+
+class Env:
+    def __init__(self, rig, bin_path, log=print):
+        self.rig, self.bin, self.log = rig, bin_path, log
+        self.vms = {}          # name -> domid (inner QEMUs we started)
+        self.figures = []      # (label, seconds, source)
+        self.install_method = None
+
+    # ---- guest helpers -------------------------------------------------------------
+    def g(self, cmd, timeout=60):
+        return self.rig.gexec(cmd, timeout)
+
+    def gcheck(self, cmd, timeout=60):
+        return self.rig.gcheck(cmd, timeout)
+
+    # ---- install -------------------------------------------------------------------
+    def install(self, config):
+        """Install binary, rule and config in the guest like `make install` would.
+        Tries the repo's Makefile first (if it has an install target and the repo is
+        visible in the guest), else installs by hand.  Returns a one-line description."""
+        if not os.path.isfile(self.bin):
+            raise RigError("binary %s not found (build it: cargo build --release)" % self.bin)
+        # stage what the guest needs in the shared work dir (visible at /tmp/rig)
+        with open(self.bin, "rb") as f:
+            gbin = self.rig.put("stage/auto-usb-attach", f.read())
+        os.chmod(os.path.join(self.rig.dir, "stage/auto-usb-attach"), 0o755)
+        rule_src = os.path.join(REPO, "udev-rules", "99-xen-usb.rules")
+        if os.path.isfile(rule_src):
+            rule_text, rule_from = open(rule_src).read(), "udev-rules/99-xen-usb.rules"
+        else:
+            rule_text, rule_from = CONTRACT_RULE, "CONTRACT.md (repo has no udev-rules/99-xen-usb.rules)"
+        grule = self.rig.put("stage/99-xen-usb.rules", rule_text)
+        method = None
+        mk = os.path.join(REPO, "Makefile")
+        if os.path.isfile(mk) and re.search(r"^install\s*:", open(mk).read(), re.M) \
+                and os.environ.get("E2E_INSTALL", "make") == "make":
+            rc, out = self.g("test -f %s/Makefile && make -C %s install %s 2>&1"
+                             % (shlex.quote(REPO), shlex.quote(REPO), " ".join(
+                                 "%s=%s" % kv for kv in self.make_vars(gbin).items())), timeout=120)
+            ok, why = self._installed_ok()
+            if rc == 0 and ok:
+                method = "make install %s" % " ".join("%s=%s" % kv for kv in self.make_vars("<bin>").items())
+            else:
+                self.log("  note: make install did not do it (rc %d, %s); installing by hand\n%s"
+                         % (rc, why, _indent(out[-1500:])))
+        if method is None:
+            self.gcheck("set -e; mkdir -p %(p)s/sbin %(p)s/etc /run/udev/rules.d; "
+                        "install -m 0755 %(bin)s %(p)s/sbin/auto-usb-attach; "
+                        "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
+                        "-e 's|@XENRUNDIR@|%(x)s|g' %(rule)s > %(dst)s"
+                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, x=XEN_RUN))
+            method = "by hand (rule from %s)" % rule_from
+            ok, why = self._installed_ok()
+            if not ok:
+                raise RigError("install by hand failed: " + why)
+        self.write_config(config)
+        self.gcheck("udevadm control --reload")
+        self.install_method = method
+        return method
+
+    @staticmethod
+    def make_vars(bin_path):
+        """Everything `make install` writes goes under /run (the guest's / is read-only)."""
+        return {"DESTDIR": "", "PREFIX": PREFIX, "SBINDIR": PREFIX + "/sbin", "SYSCONFDIR": PREFIX + "/etc",
+                "UDEVDIR": "/run/udev", "SYSTEMDUNITDIR": PREFIX + "/systemd", "MANDIR": PREFIX + "/man",
+                "XENRUNDIR": XEN_RUN, "BIN": bin_path}
+
+    def _installed_ok(self):
+        rc, out = self.g("test -x %s || echo 'no binary %s'; test -f %s || echo 'no rule %s'; "
+                         "grep -Eq '@[A-Z]+@' %s 2>/dev/null && echo 'rule not substituted'; "
+                         "grep -q '%s/sbin/auto-usb-attach' %s 2>/dev/null || echo 'rule does not run %s'; true"
+                         % (BIN_G, BIN_G, RULE_G, RULE_G, RULE_G, PREFIX, RULE_G, BIN_G))
+        return (rc == 0 and not out.strip()), out.strip().replace("\n", "; ")
+
+    def write_config(self, cfg):
+        text = toml(cfg)
+        src = self.rig.put("stage/auto-usb-attach.toml", text)
+        self.gcheck("mkdir -p %s/etc && cp %s %s" % (PREFIX, src, CONF_G))
+        return text
+
+    # ---- inner QEMUs (stand-ins for Xen domains) ------------------------------------------
+    def start_vm(self, name, domid):
+        sock = "%s/qmp-libxl-%d" % (XEN_RUN, domid)
+        t0 = time.time()
+        self.gcheck("mkdir -p %s && qemu-system-x86_64 -M pc -nodefaults -display none -S -accel tcg -m 64 "
+                    "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/qemu-%d.pid"
+                    % (XEN_RUN, shlex.quote(name), sock, XEN_RUN, domid), timeout=60)
+        self.vms[name] = domid
+        v = self.view(domid)
+        check(v.get("name") == name, "inner QEMU %d answers query-name %r" % (domid, v.get("name")))
+        return time.time() - t0
+
+    def sock(self, domid):
+        return "%s/qmp-libxl-%d" % (XEN_RUN, domid)
+
+    def qmp(self, domid, *cmds, timeout=30):
+        """One short QMP session with inner QEMU <domid>: cmds = ("execute", {args}), ..."""
+        try:
+            return self.rig.greq({"op": "qmp", "sock": self.sock(domid), "timeout": 15,
+                                  "cmds": [list(c) for c in cmds]}, timeout)
+        except RigError as e:
+            raise Fail("QMP to domain %d failed: %s" % (domid, e))
+
+    def views(self, timeout=60):
+        """{vm: view} of every inner QEMU we started, one short QMP session each."""
+        vs = self.rig.greq({"op": "views", "timeout": 15,
+                            "socks": {n: self.sock(d) for n, d in self.vms.items()}}, timeout)
+        for n, v in vs.items():
+            if "error" in v:
+                raise Fail("QMP view of %s (domid %d) failed: %s" % (n, self.vms[n], v["error"]))
+        return vs
+
+    def view(self, domid, timeout=30):
+        """Inner QEMU's real state: peripheral ids + usb-host props (short session)."""
+        v = self.rig.greq({"op": "views", "timeout": 15, "socks": {"x": self.sock(domid)}}, timeout)["x"]
+        if "error" in v:
+            raise Fail("QMP view of domain %d failed: %s" % (domid, v["error"]))
+        return v
+
+    def wait_attached(self, vm, qid, timeout=20):
+        """Poll (deadline) until QEMU's /machine/peripheral/<qid> in <vm> has attached == true.
+        Returns (props, time seen, views of all VMs at that moment)."""
+        deadline = time.time() + timeout
+        while True:
+            vs = self.views()
+            u = vs[vm]["usb"].get(qid)
+            if u and u.get("attached") is True:
+                return u, time.time(), vs
+            if time.time() > deadline:
+                raise Fail("%s not attached in %s after %ss (QEMU has: %s)" % (qid, vm, timeout, _brief(vs[vm])))
+            time.sleep(0.3)
+
+    def wait_absent(self, vm, qid, timeout=20):
+        deadline = time.time() + timeout
+        while True:
+            v = self.view(self.vms[vm])
+            if qid not in [p["name"] for p in v["peripheral"]]:
+                return v
+            if time.time() > deadline:
+                raise Fail("%s still in %s's QEMU after %ss (%s)" % (qid, vm, timeout, _brief(v)))
+            time.sleep(0.3)
+
+    def read(self, *paths):
+        return self.rig.greq({"op": "read", "paths": list(paths)})
+
+    # ---- events ------------------------------------------------------------------------------
+    def events(self):
+        r = self.read("/run/events.log", "/run/events-done.log")
+        ev_txt, done_txt = r["/run/events.log"] or "", r["/run/events-done.log"] or ""
+        evs = [Event(l, i) for i, l in enumerate(ev_txt.splitlines()) if l.strip()]
+        done = {}
+        for l in done_txt.splitlines():
+            f = l.split()
+            if len(f) == 3:
+                done[int(f[0])] = float(f[2])
+        return evs, done
+
+    def mark(self):
+        return len(self.events()[0])
+
+    @staticmethod
+    def _match(ev, port):
+        return re.fullmatch(r"\d+-" + re.escape(str(port)), ev.sysname) is not None
+
+    def wait_plugged(self, plugs, since, timeout=40):
+        """plugs: [(name, port, plug_time)].  Waits until each port's add+bind events were
+        logged AND every RUN of those events (the tool's included) has returned."""
+        deadline = time.time() + timeout
+        while True:
+            evs, done = self.events()
+            devs, missing = [], []
+            for name, port, t in plugs:
+                mine = [e for e in evs[since:] if self._match(e, port)]
+                add = next((e for e in mine if e.action == "add"), None)
+                bind = next((e for e in mine if e.action == "bind"), None)
+                if add and bind and add.seq in done and bind.seq in done:
+                    devs.append(Device(name, port, add.bus, add.addr, add, bind, t))
+                else:
+                    missing.append("%s@%s(%s)" % (name, port, ",".join(
+                        "%s%s" % (e.action, "" if e.seq in done else "-running") for e in mine) or "no event"))
+            if not missing:
+                return devs, done
+            if time.time() > deadline:
+                raise Fail("udev events not complete after %ss: %s" % (timeout, " ".join(missing)))
+            time.sleep(0.2)
+
+    def wait_removed(self, ports, since, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            evs, done = self.events()
+            missing = []
+            for port in ports:
+                rm = next((e for e in evs[since:] if self._match(e, port) and e.action == "remove"), None)
+                if not (rm and rm.seq in done):
+                    missing.append(str(port))
+            if not missing:
+                return
+            if time.time() > deadline:
+                raise Fail("no completed remove event for port(s) %s after %ss" % (",".join(missing), timeout))
+            time.sleep(0.2)
+
+    def plug(self, name, driver, port, **props):
+        """Plug one device into the outer VM and wait for the guest to finish its events."""
+        since = self.mark()
+        t = self.rig.plug(name, driver, port, **props)
+        devs, done = self.wait_plugged([(name, port, t)], since)
+        return devs[0]
+
+    def unplug(self, name, ports, since=None):
+        since = self.mark() if since is None else since
+        self.rig.unplug(name)
+        self.wait_removed(ports if isinstance(ports, (list, tuple)) else [ports], since)
+
+    # ---- the tool ------------------------------------------------------------------------------
+    def tool(self, args, timeout=40):
+        return self.g("%s --config %s %s" % (BIN_G, CONF_G, args), timeout)
+
+    def state(self):
+        out = self.read(STATE_DIR + "/state.json")[STATE_DIR + "/state.json"]
+        if out is None:
+            return None
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {"_unparsable": out}
+
+    def tool_log(self):
+        return self.read(TOOL_LOG)[TOOL_LOG] or ""
+
+    def attached_anywhere(self, qid, views=None):
+        """[(vm, props)] of every inner QEMU that has <qid>."""
+        views = views or self.views()
+        return [(name, v["usb"].get(qid)) for name, v in views.items()
+                if qid in [p["name"] for p in v["peripheral"]]]
+
+    # ---- figures -------------------------------------------------------------------------------------
+    def figure(self, dev, observed_t, label=None, done=None):
+        """Record the attach time of a udev-driven attach.  Preferred source: the tool's own
+        log line (timestamped) minus the rig's add-event timestamp (written by the RUN that
+        runs just before the tool's, same guest clock).  Fallback: the add event's RUN
+        window (rig timestamp -> all RUNs of the event returned; QEMU then showed
+        attached=true).  Also kept: plug -> attached as seen from the host."""
+        label = label or dev.qid
+        ts = self.tool_log_time(dev.qid)
+        if ts is not None and -0.5 <= ts - dev.add.ts <= 60:
+            self.figures.append((label, ts - dev.add.ts, "tool-log"))
+        else:
+            done = (done or self.events()[1]).get(dev.add.seq)
+            if done is not None:
+                self.figures.append((label, done - dev.add.ts, "udev-run"))
+        self.figures.append((label, observed_t - dev.plug_t, "host-plug"))
+
+    _log_cache = (0, "")
+
+    def tool_log_time(self, qid):
+        """Timestamp of the tool's log line that reports <qid> attached, if the log has usable
+        (sub-second) timestamps; else None."""
+        now = time.time()
+        if now - self._log_cache[0] > 0.5:
+            self._log_cache = (now, self.tool_log())
+        for line in self._log_cache[1].splitlines():
+            if qid in line and re.search(r"attach", line, re.I) and not re.search(r"detach|fail|error|refus", line, re.I):
+                t = parse_ts(line)
+                if t is not None:
+                    return t
+        return None
+
+    # ---- diagnostics ---------------------------------------------------------------------------------
+    def diagnostics(self):
+        parts = []
+        rc, out = self.g("tail -n 40 /run/events.log")
+        parts.append("--- guest udev event log (/run/events.log, last 40) ---\n" + out)
+        rc, out = self.g("tail -n 60 %s 2>&1" % TOOL_LOG)
+        parts.append("--- tool log (%s, last 60) ---\n%s" % (TOOL_LOG, out))
+        st = self.state()
+        st = "(none)" if st is None else json.dumps(st, separators=(",", ":"))
+        parts.append("--- state (%s/state.json) ---\n%s" % (STATE_DIR, st[:3000] + ("..." if len(st) > 3000 else "")))
+        for name, domid in self.vms.items():
+            try:
+                parts.append("--- inner QEMU %s (domid %d) ---\n%s" % (name, domid, format_view(self.view(domid))))
+            except Exception as e:  # noqa
+                parts.append("--- inner QEMU %s (domid %d): view failed: %s" % (name, domid, e))
+        return "\n".join(_indent(p) for p in parts)
+
+
+def parse_ts(line):
+    """Seconds since the epoch from a log line's timestamp (ISO 8601 with sub-second part,
+    or a bare epoch with decimals), or None if it has no sub-second timestamp."""
+    m = re.search(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)[.,](\d+)\s*(Z|[+-]\d\d:?\d\d|UTC)?", line)
+    if m:
+        frac = float("0." + m.group(3))
+        dt = datetime.datetime.strptime(m.group(1) + " " + m.group(2), "%Y-%m-%d %H:%M:%S")
+        tz = m.group(4)
+        if tz in (None, "Z", "UTC"):
+            dt = dt.replace(tzinfo=datetime.timezone.utc) if tz else dt.astimezone()
+        else:
+            sign = 1 if tz[0] == "+" else -1
+            h, mi = int(tz[1:3]), int(tz[-2:])
+            dt = dt.replace(tzinfo=datetime.timezone(sign * datetime.timedelta(hours=h, minutes=mi)))
+        return dt.timestamp() + frac
+    m = re.search(r"(?<![\d.])(\d{10}\.\d{3,})(?![\d])", line)
+    if m:
+        return float(m.group(1))
+    return None
+
+
+def format_view(v):
+    lines = ["query-name: %s" % v.get("name"),
+             "qom-list /machine/peripheral: %s" % (", ".join("%s(%s)" % (p["name"], p["type"][6:-1])
+                                                            for p in v["peripheral"]) or "(none)")]
+    for qid, u in sorted(v["usb"].items()):
+        lines.append("%s: port=%s hostbus=%s hostaddr=%s hostdevice=%s attached=%s bus=%s" % (
+            qid, u.get("port"), u.get("hostbus"), u.get("hostaddr"), u.get("hostdevice"),
+            u.get("attached"), str(u.get("parent_bus")).rsplit("/", 1)[-1]))
+    return "\n".join(lines)
+
+
+def _brief(v):
+    return ", ".join("%s%s" % (p["name"], "" if p["name"] not in v["usb"] else
+                               "[attached=%s]" % v["usb"][p["name"]].get("attached"))
+                     for p in v["peripheral"]) or "nothing"
+
+
+def _indent(s, pre="    "):
+    return "\n".join(pre + l for l in s.rstrip("\n").splitlines())
+
+
+def median_report(figures):
+    out = []
+    by = {}
+    for label, secs, src in figures:
+        by.setdefault(src, []).append(secs)
+    names = {"tool-log": "udev event reaching the tool -> tool logs QEMU attached (tool log timestamps)",
+             "udev-run": "udev add event reaching the tool -> tool returned, QEMU attached=true (rig RUN timestamps)",
+             "host-plug": "host plug (outer device_add) -> harness saw attached=true (checked after add+bind finished)"}
+    for src in ("tool-log", "udev-run", "host-plug"):
+        if src in by:
+            xs = by[src]
+            out.append("median %.3fs  min %.3fs  max %.3fs  n=%d  %s" % (
+                statistics.median(xs), min(xs), max(xs), len(xs), names[src]))
+    return out
