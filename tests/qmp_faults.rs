@@ -190,7 +190,8 @@ fn hang_on_udev_remove_times_out_and_keeps_the_record() {
     let run = r.root.udev(&r.dev.udev_env("remove"));
     run.fails(1, &["timed out"]);
     assert_within_budget(&run);
-    r.root.state().expect("state.json still there");
+    // QEMU may still hold it (no reply): the record must stay so a later remove/sync can finish the job.
+    assert!(r.root.state_has_device(3, 7), "record dropped although device_del never completed");
     r.root.assert_state_clean();
 }
 

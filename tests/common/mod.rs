@@ -200,7 +200,12 @@ fn run_cmd(mut c: Command) -> Run {
     let elapsed = start.elapsed();
     let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
-    Run { args, code: status.code(), stdout, stderr, elapsed }
+    let r = Run { args, code: status.code(), stdout, stderr, elapsed };
+    // AUA_TEST_SHOW=1 cargo test -- --nocapture: see every run's output.
+    if std::env::var_os("AUA_TEST_SHOW").is_some() {
+        eprintln!("{}\n({:?})\n", r.dump(), r.elapsed);
+    }
+    r
 }
 
 impl Run {

@@ -1,0 +1,224 @@
+//! The binary run exactly as udev's RUN runs it: an empty environment (no PATH)
+//! plus the event's variables, args `--root R --config /etc/auto-usb-attach.toml udev`,
+//! against a FakeQmp that records connections and commands.
+
+mod common;
+use common::*;
+use serde_json::json;
+
+const QMP: &str = "/run/qemu/vm.qmp";
+
+struct Rig {
+    root: TestRoot,
+    sys: FakeSysfs,
+    /// 046d:c52b at 3-1.2, bus 3 addr 7: wanted by the config's device rule.
+    dev: UsbDev,
+}
+
+/// Config: VM win10 on an explicit QMP socket wants 046d:c52b and everything behind 1-4.
+fn rig(tag: &str, extra: &str) -> Rig {
+    let root = TestRoot::new(tag);
+    let sys = FakeSysfs::new(&root);
+    sys.root_hub(3);
+    let dev = UsbDev::new(3, 7, "3-1.2");
+    sys.device(&dev);
+    root.write_config(&format!(
+        "timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\nhubs = [\"1-4\"]\n{extra}\n"
+    ));
+    Rig { root, sys, dev }
+}
+
+impl Rig {
+    fn fake(&self) -> FakeQmp {
+        FakeQmp::start(&self.root.p(QMP), FakeOptions::default())
+    }
+}
+
+fn set(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    env.retain(|(key, _)| key != k);
+    env.push((k.into(), v.into()));
+}
+
+#[test]
+fn add_for_a_device_no_vm_wants_exits_0_without_touching_qmp() {
+    let r = rig("u-nomatch", "");
+    let other = UsbDev::new(3, 9, "3-2").ids("1234", "5678");
+    r.sys.device(&other);
+    let f = r.fake();
+    r.root.udev(&other.udev_env("add")).ok();
+    r.root.udev(&other.udev_env("bind")).ok();
+    assert_eq!(f.connections(), 0, "connected to QMP for a device no rule wants: {:?}", f.commands());
+    assert!(!r.root.state_has_device(3, 9));
+}
+
+#[test]
+fn add_for_a_hub_is_ignored_even_where_a_hub_rule_covers_it() {
+    // hubs = ["usb3"] covers the hub's location, but hubs are never passed through.
+    let r = rig("u-hub", "");
+    r.root.write_config(&format!("timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\nhubs = [\"usb3\"]\n"));
+    let hub = UsbDev::new(3, 4, "3-1").hub();
+    r.sys.device(&hub);
+    let env = hub.udev_env("add");
+    assert!(env.contains(&("TYPE".to_string(), "9/0/0".to_string())));
+    let f = r.fake();
+    r.root.udev(&env).ok();
+    assert!(
+        !f.command_names().contains(&"device_add".to_string()),
+        "device_add for a hub: {:?}",
+        f.commands()
+    );
+    assert_eq!(f.connections(), 0, "connected to QMP for a hub");
+    assert!(!r.root.state_has_device(3, 4));
+}
+
+#[test]
+fn add_for_a_wanted_device_attaches_it_with_hostdevice_and_integer_ids() {
+    let r = rig("u-add", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let adds: Vec<_> = f.commands().into_iter().filter(|c| c["execute"] == "device_add").collect();
+    assert_eq!(adds.len(), 2, "want controller + device: {:?}", f.commands());
+    assert_eq!(adds[0]["arguments"], json!({"driver": "nec-usb-xhci", "id": "xenusb-0", "p2": 15, "p3": 15}));
+    let a = &adds[1]["arguments"];
+    assert_eq!(a["driver"], "usb-host");
+    assert_eq!(a["id"], "xenusb-3-7");
+    assert_eq!(a["bus"], "xenusb-0.0");
+    assert_eq!(a["hostbus"], json!(3));
+    assert_eq!(a["hostaddr"], json!(7));
+    // A full-speed device goes to the USB 1/2 range 1..=15.
+    let port: u32 = a["port"].as_str().expect("port is a string").parse().unwrap();
+    assert!((1..=15).contains(&port), "{a}");
+    // On add the tool must let QEMU open the node itself (the add-time race).
+    let hd = a["hostdevice"].as_str().unwrap_or_else(|| panic!("no hostdevice on add: {a}"));
+    assert!(hd.ends_with("/dev/bus/usb/003/007"), "{hd}");
+    let devs = r.root.state_devices();
+    assert_eq!(devs.len(), 1, "{devs:?}");
+    assert_eq!(devs[0].0, "win10");
+    assert_eq!(devs[0].1["id"], "xenusb-3-7");
+    assert_eq!(devs[0].1["port-path"], "3-1.2");
+    assert_eq!(devs[0].1["usb-id"], "046d:c52b");
+    assert_eq!(devs[0].1["origin"], "rule");
+}
+
+#[test]
+fn bind_after_add_does_not_attach_twice() {
+    let r = rig("u-bind", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let n = f.commands().len();
+    r.root.udev(&r.dev.udev_env("bind")).ok();
+    let later: Vec<_> = f.commands()[n..].to_vec();
+    assert!(
+        !later.iter().any(|c| c["execute"] == "device_add"),
+        "bind re-attached an attached device: {later:?}"
+    );
+    assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"]);
+}
+
+#[test]
+fn bind_alone_attaches_with_hostbus_hostaddr() {
+    // Contract: on bind, if not yet attached, hostbus/hostaddr (no hostdevice).
+    let r = rig("u-bind-only", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("bind")).ok();
+    let add = f
+        .commands()
+        .into_iter()
+        .find(|c| c["execute"] == "device_add" && c["arguments"]["driver"] == "usb-host")
+        .unwrap_or_else(|| panic!("no usb-host device_add on bind: {:?}", f.commands()));
+    assert_eq!(add["arguments"]["hostbus"], json!(3));
+    assert_eq!(add["arguments"]["hostaddr"], json!(7));
+    assert!(add["arguments"].get("hostdevice").is_none(), "{add}");
+    assert!(r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn remove_for_an_unknown_device_exits_0() {
+    let r = rig("u-rm-unknown", "");
+    let f = r.fake();
+    let gone = UsbDev::new(3, 9, "3-2").ids("1234", "5678");
+    r.root.udev(&gone.udev_env("remove")).ok();
+    // Also one a rule would have wanted, but that we never attached.
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(!f.command_names().contains(&"device_del".to_string()), "{:?}", f.commands());
+    if let Some(s) = r.root.state() {
+        assert!(!r.root.state_has_device(3, 9), "{s}");
+    }
+}
+
+#[test]
+fn remove_for_a_recorded_device_sends_device_del_and_drops_the_record() {
+    let r = rig("u-rm", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert!(r.root.state_has_device(3, 7), "setup: add did not record the device");
+    // Unplugged: sysfs is gone first, and udev's remove env has no ID_VENDOR_ID/ID_MODEL_ID.
+    r.sys.remove(&r.dev);
+    let env = r.dev.udev_env("remove");
+    assert!(!env.iter().any(|(k, _)| k == "ID_VENDOR_ID"));
+    r.root.udev(&env).ok();
+    let dels: Vec<_> = f.commands().into_iter().filter(|c| c["execute"] == "device_del").collect();
+    assert_eq!(dels.len(), 1, "{:?}", f.commands());
+    assert_eq!(dels[0]["arguments"], json!({"id": "xenusb-3-7"}));
+    assert!(!r.root.state_has_device(3, 7), "record kept after remove:\n{:?}", r.root.state_text());
+    assert_eq!(f.device_ids(), vec!["xenusb-0"], "the controller stays, the device goes");
+    // The controller is still recorded (it is still in QEMU).
+    let s = r.root.state().unwrap();
+    assert_eq!(s["vms"]["win10"]["controllers"][0]["id"], "xenusb-0", "{s}");
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn bad_busnum_is_a_one_line_error_naming_it() {
+    let r = rig("u-badbus", "");
+    let f = r.fake();
+    let mut env = r.dev.udev_env("add");
+    set(&mut env, "BUSNUM", "abc");
+    r.root.udev(&env).fails(1, &["BUSNUM", "abc"]);
+    assert_eq!(f.connections(), 0);
+    let mut env = r.dev.udev_env("remove");
+    set(&mut env, "DEVNUM", "7x");
+    r.root.udev(&env).fails(1, &["DEVNUM"]);
+    assert_eq!(f.connections(), 0);
+    assert!(r.root.state_text().is_none() || !r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn missing_action_is_an_error() {
+    let r = rig("u-noaction", "");
+    let mut env = r.dev.udev_env("add");
+    env.retain(|(k, _)| k != "ACTION");
+    r.root.udev(&env).fails(1, &["ACTION"]);
+}
+
+#[test]
+fn change_and_interface_events_are_no_ops() {
+    let r = rig("u-change", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("change")).ok();
+    r.root.udev(&r.dev.udev_env("unbind")).ok();
+    let mut intf = r.dev.udev_env("add");
+    set(&mut intf, "DEVTYPE", "usb_interface");
+    set(&mut intf, "DEVPATH", &format!("{}/3-1.2:1.0", r.dev.devpath()));
+    r.root.udev(&intf).ok();
+    assert_eq!(f.connections(), 0, "{:?}", f.commands());
+    assert!(r.root.state_text().is_none() || !r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn add_while_the_vm_is_not_running_is_quiet() {
+    // No socket at all: udev must not see a failure for a VM that is simply off.
+    let r = rig("u-off", "");
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert!(!r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let r = rig("u-usage", "");
+    let run = r.root.run(&["--config", "/etc/auto-usb-attach.toml", "udevv"]);
+    run.fails(2, &[]);
+    r.root.run(&["attach", "--bus", "3"]).fails(2, &[]);
+    r.root.run(&["detach"]).fails(2, &[]);
+}
