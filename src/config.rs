@@ -45,7 +45,7 @@ pub struct VmConfig {
     /// Explicit QMP socket (plain QEMU/KVM). None: a Xen domain found by name.
     pub qmp: Option<PathBuf>,
     pub usb_version: UsbVersion,
-    /// xhci: ports per speed range (p2 = p3). uhci/ehci: fixed 2/6.
+    /// xhci: p2 = p3 = ports, so `ports` devices of any speed. uhci/ehci: fixed 2/6.
     pub ports: u8,
     pub max_controllers: u8,
     pub hubs: Vec<HubRule>,

@@ -44,11 +44,15 @@ pub struct Placement {
     pub port: u8,
 }
 
-/// The ports of `c` that suit a device of this speed. xhci: 1..=p2 for USB
-/// 1/2, p2+1..=p2+p3 for USB 3 (QEMU refuses a high-speed device above p2).
+/// The ports of `c` that suit a device of this speed. QEMU's xHCI puts
+/// max(p2, p3) ports on its USB bus, numbered from 1; bus port i is both
+/// USB 2 root port i (if i <= p2) and USB 3 root port i (if i <= p3), and a
+/// device lands on the one that matches its speed. So a USB 1/2 device needs
+/// i <= p2 and a SuperSpeed one i <= p3 (seen: with p2 = p3 = 2, port 3 is
+/// "not found"). uhci/ehci: every port, any speed.
 pub fn port_range(c: &Controller, superspeed: bool) -> std::ops::RangeInclusive<u8> {
     if superspeed && c.usb3_ports > 0 {
-        c.ports + 1..=c.ports + c.usb3_ports
+        1..=c.usb3_ports
     } else {
         1..=c.ports
     }
@@ -204,16 +208,20 @@ devices = ["1050:0407:S1"]
 
     #[test]
     fn speed_picks_the_range() {
+        // p2 = 3 USB 2 ports, p3 = 1 USB 3 port: bus ports 1..=3, only 1 takes SuperSpeed
+        let c0 = Controller { id: "xenusb-0".into(), driver: "nec-usb-xhci".into(), ports: 3, usb3_ports: 1 };
+        assert_eq!(port_range(&c0, false), 1..=3);
+        assert_eq!(port_range(&c0, true), 1..=1);
         let v = vm("ports = 2");
-        let c0 = new_controller(&v, 0);
         let h = held(std::slice::from_ref(&c0), &[("xenusb-0", 1)]);
         assert_eq!(place(&v, &h, false).unwrap().port, 2);
-        assert_eq!(place(&v, &h, true).unwrap().port, 3);
-        let h = held(&[c0], &[("xenusb-0", 3), ("xenusb-0", 4)]);
-        assert_eq!(place(&v, &h, false).unwrap().port, 1);
-        // USB 3 ports full: a new controller, first USB 3 port
+        // the only SuperSpeed-capable port is taken: a new controller
         let p = place(&v, &h, true).unwrap();
-        assert_eq!((p.controller.as_str(), p.port, p.new_controller.is_some()), ("xenusb-1", 3, true));
+        assert_eq!((p.controller.as_str(), p.port, p.new_controller.is_some()), ("xenusb-1", 1, true));
+        // a port holds one device, whatever its speed
+        let h = held(std::slice::from_ref(&c0), &[("xenusb-0", 2)]);
+        assert_eq!(place(&v, &h, true).unwrap().port, 1);
+        assert_eq!(place(&v, &h, false).unwrap().port, 1);
     }
 
     #[test]

@@ -57,9 +57,10 @@ pub struct VmState {
 pub struct Controller {
     pub id: String,
     pub driver: String,
-    /// Ports 1..=ports take USB 1/2 devices (all ports, for uhci/ehci).
+    /// Ports 1..=ports take USB 1/2 devices (xhci: p2; uhci 2, ehci 6).
     pub ports: u8,
-    /// xhci: ports ports+1..=ports+usb3_ports take USB 3 devices.
+    /// xhci: ports 1..=usb3_ports (p3) also take USB 3 devices. QEMU's bus
+    /// has max(p2, p3) ports; each holds one device of either speed.
     #[serde(default)]
     pub usb3_ports: u8,
 }
