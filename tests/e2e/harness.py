@@ -319,7 +319,7 @@ class Env:
                 if qid in [p["name"] for p in v["peripheral"]]]
 
     # ---- figures -------------------------------------------------------------------------------------
-    def figure(self, dev, observed_t, label=None, done=None):
+    def figure(self, dev, observed_t, label=None, done=None, group="one at a time"):
         """Record the attach time of a udev-driven attach.  Preferred source: the tool's own
         log line (timestamped) minus the rig's add-event timestamp (written by the RUN that
         runs just before the tool's, same guest clock).  Fallback: the add event's RUN
@@ -328,12 +328,12 @@ class Env:
         label = label or dev.qid
         ts = self.tool_log_time(dev.qid)
         if ts is not None and -0.5 <= ts - dev.add.ts <= 60:
-            self.figures.append((label, ts - dev.add.ts, "tool-log"))
+            self.figures.append((label, ts - dev.add.ts, "tool-log", group))
         else:
             done = (done or self.events()[1]).get(dev.add.seq)
             if done is not None:
-                self.figures.append((label, done - dev.add.ts, "udev-run"))
-        self.figures.append((label, observed_t - dev.plug_t, "host-plug"))
+                self.figures.append((label, done - dev.add.ts, "udev-run", group))
+        self.figures.append((label, observed_t - dev.plug_t, "host-plug", group))
 
     _log_cache = (0, "")
 
@@ -412,15 +412,17 @@ def _indent(s, pre="    "):
 
 def median_report(figures):
     out = []
-    by = {}
-    for label, secs, src in figures:
-        by.setdefault(src, []).append(secs)
     names = {"tool-log": "udev event reaching the tool -> tool logs QEMU attached (tool log timestamps)",
              "udev-run": "udev add event reaching the tool -> tool returned, QEMU attached=true (rig RUN timestamps)",
              "host-plug": "host plug (outer device_add) -> harness saw attached=true (checked after add+bind finished)"}
+    groups = []
+    for f in figures:
+        if f[3] not in groups:
+            groups.append(f[3])
     for src in ("tool-log", "udev-run", "host-plug"):
-        if src in by:
-            xs = by[src]
-            out.append("median %.3fs  min %.3fs  max %.3fs  n=%d  %s" % (
-                statistics.median(xs), min(xs), max(xs), len(xs), names[src]))
+        for grp in groups + ["all"]:
+            xs = [f[1] for f in figures if f[2] == src and (grp == "all" or f[3] == grp)]
+            if xs and not (grp == "all" and len(groups) < 2):
+                out.append("median %.3fs  min %.3fs  max %.3fs  n=%-2d [%s] %s" % (
+                    statistics.median(xs), min(xs), max(xs), len(xs), grp, names[src]))
     return out

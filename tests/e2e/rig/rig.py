@@ -90,9 +90,10 @@ class Rig:
     def down(self):
         """Stop the outer VM (inner QEMUs live inside it and die with it)."""
         if self.proc and self.proc.poll() is None:
-            try:
-                q = QMP(os.path.join(self.dir, "outer.sock"), timeout=3)
-                q.cmd("quit"); q.close()
+            try:   # our open session if any: a second client would get no greeting
+                q = self._outer or QMP(os.path.join(self.dir, "outer.sock"), timeout=3)
+                q.s.settimeout(3)
+                q.cmd("quit")
             except Exception:
                 pass
             try:
@@ -101,7 +102,8 @@ class Rig:
                 self.proc.kill()          # our own child, by pid
                 self.proc.wait(5)
         if self._outer:
-            self._outer.close(); self._outer = None
+            self._outer.close()
+            self._outer = None
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
