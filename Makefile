@@ -4,6 +4,7 @@
 #   make unit            cargo tests only
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make demo            watch it work end to end on a stand-in VM
+#   make bench           event latency / lock contention figures (real QEMU)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, example config
 #                        (never overwrites a config; enables the units when systemd runs)
 
@@ -20,7 +21,7 @@ CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit e2e demo install uninstall clean
+.PHONY: all build test unit e2e demo bench install uninstall clean
 
 all: build
 
@@ -37,6 +38,10 @@ test: unit e2e
 
 demo: build
 	tests/e2e/demo --bin $(BIN)
+
+# Figures, not pass/fail: udev event latency and lock contention on real QEMU.
+bench:
+	$(CARGO) bench --locked --bench events
 
 # Does not build: run `make` first (as your user), then `sudo make install`.
 install:

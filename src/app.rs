@@ -229,6 +229,19 @@ fn attach(
 ) -> Result<()> {
     let Some(mut r) = connect(ctx, state, vm, quiet)? else { return Ok(()) };
     let mut held = view(state, vm, &mut r)?;
+    let needs_controller = plan::place(vm, &held, dev.is_superspeed()).is_ok_and(|p| p.new_controller.is_some());
+    if needs_controller && !held.devices.iter().any(|d| (d.bus, d.addr) == (dev.bus, dev.addr)) {
+        // Let go of the socket while libxl may still be adding its own controllers.
+        let socket = r.socket.clone();
+        let mut conn = Some(r);
+        if settle_xen(ctx, vm, &socket, || drop(conn.take())) {
+            let Some(again) = connect(ctx, state, vm, quiet)? else { return Ok(()) };
+            r = again;
+            held = rebuild(vm, &mut r, &held)?;
+        } else {
+            r = conn.take().expect("kept when not settling");
+        }
+    }
     let result = attach_on(ctx, &mut r, &mut held, vm, dev, origin, hostdevice);
     // Saved even on failure: a controller created before a failed device_add is real.
     state.vms.insert(vm.name.clone(), held);
@@ -499,28 +512,32 @@ const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// libxl adds the controllers a domain's config asks for (`xenusb-N`) over
 /// QMP right after its QEMU starts; creating ours first would make libxl's
-/// device_add fail ("Duplicate device ID") and the domain with it. So a sync
-/// triggered by a brand-new Xen socket lets it settle this long first.
+/// device_add fail ("Duplicate device ID") and the domain with it. So before
+/// creating a controller in a Xen VM whose socket is brand new (sync right
+/// after the path unit fires, or a plug during domain start), wait this long.
 const XEN_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn settle_xen(ctx: &Ctx, vm: &VmConfig, socket: &str) {
+/// Waits until a Xen VM's socket is XEN_SETTLE old, calling `before_wait`
+/// first (to let go of the QMP socket); true if it waited.
+fn settle_xen(ctx: &Ctx, vm: &VmConfig, socket: &str, before_wait: impl FnOnce()) -> bool {
     if vm.qmp.is_some() {
-        return;
+        return false;
     }
     let age = std::fs::metadata(ctx.root.path(socket))
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
         .unwrap_or(XEN_SETTLE);
-    if let Some(wait) = XEN_SETTLE.checked_sub(age) {
-        let wait = ctx.deadline.capped("", wait).unwrap_or_default();
-        log::info!(
-            "VM {}: its QEMU started {} ms ago; letting libxl add its own controllers first",
-            vm.name,
-            age.as_millis()
-        );
-        std::thread::sleep(wait);
-    }
+    let Some(wait) = XEN_SETTLE.checked_sub(age) else { return false };
+    let wait = ctx.deadline.capped("", wait).unwrap_or_default();
+    before_wait();
+    log::info!(
+        "VM {}: its QEMU started {} ms ago; letting libxl add its own controllers first",
+        vm.name,
+        age.as_millis()
+    );
+    std::thread::sleep(wait);
+    true
 }
 
 /// Before `sync` takes the lock: wait (within most of the budget) for VMs
@@ -538,7 +555,9 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
         loop {
             match vm::locate(&ctx.root, &ctx.config, vm, cached(&vm.name), &ctx.deadline)? {
                 Located::Running(r) => {
-                    settle_xen(ctx, vm, &r.socket);
+                    // Drop the connection first: libxl needs the socket meanwhile.
+                    let socket = r.socket.clone();
+                    settle_xen(ctx, vm, &socket, || drop(r));
                     break;
                 }
                 Located::NotRunning(_) => break,
