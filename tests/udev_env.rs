@@ -222,3 +222,80 @@ fn usage_errors_exit_2() {
     r.root.run(&["attach", "--bus", "3"]).fails(2, &[]);
     r.root.run(&["detach"]).fails(2, &[]);
 }
+
+#[test]
+fn parallel_add_events_both_attach_without_losing_an_update() {
+    // udev runs events for different devices in parallel: the lock must serialise
+    // the read-modify-write of state and the QMP conversation.
+    let r = rig("u-parallel", "");
+    let second = UsbDev::new(3, 8, "3-1.3");
+    r.sys.device(&second);
+    let f = r.fake();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| r.root.udev(&r.dev.udev_env("add")));
+        let b = s.spawn(|| r.root.udev(&second.udev_env("add")));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    a.ok();
+    b.ok();
+    let mut got = f.device_ids();
+    got.sort();
+    assert_eq!(got, vec!["xenusb-0", "xenusb-3-7", "xenusb-3-8"]);
+    let ctrl_adds = f
+        .commands()
+        .iter()
+        .filter(|c| c["execute"] == "device_add" && c["arguments"]["driver"] == "nec-usb-xhci")
+        .count();
+    assert_eq!(ctrl_adds, 1, "controller added twice: {:?}", f.commands());
+    assert!(r.root.state_has_device(3, 7), "{:?}", r.root.state_text());
+    assert!(r.root.state_has_device(3, 8), "{:?}", r.root.state_text());
+    let ports: Vec<_> = r.root.state_devices().iter().map(|(_, d)| d["port"].clone()).collect();
+    assert_ne!(ports[0], ports[1], "two devices on one port: {ports:?}");
+}
+
+#[test]
+fn add_picks_a_free_port_without_trial_and_error() {
+    // QEMU already holds our controller with a device that is not ours on port 1
+    // (libxl's, or one added by hand): the tool must read that and not probe.
+    let r = rig("u-ports", "");
+    let f = r.fake();
+    f.preload_xhci("xenusb-0", 15);
+    let mut props = serde_json::Map::new();
+    props.insert("port".into(), json!("1"));
+    props.insert("hostbus".into(), json!(1));
+    props.insert("hostaddr".into(), json!(2));
+    f.preload(FakeDev { id: "usbdev-by-hand".into(), driver: "usb-host".into(), props, bus: Some("xenusb-0.0".into()) });
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let adds: Vec<_> = f.commands().into_iter().filter(|c| c["execute"] == "device_add").collect();
+    assert_eq!(adds.len(), 1, "want exactly one device_add (existing controller, a free port): {adds:?}");
+    assert_eq!(adds[0]["arguments"]["bus"], "xenusb-0.0");
+    assert_ne!(adds[0]["arguments"]["port"], "1", "{adds:?}");
+    assert!(r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn superspeed_device_goes_to_a_usb3_port() {
+    // nec-usb-xhci p2=p3=15: ports 1..15 are USB 2, 16..30 USB 3 (seen on QEMU 7.2).
+    let r = rig("u-ss", "");
+    let mut ss = UsbDev::new(4, 2, "4-1").ids("0781", "5583");
+    ss.speed = "5000".into();
+    ss.serial = Some("4C530001".into());
+    r.sys.root_hub(4);
+    r.sys.device(&ss);
+    r.root.write_config(&format!(
+        "timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\", \"0781:5583\"]\n"
+    ));
+    let f = r.fake();
+    r.root.udev(&ss.udev_env("add")).ok();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let adds: Vec<_> = f
+        .commands()
+        .into_iter()
+        .filter(|c| c["execute"] == "device_add" && c["arguments"]["driver"] == "usb-host")
+        .collect();
+    assert_eq!(adds.len(), 2, "{adds:?}");
+    let port = |i: usize| adds[i]["arguments"]["port"].as_str().unwrap().parse::<u32>().unwrap();
+    assert_eq!(adds[0]["arguments"]["id"], "xenusb-4-2");
+    assert!((16..=30).contains(&port(0)), "USB 3 device on port {}", port(0));
+    assert!((1..=15).contains(&port(1)), "USB 1/2 device on port {}", port(1));
+}

@@ -365,7 +365,11 @@ impl UsbDev {
     pub fn product_env(&self) -> String {
         let t = |s: &str| {
             let t = s.trim_start_matches('0');
-            if t.is_empty() { "0".to_string() } else { t.to_string() }
+            if t.is_empty() {
+                "0".to_string()
+            } else {
+                t.to_string()
+            }
         };
         format!("{}/{}/{}", t(&self.vendor), t(&self.product), t(&self.bcd))
     }
@@ -446,7 +450,13 @@ impl FakeSysfs {
             ("devpath", d.port_path.split_once('-').map(|x| x.1.to_string()).unwrap_or_else(|| "0".into())),
             ("product", d.name.clone()),
             ("manufacturer", d.manufacturer.clone()),
-            ("uevent", format!("MAJOR=189\nMINOR=0\nDEVNAME=bus/usb/{:03}/{:03}\nDEVTYPE=usb_device\nBUSNUM={:03}\nDEVNUM={:03}", d.bus, d.addr, d.bus, d.addr)),
+            (
+                "uevent",
+                format!(
+                    "MAJOR=189\nMINOR=0\nDEVNAME=bus/usb/{:03}/{:03}\nDEVTYPE=usb_device\nBUSNUM={:03}\nDEVNUM={:03}",
+                    d.bus, d.addr, d.bus, d.addr
+                ),
+            ),
         ];
         if let Some(s) = &d.serial {
             files.push(("serial", s.clone()));
@@ -500,7 +510,10 @@ impl Qmp {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) && start.elapsed() < timeout => {
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
+                        && start.elapsed() < timeout =>
+                {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => return Err(e),
@@ -716,7 +729,13 @@ pub struct FakeOptions {
 
 impl Default for FakeOptions {
     fn default() -> Self {
-        FakeOptions { name: Some("win10".into()), greeting: true, events_before_reply: 0, fault: None, host_has_devices: true }
+        FakeOptions {
+            name: Some("win10".into()),
+            greeting: true,
+            events_before_reply: 0,
+            fault: None,
+            host_has_devices: true,
+        }
     }
 }
 
@@ -764,7 +783,8 @@ fn controller_ports(driver: &str, props: &serde_json::Map<String, Value>) -> u64
 pub fn qemu_json(v: &Value) -> String {
     match v {
         Value::Object(m) => {
-            let parts: Vec<String> = m.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), qemu_json(v))).collect();
+            let parts: Vec<String> =
+                m.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), qemu_json(v))).collect();
             format!("{{{}}}", parts.join(", "))
         }
         Value::Array(a) => format!("[{}]", a.iter().map(qemu_json).collect::<Vec<_>>().join(", ")),
@@ -942,9 +962,15 @@ fn serve(mut s: UnixStream, opts: &FakeOptions, sh: &Arc<Mutex<FakeShared>>, sto
                     if negotiated {
                         for i in 0..opts.events_before_reply {
                             let ev = if i % 2 == 0 {
-                                event_line("RTC_CHANGE", json!({"offset": i, "qom-path": "/machine/unattached/device[7]"}))
+                                event_line(
+                                    "RTC_CHANGE",
+                                    json!({"offset": i, "qom-path": "/machine/unattached/device[7]"}),
+                                )
                             } else {
-                                event_line("NIC_RX_FILTER_CHANGED", json!({"path": "/machine/peripheral-anon/device[1]/virtio-backend"}))
+                                event_line(
+                                    "NIC_RX_FILTER_CHANGED",
+                                    json!({"path": "/machine/peripheral-anon/device[1]/virtio-backend"}),
+                                )
                             };
                             s.write_all(ev.as_bytes())?;
                         }
@@ -1006,7 +1032,13 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
             Err(("CommandNotFound".into(), "Capabilities negotiation is already complete, command ignored".into())),
             vec![],
         ),
-        "query-name" => (Ok(match &opts.name { Some(n) => json!({"name": n}), None => json!({}) }), vec![]),
+        "query-name" => (
+            Ok(match &opts.name {
+                Some(n) => json!({"name": n}),
+                None => json!({}),
+            }),
+            vec![],
+        ),
         "query-status" => (Ok(json!({"status": "prelaunch", "singlestep": false, "running": false})), vec![]),
         "query-version" => (
             Ok(json!({"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"})),
@@ -1112,7 +1144,8 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
                 return (Ok(Value::Array(out)), vec![]);
             }
             if let Some(bus) = resolve_bus(&g, &path) {
-                let mut out = vec![json!({"name": "type", "type": "string"}), json!({"name": "realized", "type": "bool"})];
+                let mut out =
+                    vec![json!({"name": "type", "type": "string"}), json!({"name": "realized", "type": "bool"})];
                 for (n, d) in g.devices.iter().filter(|d| d.bus.as_deref() == Some(bus.as_str())).enumerate() {
                     out.push(json!({"name": format!("child[{n}]"), "type": format!("link<{}>", d.driver)}));
                 }
@@ -1130,8 +1163,16 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
                     out.push(json!({"name": "p2", "type": "uint32"}));
                     out.push(json!({"name": "p3", "type": "uint32"}));
                 } else {
-                    for (n, t) in [("port", "str"), ("hostbus", "uint32"), ("hostaddr", "uint32"), ("hostport", "str"),
-                                   ("hostdevice", "str"), ("vendorid", "uint32"), ("productid", "uint32"), ("attached", "bool")] {
+                    for (n, t) in [
+                        ("port", "str"),
+                        ("hostbus", "uint32"),
+                        ("hostaddr", "uint32"),
+                        ("hostport", "str"),
+                        ("hostdevice", "str"),
+                        ("vendorid", "uint32"),
+                        ("productid", "uint32"),
+                        ("attached", "bool"),
+                    ] {
                         out.push(json!({"name": n, "type": t}));
                     }
                 }
@@ -1143,7 +1184,9 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
             let path = s("path").unwrap_or_default();
             let prop = s("property").unwrap_or_default();
             if let Some(bus) = resolve_bus(&g, &path) {
-                if let Some(n) = prop.strip_prefix("child[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse::<usize>().ok()) {
+                if let Some(n) =
+                    prop.strip_prefix("child[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse::<usize>().ok())
+                {
                     if let Some(d) = g.devices.iter().filter(|d| d.bus.as_deref() == Some(bus.as_str())).nth(n) {
                         return (Ok(json!(format!("/machine/peripheral/{}", d.id))), vec![]);
                     }
@@ -1168,7 +1211,9 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
                     _ => None,
                 },
                 "port" | "hostport" | "hostdevice" => Some(d.props.get(prop.as_str()).cloned().unwrap_or(json!(""))),
-                "hostbus" | "hostaddr" | "vendorid" | "productid" => Some(d.props.get(prop.as_str()).cloned().unwrap_or(json!(0))),
+                "hostbus" | "hostaddr" | "vendorid" | "productid" => {
+                    Some(d.props.get(prop.as_str()).cloned().unwrap_or(json!(0)))
+                }
                 "attached" => Some(d.props.get("attached").cloned().unwrap_or(json!(false))),
                 _ => None,
             };
