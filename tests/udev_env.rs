@@ -274,8 +274,10 @@ fn add_picks_a_free_port_without_trial_and_error() {
 }
 
 #[test]
-fn superspeed_device_goes_to_a_usb3_port() {
-    // nec-usb-xhci p2=p3=15: ports 1..15 are USB 2, 16..30 USB 3 (seen on QEMU 7.2).
+fn superspeed_device_gets_a_port_that_exists() {
+    // nec-usb-xhci p2=p3=15 has 15 bus ports on QEMU 7.2 (port 16 is "not found"):
+    // a SuperSpeed device must not be sent above 15 (the field notes said otherwise;
+    // src follows QEMU, see tests/fixtures/qemu-7.2-qmp-transcript.txt).
     let r = rig("u-ss", "");
     let mut ss = UsbDev::new(4, 2, "4-1").ids("0781", "5583");
     ss.speed = "5000".into();
@@ -293,9 +295,11 @@ fn superspeed_device_goes_to_a_usb3_port() {
         .into_iter()
         .filter(|c| c["execute"] == "device_add" && c["arguments"]["driver"] == "usb-host")
         .collect();
-    assert_eq!(adds.len(), 2, "{adds:?}");
+    assert_eq!(adds.len(), 2, "one device_add each, no retries: {adds:?}");
     let port = |i: usize| adds[i]["arguments"]["port"].as_str().unwrap().parse::<u32>().unwrap();
     assert_eq!(adds[0]["arguments"]["id"], "xenusb-4-2");
-    assert!((16..=30).contains(&port(0)), "USB 3 device on port {}", port(0));
+    assert!((1..=15).contains(&port(0)), "USB 3 device on port {}", port(0));
     assert!((1..=15).contains(&port(1)), "USB 1/2 device on port {}", port(1));
+    assert_ne!(port(0), port(1));
+    assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-4-2", "xenusb-3-7"]);
 }

@@ -769,10 +769,12 @@ fn is_controller(driver: &str) -> bool {
 
 fn controller_ports(driver: &str, props: &serde_json::Map<String, Value>) -> u64 {
     match driver {
+        // QEMU's xHCI bus has max(p2, p3) ports (seen on 7.2: p2=p3=15 refuses port 16;
+        // p2=2 p3=4 takes ports 1..4, refuses 5).
         "nec-usb-xhci" | "qemu-xhci" => {
             let p2 = props.get("p2").and_then(|v| v.as_u64()).unwrap_or(4);
             let p3 = props.get("p3").and_then(|v| v.as_u64()).unwrap_or(4);
-            p2 + p3
+            p2.max(p3)
         }
         "usb-ehci" | "ich9-usb-ehci1" => 6,
         _ => 2,

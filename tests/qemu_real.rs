@@ -1,0 +1,443 @@
+//! The tool against a real `qemu-system-x86_64` 7.2 (`-M pc -nodefaults -S`).
+//!
+//! This machine has no USB devices, so QEMU can never complete a
+//! `device_add usb-host` with hostbus/hostaddr (or hostdevice): successful
+//! attaches are proven by the VM rig (tests/e2e). Here real QEMU proves
+//! controller creation, enumeration (qom-list/qom-get), device_del, its error
+//! replies, the one-client-at-a-time socket, restarts and Xen name lookup.
+//! Devices "left by an earlier run" are placed over QMP by the test itself with
+//! `hostport` set, which QEMU 7.2 accepts without the host device (it polls).
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const QMP: &str = "/run/qemu/vm.qmp";
+
+/// QEMU's own words when usb-host cannot get the device (hostbus/hostaddr, or hostdevice).
+const USB_HOST_ERRORS: &[&str] = &["failed to find host usb device", "failed to open"];
+
+struct Rig {
+    root: TestRoot,
+    sys: FakeSysfs,
+    dev: UsbDev,
+}
+
+/// Sysfs with root hub usb3 and 046d:c52b at 3-1.2 (bus 3 addr 7); config `config`.
+fn rig(tag: &str, config: &str) -> Rig {
+    let root = TestRoot::new(tag);
+    let sys = FakeSysfs::new(&root);
+    sys.root_hub(3);
+    let dev = UsbDev::new(3, 7, "3-1.2");
+    sys.device(&dev);
+    root.write_config(config);
+    Rig { root, sys, dev }
+}
+
+/// win10 on an explicit socket, no routing rules (nothing attaches by itself).
+fn explicit(tag: &str) -> Rig {
+    rig(tag, &config_qmp("win10", QMP, ""))
+}
+
+impl Rig {
+    fn qemu(&self, name: &str, sock: &str) -> Qemu {
+        Qemu::start(name, &self.root.p(sock))
+    }
+
+    fn attach(&self) -> Run {
+        self.root.run(&["attach", "--bus", "3", "--addr", "7", "--vm", "win10"])
+    }
+
+    /// The tool reads QEMU and caches what it holds (sync rebuilds from QEMU).
+    fn sync(&self) {
+        self.root.run(&["sync", "--vm", "win10"]).ok();
+    }
+
+    fn list_json(&self) -> Vec<Value> {
+        let r = self.root.run(&["list", "--json"]);
+        r.ok();
+        r.stdout_json().as_array().cloned().unwrap_or_else(|| panic!("list --json is not an array: {}", r.stdout))
+    }
+}
+
+/// The attach error must be QEMU's usb-host refusal, for our device, on one line.
+fn assert_usb_host_error(r: &Run) -> String {
+    let line = r.error_contains_any(USB_HOST_ERRORS);
+    assert!(line.contains("3:7") || line.contains("xenusb-3-7") || line.contains("003/007"), "names no device: {line}");
+    assert!(!line.contains("Duplicate device ID"), "the tool re-created something QEMU already had: {line}");
+    assert!(!line.contains("not found (in use?)") && !line.contains("Bus '"), "stale view of QEMU: {line}");
+    line
+}
+
+fn qom_get(q: &mut Qmp, path: &str, prop: &str) -> Value {
+    q.cmd("qom-get", json!({"path": path, "property": prop}))
+}
+
+/// Controllers and devices the state file says VM `vm` holds.
+fn state_vm(root: &TestRoot, vm: &str) -> Option<Value> {
+    root.state().and_then(|s| s["vms"].get(vm).cloned())
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array().map(|a| a.iter().map(|x| x["id"].as_str().unwrap_or("?").to_string()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn attach_creates_the_controller_then_reports_qemus_usb_host_error() {
+    let r = explicit("q-attach");
+    let q = r.qemu("win10", QMP);
+    let run = r.attach();
+    assert_usb_host_error(&run);
+
+    let mut c = q.qmp();
+    let periph = c.peripherals();
+    assert_eq!(periph, vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())], "QEMU's view");
+    assert_eq!(qom_get(&mut c, "/machine/peripheral/xenusb-0", "p2"), json!(15));
+    assert_eq!(qom_get(&mut c, "/machine/peripheral/xenusb-0", "p3"), json!(15));
+    drop(c);
+
+    // State: valid, the controller recorded (it is real), the device not.
+    let vm = state_vm(&r.root, "win10").expect("state records the controller it created");
+    assert_eq!(ids(&vm["controllers"]), vec!["xenusb-0"], "{vm}");
+    assert!(!r.root.state_has_device(3, 7));
+    r.root.assert_state_clean();
+
+    // Again: the controller is reused, not re-added (no "Duplicate device ID").
+    assert_usb_host_error(&r.attach());
+    let mut c = q.qmp();
+    assert_eq!(c.peripherals().len(), 1, "{:?}", c.peripherals());
+    drop(c);
+    assert!(!r.root.state_has_device(3, 7));
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn list_json_shows_a_device_found_in_qemu_after_state_loss() {
+    let r = explicit("q-list");
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    assert_eq!(qom_get(&mut c, "/machine/peripheral/xenusb-3-7", "attached"), json!(false));
+    drop(c);
+
+    let check = |rows: &[Value]| {
+        let row = rows
+            .iter()
+            .find(|d| d["bus"] == json!(3) && d["addr"] == json!(7))
+            .unwrap_or_else(|| panic!("3:7 not listed: {rows:?}"));
+        let at = &row["attached"];
+        assert_eq!(at["vm"], "win10", "{row}");
+        assert_eq!(at["id"], "xenusb-3-7", "{row}");
+        assert_eq!(at["controller"], "xenusb-0", "{row}");
+        assert_eq!(at["port"], json!(3), "{row}");
+    };
+
+    r.root.remove_state();
+    r.sync();
+    check(&r.list_json());
+
+    // Lose the state again: list alone shows the host side, a rebuild brings QEMU's view back.
+    r.root.remove_state();
+    let rows = r.list_json();
+    assert!(rows.iter().any(|d| d["bus"] == json!(3) && d["addr"] == json!(7)), "host device missing: {rows:?}");
+    r.sync();
+    check(&r.list_json());
+    // The rebuild did not touch QEMU.
+    let mut c = q.qmp();
+    assert!(c.has_peripheral("xenusb-3-7", "usb-host"));
+    assert!(c.has_peripheral("xenusb-0", "nec-usb-xhci"));
+}
+
+#[test]
+fn detach_removes_a_placed_device_from_qemu() {
+    let r = explicit("q-detach");
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    c.place_usb_host("xenusb-0", 4, 3, 8, "1.3");
+    drop(c);
+    r.root.remove_state();
+
+    r.root.run(&["detach", "--bus", "3", "--addr", "7"]).ok();
+    let mut c = q.qmp();
+    let p = c.peripherals();
+    assert!(!p.iter().any(|(n, _)| n == "xenusb-3-7"), "still in QEMU: {p:?}");
+    assert!(p.iter().any(|(n, _)| n == "xenusb-3-8"), "detached the wrong device: {p:?}");
+    assert!(p.iter().any(|(n, _)| n == "xenusb-0"), "controller gone: {p:?}");
+    drop(c);
+    assert!(!r.root.state_has_device(3, 7));
+
+    r.root.run(&["detach", "--id", "xenusb-3-8"]).ok();
+    let mut c = q.qmp();
+    let p = c.peripherals();
+    assert_eq!(p, vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())]);
+    drop(c);
+    assert!(!r.root.state_has_device(3, 8));
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn detach_of_an_unknown_device_is_a_noop() {
+    let r = explicit("q-detach-unknown");
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    drop(c);
+    r.root.run(&["detach", "--bus", "3", "--addr", "9"]).ok();
+    r.root.run(&["detach", "--id", "xenusb-5-1"]).ok();
+    let mut c = q.qmp();
+    let mut p = c.peripherals();
+    p.sort();
+    assert_eq!(
+        p,
+        vec![
+            ("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string()),
+            ("xenusb-3-7".to_string(), "child<usb-host>".to_string())
+        ]
+    );
+}
+
+/// First QEMU holds controller + 3:7 and the tool has cached that; then the VM
+/// is destroyed (SIGKILL, socket file left behind) and a fresh QEMU starts on the
+/// same path. Returns the fresh one.
+fn restarted(r: &Rig) -> Qemu {
+    let q1 = r.qemu("win10", QMP);
+    let mut c = q1.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    drop(c);
+    r.sync();
+    assert!(r.root.state_has_device(3, 7), "setup: state did not cache 3:7 from the first QEMU");
+    q1.kill();
+    r.qemu("win10", QMP)
+}
+
+/// After the restart the state must describe the new QEMU, not the old one.
+fn assert_state_matches(r: &Rig, q: &Qemu) {
+    let mut c = q.qmp();
+    let real: Vec<String> =
+        c.peripherals().into_iter().filter(|(_, t)| t != "child<usb-host>").map(|(n, _)| n).collect();
+    drop(c);
+    if let Some(vm) = state_vm(&r.root, "win10") {
+        let mut cached = ids(&vm["controllers"]);
+        cached.sort();
+        let mut real = real;
+        real.sort();
+        assert_eq!(cached, real, "state's controllers are not the new QEMU's: {vm}");
+    }
+}
+
+#[test]
+fn vm_restart_udev_remove_of_a_device_only_the_old_qemu_had() {
+    let r = explicit("q-restart-rm");
+    let q2 = restarted(&r);
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(!r.root.state_has_device(3, 7), "stale record kept:\n{:?}", r.root.state_text());
+    let mut c = q2.qmp();
+    assert_eq!(c.peripherals(), vec![], "the new QEMU was changed");
+    drop(c);
+    assert_state_matches(&r, &q2);
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn vm_restart_detach_of_a_device_only_the_old_qemu_had() {
+    let r = explicit("q-restart-detach");
+    let q2 = restarted(&r);
+    r.root.run(&["detach", "--bus", "3", "--addr", "7"]).ok();
+    assert!(!r.root.state_has_device(3, 7), "stale record kept:\n{:?}", r.root.state_text());
+    let mut c = q2.qmp();
+    assert_eq!(c.peripherals(), vec![]);
+    drop(c);
+    assert_state_matches(&r, &q2);
+}
+
+#[test]
+fn vm_restart_attach_recreates_the_controller_in_the_new_qemu() {
+    let r = explicit("q-restart-attach");
+    let q2 = restarted(&r);
+    assert_usb_host_error(&r.attach());
+    let mut c = q2.qmp();
+    assert_eq!(c.peripherals(), vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())]);
+    drop(c);
+    assert!(!r.root.state_has_device(3, 7), "stale record kept:\n{:?}", r.root.state_text());
+    assert_state_matches(&r, &q2);
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn vm_not_running_attach_fails_naming_the_vm_and_udev_add_is_quiet() {
+    let r = rig("q-off", &config_qmp("win10", QMP, "devices = [\"046d:c52b\"]"));
+    // No socket at all.
+    r.attach().fails(1, &["win10", "not running"]);
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert!(!r.root.state_has_device(3, 7));
+    // A socket left behind by a killed QEMU (connect: ECONNREFUSED).
+    let q = r.qemu("win10", QMP);
+    q.kill();
+    assert!(r.root.p(QMP).exists(), "setup: SIGKILL left no socket file");
+    r.attach().fails(1, &["win10"]);
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert!(!r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn xen_vm_not_running_attach_fails_naming_the_vm() {
+    let r = rig("q-xen-off", &config_xen("win10", "devices = [\"046d:c52b\"]"));
+    r.attach().fails(1, &["win10"]);
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    // Only another domain running.
+    let _other = r.qemu("other", "/run/xen/qmp-libxl-7");
+    r.attach().fails(1, &["win10"]);
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let mut c = _other.qmp();
+    assert_eq!(c.peripherals(), vec![], "touched another domain");
+}
+
+#[test]
+fn busy_socket_fails_with_busy_within_the_budget() {
+    let r = rig("q-busy", &format!("timeout = 2\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\n"));
+    let q = r.qemu("win10", QMP);
+    let holder = q.qmp(); // QEMU serves one client: this one
+    let run = r.attach();
+    run.fails(1, &["busy"]);
+    assert!(run.elapsed < Duration::from_secs(8), "took {:?} with timeout = 2", run.elapsed);
+    drop(holder);
+    // Free again: now the tool reaches QEMU (and gets its usb-host error).
+    assert_usb_host_error(&r.attach());
+    let mut c = q.qmp();
+    assert!(c.has_peripheral("xenusb-0", "nec-usb-xhci"));
+}
+
+#[test]
+fn xen_name_lookup_acts_on_the_named_domain() {
+    let r = rig("q-xen", &config_xen("win10", ""));
+    let q7 = r.qemu("other", "/run/xen/qmp-libxl-7");
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    // The same id in both domains: only win10's may be touched.
+    for q in [&q7, &q9] {
+        let mut c = q.qmp();
+        c.add_xhci("xenusb-0", 15);
+        c.place_usb_host("xenusb-0", 4, 3, 8, "1.3");
+    }
+    assert_usb_host_error(&r.attach());
+    let vm = state_vm(&r.root, "win10").expect("state for win10");
+    assert_eq!(vm["domid"], json!(9), "{vm}");
+    assert_eq!(vm["socket"], "/run/xen/qmp-libxl-9", "{vm}");
+
+    r.root.run(&["detach", "--bus", "3", "--addr", "8"]).ok();
+    let mut c9 = q9.qmp();
+    assert!(!c9.has_peripheral("xenusb-3-8", "usb-host"), "not detached from domain 9");
+    let mut c7 = q7.qmp();
+    assert!(c7.has_peripheral("xenusb-3-8", "usb-host"), "detached from the wrong domain (7)");
+    assert_eq!(c7.peripherals().len(), 2, "domain 7 changed: {:?}", c7.peripherals());
+}
+
+#[test]
+fn xen_name_lookup_skips_newer_and_dead_domains() {
+    // win10 is the oldest domid; a newer unrelated domain and a dead socket exist.
+    let r = rig("q-xen-skip", &config_xen("win10", ""));
+    let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
+    let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
+    let q12 = r.qemu("gone", "/run/xen/qmp-libxl-12");
+    q12.kill();
+    assert_usb_host_error(&r.attach());
+    let mut c7 = q7.qmp();
+    assert!(c7.has_peripheral("xenusb-0", "nec-usb-xhci"), "no controller in win10 (domain 7)");
+    let mut c9 = q9.qmp();
+    assert_eq!(c9.peripherals(), vec![], "changed domain 9 (other)");
+    let vm = state_vm(&r.root, "win10").expect("state for win10");
+    assert_eq!(vm["domid"], json!(7), "{vm}");
+}
+
+#[test]
+fn xen_name_lookup_gets_past_a_busy_unrelated_domain() {
+    let r = rig("q-xen-busy", &config_xen("win10", ""));
+    let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
+    let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
+    let _holder = q9.qmp(); // e.g. xentop or libxl talking to domain 9
+    let run = r.attach();
+    assert_usb_host_error(&run);
+    let mut c7 = q7.qmp();
+    assert!(c7.has_peripheral("xenusb-0", "nec-usb-xhci"));
+}
+
+#[test]
+fn corrupt_state_is_set_aside_and_rebuilt_from_qemu() {
+    let r = explicit("q-corrupt");
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 8, "1.3");
+    drop(c);
+    std::fs::create_dir_all(r.root.state_dir()).unwrap();
+    std::fs::write(r.root.state_path(), "{\"version\": 1, \"vms\": {\"win10\": {\"sock").unwrap();
+    assert_usb_host_error(&r.attach());
+    // QEMU's controller was found, not duplicated; the device placed earlier was learnt.
+    let mut c = q.qmp();
+    assert_eq!(c.peripherals().len(), 2, "{:?}", c.peripherals());
+    drop(c);
+    let vm = state_vm(&r.root, "win10").expect("state rebuilt");
+    assert_eq!(ids(&vm["controllers"]), vec!["xenusb-0"], "{vm}");
+    assert!(r.root.state_has_device(3, 8), "device in QEMU not learnt: {vm}");
+    let bad = r.root.state_dir().join("state.json.bad");
+    assert!(bad.exists(), "the corrupt state was not kept for inspection");
+}
+
+#[test]
+fn vm_gone_remove_event_and_detach_drop_the_record() {
+    // The VM was shut down (its QEMU and everything in it gone): unplug must not fail.
+    let r = explicit("q-gone");
+    let second = UsbDev::new(3, 8, "3-1.3").ids("1050", "0407");
+    r.sys.device(&second); // else sync rightly detaches it: "its host device is gone"
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    c.place_usb_host("xenusb-0", 4, 3, 8, "1.3");
+    drop(c);
+    r.sync();
+    assert!(r.root.state_has_device(3, 7) && r.root.state_has_device(3, 8), "setup");
+    q.kill();
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(!r.root.state_has_device(3, 7), "{:?}", r.root.state_text());
+    // Socket file gone too (clean shutdown): detach by hand is also a no-op.
+    std::fs::remove_file(r.root.p(QMP)).unwrap();
+    r.root.run(&["detach", "--bus", "3", "--addr", "8"]).ok();
+    assert!(!r.root.state_has_device(3, 8), "{:?}", r.root.state_text());
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn xen_reboot_gets_a_new_domid_and_the_tool_follows() {
+    // xl reboot: domain 7 destroyed (stale socket left), win10 comes back as domain 8.
+    let r = rig("q-xen-reboot", &config_xen("win10", ""));
+    let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
+    let mut c = q7.qmp();
+    c.add_xhci("xenusb-0", 15);
+    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    drop(c);
+    r.sync();
+    assert_eq!(state_vm(&r.root, "win10").expect("setup")["domid"], json!(7));
+    q7.kill();
+    let q8 = r.qemu("win10", "/run/xen/qmp-libxl-8");
+
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(!r.root.state_has_device(3, 7), "{:?}", r.root.state_text());
+    r.sys.device(&r.dev);
+    assert_usb_host_error(&r.attach());
+    let mut c = q8.qmp();
+    assert_eq!(c.peripherals(), vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())]);
+    drop(c);
+    let vm = state_vm(&r.root, "win10").unwrap();
+    assert_eq!(vm["domid"], json!(8), "{vm}");
+    assert_eq!(vm["socket"], "/run/xen/qmp-libxl-8", "{vm}");
+    assert_state_matches(&r, &q8);
+}
