@@ -14,8 +14,11 @@ command -v make >/dev/null || need="$need make"
 [ -x /usr/bin/python3 ] || need="$need python3"
 if [ -n "$need" ]; then
   echo "rig: installing$need (once)" >&2
-  [ -n "$(ls /var/lib/apt/lists 2>/dev/null | grep -v lock | head -1)" ] || apt-get update -qq >>"$LOG" 2>&1
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >>"$LOG" 2>&1 \
+  export DEBIAN_FRONTEND=noninteractive
+  inst() { apt-get install -y -q --no-install-recommends $need >>"$LOG" 2>&1; }
+  # fresh machines/containers often have no package lists yet ("partial" and "lock" only)
+  ls /var/lib/apt/lists 2>/dev/null | grep -q Packages || apt-get update -qq >>"$LOG" 2>&1 || true
+  inst || { apt-get update -qq >>"$LOG" 2>&1; inst; } \
     || { echo "rig: apt-get install$need failed, see $LOG" >&2; exit 1; }
 fi
 exit 0

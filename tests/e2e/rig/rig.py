@@ -45,7 +45,8 @@ class Rig:
         r = subprocess.run([os.path.join(HERE, "ensure-deps.sh"),
                             os.path.join(self.dir, "apt.log")])
         if r.returncode:
-            raise RigError("could not install the rig's Debian packages (see %s/apt.log)" % self.dir)
+            raise RigError("could not install the rig's Debian packages; apt log tail:\n"
+                           + self._tail(os.path.join(self.dir, "apt.log"), 20))
 
     def up(self, boot_timeout=240, accel=None):
         t0 = time.time()
