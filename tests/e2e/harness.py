@@ -357,6 +357,13 @@ class Env:
         parts.append("--- guest udev event log (/run/events.log, last 40) ---\n" + out)
         rc, out = self.g("tail -n 60 %s 2>&1" % TOOL_LOG)
         parts.append("--- tool log (%s, last 60) ---\n%s" % (TOOL_LOG, out))
+        try:
+            ser = [l for l in open(self.rig.serial_log, errors="replace").read().splitlines()
+                   if re.search(r"udev|auto-usb-attach|99-xen-usb", l)]
+            parts.append("--- outer serial console, udevd/tool lines (last 15 of %d) ---\n%s"
+                         % (len(ser), "\n".join(ser[-15:]) or "(none)"))
+        except OSError:
+            pass
         st = self.state()
         st = "(none)" if st is None else json.dumps(st, separators=(",", ":"))
         parts.append("--- state (%s/state.json) ---\n%s" % (STATE_DIR, st[:3000] + ("..." if len(st) > 3000 else "")))
