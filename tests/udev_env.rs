@@ -224,33 +224,42 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn parallel_add_events_both_attach_without_losing_an_update() {
-    // udev runs events for different devices in parallel: the lock must serialise
-    // the read-modify-write of state and the QMP conversation.
+fn parallel_add_events_all_attach_without_losing_an_update() {
+    // udev runs events for different devices in parallel (a hub with four devices
+    // plugged in): the lock must serialise the read-modify-write of state and the
+    // QMP conversation. Correct code passes every time; without the lock updates get lost.
     let r = rig("u-parallel", "");
-    let second = UsbDev::new(3, 8, "3-1.3");
-    r.sys.device(&second);
+    let mut devs = vec![r.dev.clone()];
+    for (addr, port_path) in [(8, "3-1.3"), (9, "3-1.4"), (10, "3-2")] {
+        let d = UsbDev::new(3, addr, port_path);
+        r.sys.device(&d);
+        devs.push(d);
+    }
     let f = r.fake();
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| r.root.udev(&r.dev.udev_env("add")));
-        let b = s.spawn(|| r.root.udev(&second.udev_env("add")));
-        (a.join().unwrap(), b.join().unwrap())
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let hs: Vec<_> = devs.iter().map(|d| s.spawn(|| r.root.udev(&d.udev_env("add")))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    a.ok();
-    b.ok();
+    for run in &runs {
+        run.ok();
+    }
     let mut got = f.device_ids();
     got.sort();
-    assert_eq!(got, vec!["xenusb-0", "xenusb-3-7", "xenusb-3-8"]);
+    assert_eq!(got, vec!["xenusb-0", "xenusb-3-10", "xenusb-3-7", "xenusb-3-8", "xenusb-3-9"]);
     let ctrl_adds = f
         .commands()
         .iter()
         .filter(|c| c["execute"] == "device_add" && c["arguments"]["driver"] == "nec-usb-xhci")
         .count();
-    assert_eq!(ctrl_adds, 1, "controller added twice: {:?}", f.commands());
-    assert!(r.root.state_has_device(3, 7), "{:?}", r.root.state_text());
-    assert!(r.root.state_has_device(3, 8), "{:?}", r.root.state_text());
-    let ports: Vec<_> = r.root.state_devices().iter().map(|(_, d)| d["port"].clone()).collect();
-    assert_ne!(ports[0], ports[1], "two devices on one port: {ports:?}");
+    assert_eq!(ctrl_adds, 1, "controller added more than once: {:?}", f.commands());
+    for addr in [7, 8, 9, 10] {
+        assert!(r.root.state_has_device(3, addr), "3:{addr} lost from state:\n{:?}", r.root.state_text());
+    }
+    let mut ports: Vec<String> = r.root.state_devices().iter().map(|(_, d)| d["port"].to_string()).collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 4, "devices share a port: {ports:?}");
+    r.root.assert_state_clean();
 }
 
 #[test]

@@ -668,6 +668,16 @@ impl Qemu {
             .unwrap_or_else(|e| panic!("QMP connect to {}: {e}", self.sock.display()))
     }
 
+    /// Makes the socket look created `secs` seconds ago (mtime; ctime becomes now).
+    /// The tool lets a brand-new Xen domain settle for a few seconds before it
+    /// creates a controller there; tests about established domains age their
+    /// sockets first. Call before the tool first sees the socket: the change of
+    /// ctime alters the socket's identity ("instance").
+    pub fn age(&self, secs: u64) -> &Qemu {
+        set_mtime_ago(&self.sock, secs);
+        self
+    }
+
     /// SIGKILL, as a crashed/destroyed VM: the socket file stays behind.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -680,6 +690,15 @@ impl Drop for Qemu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sets `path`'s atime and mtime to `secs` seconds ago (works on sockets).
+pub fn set_mtime_ago(path: &Path, secs: u64) {
+    use nix::sys::time::TimeVal;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let t = now.saturating_sub(Duration::from_secs(secs));
+    let tv = TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
+    nix::sys::stat::utimes(path, &tv, &tv).unwrap_or_else(|e| panic!("utimes {}: {e}", path.display()));
 }
 
 // ---------------------------------------------------------------------------
