@@ -301,7 +301,7 @@ fn xen_vm_not_running_attach_fails_naming_the_vm() {
 
 #[test]
 fn busy_socket_fails_with_busy_within_the_budget() {
-    let r = rig("q-busy", &format!("timeout = 2\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\n"));
+    let r = rig("q-held", &format!("timeout = 2\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\n"));
     let q = r.qemu("win10", QMP);
     let holder = q.qmp(); // QEMU serves one client: this one
     let run = r.attach();
@@ -361,7 +361,7 @@ fn xen_name_lookup_skips_newer_and_dead_domains() {
 
 #[test]
 fn xen_name_lookup_gets_past_a_busy_unrelated_domain() {
-    let r = rig("q-xen-busy", &config_xen("win10", ""));
+    let r = rig("q-xen-held", &config_xen("win10", ""));
     let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
     let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
     q7.age(60);

@@ -168,7 +168,7 @@ fn hang_after_command_times_out_within_budget() {
 
 #[test]
 fn no_greeting_is_reported_as_busy_within_budget() {
-    let r = rig("f-busy");
+    let r = rig("f-nogreet");
     let f = r.fake(FakeOptions { greeting: false, ..FakeOptions::default() });
     let run = r.attach();
     run.fails(1, &["busy"]);

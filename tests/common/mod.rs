@@ -134,7 +134,7 @@ impl TestRoot {
         let mut c = Command::new(BIN);
         c.env_clear();
         c.arg("--root").arg(&self.path).args(args);
-        run_cmd(c)
+        run_cmd(c, self.root_str())
     }
 
     /// Runs the binary as udev's RUN would: empty environment (no PATH) plus `env`,
@@ -146,7 +146,7 @@ impl TestRoot {
             c.env(k, v);
         }
         c.arg("--root").arg(&self.path).args(["--config", "/etc/auto-usb-attach.toml", "udev"]);
-        run_cmd(c)
+        run_cmd(c, self.root_str())
     }
 }
 
@@ -163,13 +163,16 @@ impl Drop for TestRoot {
 #[derive(Debug)]
 pub struct Run {
     pub args: String,
+    /// The temp root; replaced by `<root>` before matching error text, so a test's
+    /// own directory name can never satisfy an assertion.
+    pub root: String,
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
 }
 
-fn run_cmd(mut c: Command) -> Run {
+fn run_cmd(mut c: Command, root: &str) -> Run {
     let args = format!("{:?}", c);
     c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -200,7 +203,7 @@ fn run_cmd(mut c: Command) -> Run {
     let elapsed = start.elapsed();
     let stdout = String::from_utf8_lossy(&t_out.join().unwrap()).into_owned();
     let stderr = String::from_utf8_lossy(&t_err.join().unwrap()).into_owned();
-    let r = Run { args, code: status.code(), stdout, stderr, elapsed };
+    let r = Run { args, root: root.to_string(), code: status.code(), stdout, stderr, elapsed };
     // AUA_TEST_SHOW=1 cargo test -- --nocapture: see every run's output.
     if std::env::var_os("AUA_TEST_SHOW").is_some() {
         eprintln!("{}\n({:?})\n", r.dump(), r.elapsed);
@@ -244,26 +247,25 @@ impl Run {
     }
 
     /// Asserts exit `code` and exactly one `error: ` line on stderr that contains every
-    /// string of `want` (case-insensitive); returns that line.
+    /// string of `want` (case-sensitive, with the temp root path replaced by `<root>`);
+    /// returns that line (root replaced).
     pub fn fails(&self, code: i32, want: &[&str]) -> String {
         self.code(code);
         let lines = self.error_lines();
         assert_eq!(lines.len(), 1, "want exactly one 'error: ' line on stderr\n{}", self.dump());
-        let line = lines[0];
-        assert!(line.starts_with("error: "), "error line must start with 'error: '\n{}", self.dump());
-        let low = line.to_lowercase();
+        assert!(lines[0].starts_with("error: "), "error line must start with 'error: '\n{}", self.dump());
+        let line = lines[0].replace(&self.root, "<root>");
         for w in want {
-            assert!(low.contains(&w.to_lowercase()), "error line lacks {w:?}: {line:?}\n{}", self.dump());
+            assert!(line.contains(w), "error line lacks {w:?}: {line:?}\n{}", self.dump());
         }
-        line.to_string()
+        line
     }
 
     /// Like `fails` but any of `alternatives` may appear.
     pub fn error_contains_any(&self, alternatives: &[&str]) -> String {
         let line = self.fails(1, &[]);
-        let low = line.to_lowercase();
         assert!(
-            alternatives.iter().any(|a| low.contains(&a.to_lowercase())),
+            alternatives.iter().any(|a| line.contains(a)),
             "error line contains none of {alternatives:?}: {line:?}\n{}",
             self.dump()
         );
