@@ -215,10 +215,7 @@ fn qmp_error_reply_keeps_class_and_desc() {
         ("f-err-kvm", "KVMMissingCap", "injected by test: no such capability"),
     ] {
         let r = rig(tag);
-        let _f = r.fake(with_fault(
-            on_device_add("usb-host"),
-            Fault::Error { class: class.into(), desc: desc.into() },
-        ));
+        let _f = r.fake(with_fault(on_device_add("usb-host"), Fault::Error { class: class.into(), desc: desc.into() }));
         let line = r.attach().fails(1, &[class, desc]);
         assert!(line.contains("win10") || line.contains("3:7") || line.contains("xenusb-3-7"), "names nothing: {line}");
         assert!(!r.root.state_has_device(3, 7));
@@ -236,7 +233,9 @@ fn device_del_error_fails_and_keeps_the_record() {
     ));
     f.preload_xhci("xenusb-0", 15);
     f.preload_usb_host("xenusb-0", 1, 3, 7);
-    r.root.run(&["detach", "--bus", "3", "--addr", "7"]).fails(1, &["GenericError", "injected by test: bus is busy", "xenusb-3-7"]);
+    r.root
+        .run(&["detach", "--bus", "3", "--addr", "7"])
+        .fails(1, &["GenericError", "injected by test: bus is busy", "xenusb-3-7"]);
     assert!(r.root.state_has_device(3, 7), "record dropped although QEMU still has the device");
 }
 

@@ -62,11 +62,7 @@ fn add_for_a_hub_is_ignored_even_where_a_hub_rule_covers_it() {
     assert!(env.contains(&("TYPE".to_string(), "9/0/0".to_string())));
     let f = r.fake();
     r.root.udev(&env).ok();
-    assert!(
-        !f.command_names().contains(&"device_add".to_string()),
-        "device_add for a hub: {:?}",
-        f.commands()
-    );
+    assert!(!f.command_names().contains(&"device_add".to_string()), "device_add for a hub: {:?}", f.commands());
     assert_eq!(f.connections(), 0, "connected to QMP for a hub");
     assert!(!r.root.state_has_device(3, 4));
 }
@@ -108,10 +104,7 @@ fn bind_after_add_does_not_attach_twice() {
     let n = f.commands().len();
     r.root.udev(&r.dev.udev_env("bind")).ok();
     let later: Vec<_> = f.commands()[n..].to_vec();
-    assert!(
-        !later.iter().any(|c| c["execute"] == "device_add"),
-        "bind re-attached an attached device: {later:?}"
-    );
+    assert!(!later.iter().any(|c| c["execute"] == "device_add"), "bind re-attached an attached device: {later:?}");
     assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"]);
 }
 
@@ -273,7 +266,12 @@ fn add_picks_a_free_port_without_trial_and_error() {
     props.insert("port".into(), json!("1"));
     props.insert("hostbus".into(), json!(1));
     props.insert("hostaddr".into(), json!(2));
-    f.preload(FakeDev { id: "usbdev-by-hand".into(), driver: "usb-host".into(), props, bus: Some("xenusb-0.0".into()) });
+    f.preload(FakeDev {
+        id: "usbdev-by-hand".into(),
+        driver: "usb-host".into(),
+        props,
+        bus: Some("xenusb-0.0".into()),
+    });
     r.root.udev(&r.dev.udev_env("add")).ok();
     let adds: Vec<_> = f.commands().into_iter().filter(|c| c["execute"] == "device_add").collect();
     assert_eq!(adds.len(), 1, "want exactly one device_add (existing controller, a free port): {adds:?}");
