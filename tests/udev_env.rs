@@ -310,3 +310,103 @@ fn superspeed_device_gets_a_port_that_exists() {
     assert_ne!(port(0), port(1));
     assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-4-2", "xenusb-3-7"]);
 }
+
+#[test]
+fn missing_or_unsafe_config_is_a_one_line_error_naming_it() {
+    let r = rig("u-cfg", "");
+    let f = r.fake();
+    std::fs::remove_file(r.root.p("/etc/auto-usb-attach.toml")).unwrap();
+    r.root.udev(&r.dev.udev_env("add")).fails(1, &["/etc/auto-usb-attach.toml"]);
+    r.root.write_config("[[vm]]\nname = \"win10\"\nqmp = \"/run/qemu/vm.qmp\"\nport = 3\n");
+    r.root.udev(&r.dev.udev_env("add")).fails(1, &["/etc/auto-usb-attach.toml", "port"]);
+    // Whoever can write the config decides what VMs get: refused.
+    r.root.write_config(&format!("[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\n"));
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = r.root.p("/etc/auto-usb-attach.toml");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    r.root.udev(&r.dev.udev_env("add")).fails(1, &["/etc/auto-usb-attach.toml"]);
+    assert_eq!(f.connections(), 0);
+}
+
+#[test]
+fn remove_for_a_device_of_a_vm_no_longer_configured_forgets_it() {
+    let r = rig("u-rm-unconf", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert!(r.root.state_has_device(3, 7), "setup");
+    let n = f.connections();
+    r.root.write_config(&format!("timeout = 5\n\n[[vm]]\nname = \"linux\"\nqmp = \"{QMP}\"\n"));
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(!r.root.state_has_device(3, 7), "{:?}", r.root.state_text());
+    assert_eq!(f.connections(), n, "talked to a QEMU for a VM that is not configured");
+}
+
+#[test]
+fn add_at_a_bus_addr_still_recorded_replaces_the_stale_attachment() {
+    // A remove was missed (the tool was not run, or failed): the kernel reuses 3:7
+    // for another device. The stale usb-host must go before the new one is added.
+    let r = rig("u-reuse", "");
+    r.root.write_config(&format!(
+        "timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\", \"1050:0407\"]\n"
+    ));
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let n = f.commands().len();
+    r.sys.remove(&r.dev);
+    let newdev = UsbDev::new(3, 7, "3-1.4").ids("1050", "0407");
+    r.sys.device(&newdev);
+    r.root.udev(&newdev.udev_env("add")).ok();
+    let later: Vec<_> =
+        f.commands()[n..].iter().filter(|c| c["execute"] != "qom-list" && c["execute"] != "qom-get").cloned().collect();
+    let del = later.iter().position(|c| c["execute"] == "device_del" && c["arguments"]["id"] == "xenusb-3-7");
+    let add = later.iter().position(|c| c["execute"] == "device_add" && c["arguments"]["id"] == "xenusb-3-7");
+    assert!(matches!((del, add), (Some(d), Some(a)) if d < a), "want device_del then device_add: {later:?}");
+    assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"]);
+    let devs = r.root.state_devices();
+    assert_eq!(devs.len(), 1, "{devs:?}");
+    assert_eq!(devs[0].1["usb-id"], "1050:0407");
+    assert_eq!(devs[0].1["port-path"], "3-1.4");
+}
+
+#[test]
+fn detached_by_hand_stays_out_until_replugged() {
+    let r = rig("u-held", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    r.root.run(&["detach", "--bus", "3", "--addr", "7"]).ok();
+    assert_eq!(f.device_ids(), vec!["xenusb-0"]);
+    // A later bind (or re-trigger) for the same device must respect the admin's choice.
+    r.root.udev(&r.dev.udev_env("bind")).ok();
+    assert_eq!(f.device_ids(), vec!["xenusb-0"], "re-attached a device detached by hand");
+    // Unplug and replug: it follows its rule again.
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    r.sys.device(&r.dev);
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"], "not re-attached after replug");
+}
+
+#[test]
+fn a_stuck_run_holding_the_lock_makes_an_event_fail_within_budget() {
+    let r = rig("u-lock", "");
+    r.root.write_config(&format!(
+        "timeout = 2\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\n"
+    ));
+    let f = r.fake();
+    std::fs::create_dir_all(r.root.state_dir()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(r.root.state_dir().join("lock"))
+        .unwrap();
+    lock.lock().unwrap(); // flock(LOCK_EX), as another auto-usb-attach would hold it
+    let run = r.root.udev(&r.dev.udev_env("add"));
+    let line = run.fails(1, &["timed out", "lock"]);
+    assert!(run.elapsed < std::time::Duration::from_secs(8), "took {:?}: {line}", run.elapsed);
+    assert_eq!(f.connections(), 0, "talked QMP without the lock");
+    lock.unlock().unwrap();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert!(r.root.state_has_device(3, 7));
+}
