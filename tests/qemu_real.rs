@@ -470,3 +470,35 @@ fn xen_settle_does_not_rescan_a_busy_unrelated_domain() {
     let mut c7 = q7.qmp();
     assert!(c7.has_peripheral("xenusb-0", "nec-usb-xhci"));
 }
+
+#[test]
+fn full_existing_controller_read_from_qemu_leads_to_a_second_one_within_the_cap() {
+    // QEMU already has xenusb-0 (an EHCI, as libxl's usb-version 2 makes) with all 6
+    // ports held. The tool must learn that from QEMU (no state) and use a new xenusb-1.
+    let r = rig("q-full", &config_qmp("win10", QMP, "max-controllers = 2"));
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.cmd("device_add", json!({"driver": "usb-ehci", "id": "xenusb-0"}));
+    for port in 1..=6u32 {
+        c.place_usb_host("xenusb-0", port, 5, port, &format!("9.{port}"));
+    }
+    drop(c);
+    assert_usb_host_error(&r.attach());
+    let mut c = q.qmp();
+    assert!(c.has_peripheral("xenusb-1", "nec-usb-xhci"), "{:?}", c.peripherals());
+    assert_eq!(c.peripherals().len(), 8, "{:?}", c.peripherals());
+    drop(c);
+
+    // With the cap at one controller the tool refuses, naming the reason, and adds nothing.
+    let r = rig("q-full-cap", &config_qmp("win10", QMP, "max-controllers = 1"));
+    let q = r.qemu("win10", QMP);
+    let mut c = q.qmp();
+    c.cmd("device_add", json!({"driver": "usb-ehci", "id": "xenusb-0"}));
+    for port in 1..=6u32 {
+        c.place_usb_host("xenusb-0", port, 5, port, &format!("9.{port}"));
+    }
+    drop(c);
+    r.attach().fails(1, &["max-controllers"]);
+    let mut c = q.qmp();
+    assert_eq!(c.peripherals().len(), 7, "{:?}", c.peripherals());
+}
