@@ -142,9 +142,14 @@ fn garbage_after_a_real_change_keeps_state_valid() {
 
 #[test]
 fn connection_dropped_mid_reply_is_an_error_not_a_panic() {
-    for (tag, m) in [("f-drop-caps", on_cmd("qmp_capabilities")), ("f-drop-add", on_device_add("usb-host"))] {
+    for (tag, m, fault) in [
+        ("f-drop-caps", on_cmd("qmp_capabilities"), Fault::DropMidReply),
+        ("f-drop-add", on_device_add("usb-host"), Fault::DropMidReply),
+        ("f-close-ctrl", on_device_add("nec-usb-xhci"), Fault::Close),
+        ("f-close-list", on_cmd("qom-list"), Fault::Close),
+    ] {
         let r = rig(tag);
-        let _f = r.fake(with_fault(m, Fault::DropMidReply));
+        let _f = r.fake(with_fault(m, fault));
         let run = r.attach();
         run.no_panic();
         run.fails(1, &["closed"]);

@@ -718,6 +718,8 @@ pub enum Fault {
     Garbage,
     /// Send the first bytes of a reply, then close the connection.
     DropMidReply,
+    /// Close the connection without answering (QEMU crashed mid-command).
+    Close,
     /// Answer with a QMP error of this class and desc.
     Error { class: String, desc: String },
 }
@@ -972,6 +974,10 @@ fn serve(mut s: UnixStream, opts: &FakeOptions, sh: &Arc<Mutex<FakeShared>>, sto
                                 Fault::DropMidReply => {
                                     s.write_all(b"{\"return\": {\"na")?;
                                     let _ = s.flush();
+                                    let _ = s.shutdown(std::net::Shutdown::Both);
+                                    return Ok(());
+                                }
+                                Fault::Close => {
                                     let _ = s.shutdown(std::net::Shutdown::Both);
                                     return Ok(());
                                 }
