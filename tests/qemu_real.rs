@@ -118,7 +118,15 @@ fn list_json_shows_a_device_found_in_qemu_after_state_loss() {
     let q = r.qemu("win10", QMP);
     let mut c = q.qmp();
     c.add_xhci("xenusb-0", 15);
+    // A failed attempt first: QEMU still consumes child[0] on the bus, so the
+    // device below is child[1] (enumeration must not assume dense indices).
+    let failed = c
+        .execute("device_add", json!({"driver": "usb-host", "id": "xenusb-3-9", "bus": "xenusb-0.0", "port": "2", "hostbus": 3, "hostaddr": 9}))
+        .unwrap();
+    assert_eq!(failed.unwrap_err()["desc"], "failed to find host usb device 3:9");
     c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
+    let links = c.cmd("qom-list", json!({"path": "xenusb-0.0"}));
+    assert!(links.as_array().unwrap().iter().any(|l| l["name"] == "child[1]"), "{links}");
     assert_eq!(qom_get(&mut c, "/machine/peripheral/xenusb-3-7", "attached"), json!(false));
     drop(c);
 
@@ -501,4 +509,69 @@ fn full_existing_controller_read_from_qemu_leads_to_a_second_one_within_the_cap(
     r.attach().fails(1, &["max-controllers"]);
     let mut c = q.qmp();
     assert_eq!(c.peripherals().len(), 7, "{:?}", c.peripherals());
+}
+
+#[test]
+fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
+    // The fault tests trust FakeQmp; here it is checked against QEMU 7.2 itself for
+    // every reply whose bytes are deterministic.
+    let cmds = [
+        r#"{"execute": "query-name", "id": 1}"#,
+        r#"{"execute": "qmp_capabilities", "id": "x"}"#,
+        r#"{"execute": "qmp_capabilities"}"#,
+        r#"{"execute": "query-name", "id": {"a": [1]}}"#,
+        r#"{"execute": "device_add", "arguments": {"driver": "nec-usb-xhci", "id": "xenusb-0", "p2": 15, "p3": 15}, "id": 3}"#,
+        r#"{"execute": "device_add", "arguments": {"driver": "nec-usb-xhci", "id": "xenusb-0", "p2": 15, "p3": 15}, "id": 4}"#,
+        r#"{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}, "id": 5}"#,
+        r#"{"execute": "device_add", "arguments": {"driver": "usb-host", "id": "xenusb-3-8", "bus": "xenusb-0.0", "port": "4", "hostbus": 3, "hostaddr": 8}, "id": 6}"#,
+        r#"{"execute": "device_add", "arguments": {"driver": "usb-host", "id": "xenusb-3-9", "bus": "xenusb-1.0", "port": "4", "hostbus": 3, "hostaddr": 9, "hostport": "1.3"}, "id": 7}"#,
+        r#"{"execute": "device_add", "arguments": {"driver": "usb-host", "id": "xenusb-3-7", "bus": "xenusb-0.0", "port": "16", "hostbus": 3, "hostaddr": 7, "hostport": "1.2"}, "id": 8}"#,
+        r#"{"execute": "device_add", "arguments": {"driver": "usb-host", "id": "xenusb-3-7", "bus": "xenusb-0.0", "port": "3", "hostbus": 3, "hostaddr": 7, "hostport": "1.2"}, "id": 9}"#,
+        r#"{"execute": "qom-list", "arguments": {"path": "xenusb-0.0"}, "id": 10}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "xenusb-0.0", "property": "child[0]"}, "id": 11}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/xenusb-3-7", "property": "port"}, "id": 12}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/xenusb-3-7", "property": "hostaddr"}, "id": 13}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/xenusb-3-7", "property": "attached"}, "id": 14}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/xenusb-0", "property": "p2"}, "id": 15}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine/peripheral/xenusb-0", "property": "nope"}, "id": 16}"#,
+        r#"{"execute": "qom-list", "arguments": {"path": "/nope"}, "id": 17}"#,
+        r#"{"execute": "device_del", "arguments": {"id": "nope"}, "id": 18}"#,
+        r#"{"execute": "device_del", "arguments": {"id": "xenusb-3-7"}, "id": 19}"#,
+        r#"{"execute": "nonsense", "id": 20}"#,
+        r#"{"execute": "query-status", "id": 21}"#,
+    ];
+    let root = TestRoot::new("q-wire");
+    let q = Qemu::start("win10", &root.p("/run/real.qmp"));
+    let real = raw_transcript(&q.sock, &cmds);
+    let fake =
+        FakeQmp::start(&root.p("/run/fake.qmp"), FakeOptions { host_has_devices: false, ..FakeOptions::default() });
+    let faked = raw_transcript(&fake.path, &cmds);
+    assert_eq!(real.len(), faked.len(), "real:\n{}\nfake:\n{}", real.concat(), faked.concat());
+    for (i, (a, b)) in real.iter().zip(&faked).enumerate() {
+        assert!(a.ends_with("\r\n") && b.ends_with("\r\n"), "line {i} not CRLF: {a:?} / {b:?}");
+        if i == 0 {
+            assert_eq!(a, b, "greeting");
+            continue;
+        }
+        let cmd = cmds[i - 1];
+        // query-status: member order (the fake's serde_json map is sorted); qom-list:
+        // real QEMU lists properties in hash-table order. Compare those as values/sets.
+        if cmd.contains("query-status") {
+            let (va, vb): (Value, Value) = (serde_json::from_str(a).unwrap(), serde_json::from_str(b).unwrap());
+            assert_eq!(va, vb, "{cmd}");
+            continue;
+        }
+        if cmd.contains("qom-list") {
+            let set = |l: &str| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                if let Some(arr) = v["return"].as_array_mut() {
+                    arr.sort_by_key(|x| x.to_string());
+                }
+                v
+            };
+            assert_eq!(set(a), set(b), "reply to {cmd}");
+            continue;
+        }
+        assert_eq!(a, b, "reply to {cmd}");
+    }
 }

@@ -624,6 +624,39 @@ impl Qmp {
     }
 }
 
+/// Raw wire bytes: the greeting line, then for each command (sent as given, one per
+/// line) its reply line. Events (asynchronous: real QEMU sends DEVICE_DELETED some
+/// time after device_del's reply) are skipped. Lines keep their CRLF.
+pub fn raw_transcript(path: &Path, cmds: &[&str]) -> Vec<String> {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let mut line = |s: &mut UnixStream, buf: &mut Vec<u8>| -> String {
+        loop {
+            if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let l: Vec<u8> = buf.drain(..=i).collect();
+                return String::from_utf8(l).unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).expect("read");
+            assert!(n > 0, "peer closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let mut out = vec![line(&mut s, &mut buf)];
+    for c in cmds {
+        s.write_all(format!("{c}\n").as_bytes()).unwrap();
+        loop {
+            let l = line(&mut s, &mut buf);
+            if !l.contains("\"event\": ") {
+                out.push(l);
+                break;
+            }
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Real QEMU
 // ---------------------------------------------------------------------------
@@ -777,6 +810,32 @@ pub struct FakeShared {
     /// Every command object received, in order.
     pub commands: Vec<Value>,
     pub devices: Vec<FakeDev>,
+    /// QEMU names a bus's children `child[N]` from a per-bus counter that every
+    /// device_add reaching the bus bumps, failed ones included (seen: after two failed
+    /// device_adds the first real device is `child[2]`).
+    pub next_child: std::collections::HashMap<String, usize>,
+    /// Device id -> its N in `child[N]`.
+    pub child_of: std::collections::HashMap<String, usize>,
+}
+
+impl FakeShared {
+    fn new_child(&mut self, bus: &str) -> usize {
+        let n = self.next_child.entry(bus.to_string()).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+
+    /// (N, device) for the children of `bus`, in child order.
+    fn children(&self, bus: &str) -> Vec<(usize, &FakeDev)> {
+        let mut v: Vec<(usize, &FakeDev)> = self
+            .devices
+            .iter()
+            .filter(|d| d.bus.as_deref() == Some(bus))
+            .map(|d| (self.child_of.get(&d.id).copied().unwrap_or(0), d))
+            .collect();
+        v.sort_by_key(|(n, _)| *n);
+        v
+    }
 }
 
 pub struct FakeQmp {
@@ -890,7 +949,12 @@ impl FakeQmp {
 
     /// Puts a device into the fake QEMU's model, as if added earlier.
     pub fn preload(&self, dev: FakeDev) {
-        self.shared.lock().unwrap().devices.push(dev);
+        let mut g = self.shared.lock().unwrap();
+        if let Some(bus) = &dev.bus {
+            let n = g.new_child(bus);
+            g.child_of.insert(dev.id.clone(), n);
+        }
+        g.devices.push(dev);
     }
 
     pub fn preload_xhci(&self, id: &str, ports: u64) {
@@ -1113,6 +1177,7 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
                     None => return (gerr("No 'usb-bus' bus found for device 'usb-host'".into()), vec![]),
                 },
             };
+            let child = g.new_child(&bus);
             let ctrl = g.devices.iter().find(|d| format!("{}.0", d.id) == bus).unwrap();
             let nports = controller_ports(&ctrl.driver, &ctrl.props);
             let used: Vec<String> = g
@@ -1145,7 +1210,9 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
             }
             props.insert("port".into(), json!(port));
             props.insert("attached".into(), json!(opts.host_has_devices && !by_port));
-            g.devices.push(FakeDev { id: id.unwrap_or_default(), driver, props, bus: Some(bus) });
+            let id = id.unwrap_or_default();
+            g.child_of.insert(id.clone(), child);
+            g.devices.push(FakeDev { id, driver, props, bus: Some(bus) });
             (Ok(json!({})), vec![])
         }
         "device_del" => {
@@ -1175,7 +1242,7 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
             if let Some(bus) = resolve_bus(&g, &path) {
                 let mut out =
                     vec![json!({"name": "type", "type": "string"}), json!({"name": "realized", "type": "bool"})];
-                for (n, d) in g.devices.iter().filter(|d| d.bus.as_deref() == Some(bus.as_str())).enumerate() {
+                for (n, d) in g.children(&bus) {
                     out.push(json!({"name": format!("child[{n}]"), "type": format!("link<{}>", d.driver)}));
                 }
                 out.push(json!({"name": "hotplug-handler", "type": "link<hotplug-handler>"}));
@@ -1216,7 +1283,7 @@ fn answer(v: &Value, negotiated: &mut bool, opts: &FakeOptions, sh: &Arc<Mutex<F
                 if let Some(n) =
                     prop.strip_prefix("child[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse::<usize>().ok())
                 {
-                    if let Some(d) = g.devices.iter().filter(|d| d.bus.as_deref() == Some(bus.as_str())).nth(n) {
+                    if let Some((_, d)) = g.children(&bus).into_iter().find(|(c, _)| *c == n) {
                         return (Ok(json!(format!("/machine/peripheral/{}", d.id))), vec![]);
                     }
                 }
