@@ -158,8 +158,12 @@ fn drop_record(state: &mut State, vm: &str, bus: u16, addr: u16) {
 /// Connect to `vm`; `None` when it is not running (logged when `quiet`,
 /// an error otherwise).
 pub(crate) fn connect(ctx: &Ctx, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Box<Running>>> {
-    let cached = state.vms.get(&vm.name).and_then(|v| v.domid);
-    match vm::locate(&ctx.root, &ctx.config, vm, cached, &ctx.deadline)? {
+    connect_hinted(ctx, vm, state.vms.get(&vm.name).and_then(|v| v.domid), quiet)
+}
+
+/// `connect`, trying Xen domain `domid` first.
+fn connect_hinted(ctx: &Ctx, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Box<Running>>> {
+    match vm::locate(&ctx.root, &ctx.config, vm, domid, &ctx.deadline)? {
         Located::Running(r) => Ok(Some(r)),
         Located::NotRunning(why) | Located::NotReady(why) if quiet => {
             log::info!("VM {} is not running ({why}); nothing to do", vm.name);
@@ -232,10 +236,11 @@ fn attach(
     let needs_controller = plan::place(vm, &held, dev.is_superspeed()).is_ok_and(|p| p.new_controller.is_some());
     if needs_controller && !held.devices.iter().any(|d| (d.bus, d.addr) == (dev.bus, dev.addr)) {
         // Let go of the socket while libxl may still be adding its own controllers.
-        let socket = r.socket.clone();
+        let (socket, domid) = (r.socket.clone(), r.domid);
         let mut conn = Some(r);
         if settle_xen(ctx, vm, &socket, || drop(conn.take())) {
-            let Some(again) = connect(ctx, state, vm, quiet)? else { return Ok(()) };
+            // Straight back to the domain just found, not a rescan of every socket.
+            let Some(again) = connect_hinted(ctx, vm, domid, quiet)? else { return Ok(()) };
             r = again;
             held = rebuild(vm, &mut r, &held)?;
         } else {

@@ -460,13 +460,11 @@ fn xen_reboot_gets_a_new_domid_and_the_tool_follows() {
 
 #[test]
 fn xen_settle_does_not_rescan_a_busy_unrelated_domain() {
-    // SRC BUG (expected to fail until fixed in src/app.rs `attach`): before creating a
-    // controller in a Xen domain whose socket is under 3 s old, the tool lets go of
-    // the socket, sleeps until it is 3 s old, then reconnects with `connect()`, which
-    // scans every qmp-libxl-* again (newest first) instead of going straight to the
-    // domid it has just found. A busy unrelated newer domain therefore costs its 2 s
-    // greeting cap twice: 2 s + ~1 s settle + 2 s = ~5 s, more than this 4.5 s budget,
-    // while one scan (2 s + ~1 s) fits with 1.5 s to spare.
+    // Before creating a controller in a Xen domain whose socket is under 3 s old, the
+    // tool lets go of the socket, sleeps until it is 3 s old, then reconnects. It must
+    // go straight back to the domid it found, not rescan every qmp-libxl-*: a busy
+    // unrelated newer domain would cost its 2 s greeting cap twice (2 s + ~1 s settle
+    // + 2 s = ~5 s, more than this 4.5 s budget), while one scan fits with 1.5 s spare.
     let r = rig("q-xen-settle", "timeout = 4.5\n\n[[vm]]\nname = \"win10\"\n");
     let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
     let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
