@@ -631,7 +631,7 @@ pub fn raw_transcript(path: &Path, cmds: &[&str]) -> Vec<String> {
     let mut s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
-    let mut line = |s: &mut UnixStream, buf: &mut Vec<u8>| -> String {
+    let line = |s: &mut UnixStream, buf: &mut Vec<u8>| -> String {
         loop {
             if let Some(i) = buf.iter().position(|b| *b == b'\n') {
                 let l: Vec<u8> = buf.drain(..=i).collect();
