@@ -596,6 +596,16 @@ fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
             let vm = &ctx.config.vms[i];
             match connect(ctx, state, vm, true)? {
                 Some(mut r) => {
+                    // Xen >= 4.20 first runs a probe QEMU (-machine none) on the
+                    // domain's socket: no PCI bus, nowhere to put a controller.
+                    let pci = r.client.execute("query-pci", None).map_err(|e| qmp_err(vm, "query-pci", e))?;
+                    if pci.as_array().is_some_and(|a| a.is_empty()) {
+                        log::info!(
+                            "VM {}: QEMU has no PCI bus yet (a probe QEMU?); leaving it for the next trigger",
+                            vm.name
+                        );
+                        continue;
+                    }
                     let same = state
                         .vms
                         .get(&vm.name)
