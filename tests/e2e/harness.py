@@ -19,6 +19,12 @@ RULE_G = "/run/udev/rules.d/99-xen-usb.rules"
 TOOL_LOG = PREFIX + "/tool.log"
 STATE_DIR = "/run/auto-usb-attach"
 XEN_RUN = "/run/xen"
+UNIT_DIR_G = PREFIX + "/systemd"          # SYSTEMDUNITDIR given to make install
+PATH_UNIT = "auto-usb-attach-sync.path"
+UNITS = ("auto-usb-attach-sync.service", "auto-usb-attach-sync.path", "auto-usb-attach-sync.timer")
+PATHUNIT_LOG = PREFIX + "/pathunit.log"   # the path-unit stand-in's log (rig/pathunit.py)
+PATHUNIT_STATUS = PREFIX + "/pathunit.status"
+QEMU_PID_DIR = "/run/e2e-qemu"            # inner QEMUs' pidfiles (not in XEN_RUN: the watcher sees that)
 # The rule as CONTRACT.md gives it; used only if the repo has no udev-rules/99-xen-usb.rules yet.
 CONTRACT_RULE = ('ACTION=="add|bind|remove", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_device", '
                  'RUN+="@SBINDIR@/auto-usb-attach --config @SYSCONFDIR@/auto-usb-attach.toml udev"\n')
@@ -132,8 +138,12 @@ class Env:
             self.gcheck("set -e; mkdir -p %(p)s/sbin %(p)s/etc /run/udev/rules.d; "
                         "install -m 0755 %(bin)s %(p)s/sbin/auto-usb-attach; "
                         "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
-                        "-e 's|@XENRUNDIR@|%(x)s|g' %(rule)s > %(dst)s"
-                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, x=XEN_RUN))
+                        "-e 's|@XENRUNDIR@|%(x)s|g' %(rule)s > %(dst)s; "
+                        "mkdir -p %(u)s; for f in %(units)s; do test -f %(repo)s/systemd/$f || continue; "
+                        "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
+                        "-e 's|@XENRUNDIR@|%(x)s|g' %(repo)s/systemd/$f > %(u)s/$f; done"
+                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, x=XEN_RUN, u=UNIT_DIR_G,
+                               units=" ".join(UNITS), repo=shlex.quote(REPO)))
             method = "by hand (rule from %s)" % rule_from
             ok, why = self._installed_ok()
             if not ok:
@@ -151,29 +161,48 @@ class Env:
                 "XENRUNDIR": XEN_RUN, "BIN": bin_path}
 
     def _installed_ok(self):
+        units = "".join("test -f %(d)s/%(u)s || echo 'no unit %(d)s/%(u)s'; "
+                        "grep -Eq '@[A-Z]+@' %(d)s/%(u)s 2>/dev/null && echo '%(u)s not substituted'; "
+                        % dict(d=UNIT_DIR_G, u=u) for u in UNITS) if os.path.isdir(os.path.join(REPO, "systemd")) else ""
         rc, out = self.g("test -x %s || echo 'no binary %s'; test -f %s || echo 'no rule %s'; "
                          "grep -Eq '@[A-Z]+@' %s 2>/dev/null && echo 'rule not substituted'; "
-                         "grep -q '%s/sbin/auto-usb-attach' %s 2>/dev/null || echo 'rule does not run %s'; true"
-                         % (BIN_G, BIN_G, RULE_G, RULE_G, RULE_G, PREFIX, RULE_G, BIN_G))
+                         "grep -q '%s/sbin/auto-usb-attach' %s 2>/dev/null || echo 'rule does not run %s'; %s true"
+                         % (BIN_G, BIN_G, RULE_G, RULE_G, RULE_G, PREFIX, RULE_G, BIN_G, units))
         return (rc == 0 and not out.strip()), out.strip().replace("\n", "; ")
 
     def write_config(self, cfg):
         text = toml(cfg)
         src = self.rig.put("stage/auto-usb-attach.toml", text)
-        self.gcheck("mkdir -p %s/etc && cp %s %s" % (PREFIX, src, CONF_G))
+        # root-owned, not writable by group/others: the tool refuses (and `check` complains) otherwise
+        self.gcheck("mkdir -p %s/etc && cp %s %s && chown 0:0 %s/etc %s && chmod 0755 %s/etc && chmod 0644 %s"
+                    % (PREFIX, src, CONF_G, PREFIX, CONF_G, PREFIX, CONF_G))
         return text
 
     # ---- inner QEMUs (stand-ins for Xen domains) ------------------------------------------
     def start_vm(self, name, domid):
         sock = "%s/qmp-libxl-%d" % (XEN_RUN, domid)
         t0 = time.time()
-        self.gcheck("mkdir -p %s && qemu-system-x86_64 -M pc -nodefaults -display none -S -accel tcg -m 64 "
+        self.gcheck("mkdir -p %s %s && qemu-system-x86_64 -M pc -nodefaults -display none -S -accel tcg -m 64 "
                     "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/qemu-%d.pid"
-                    % (XEN_RUN, shlex.quote(name), sock, XEN_RUN, domid), timeout=60)
+                    % (XEN_RUN, QEMU_PID_DIR, shlex.quote(name), sock, QEMU_PID_DIR, domid), timeout=60)
         self.vms[name] = domid
         v = self.view(domid)
         check(v.get("name") == name, "inner QEMU %d answers query-name %r" % (domid, v.get("name")))
         return time.time() - t0
+
+    def stop_vm(self, name, timeout=20):
+        """Like `xl destroy`: kill the domain's QEMU (by its pidfile's pid), wait until it is
+        gone, remove its QMP socket.  The harness stops querying it."""
+        domid = self.vms.pop(name)
+        pidf = "%s/qemu-%d.pid" % (QEMU_PID_DIR, domid)
+        # Gone = no /proc entry, or a zombie: the daemonized QEMU's parent is the guest's PID 1
+        # (the agent), which does not reap.
+        rc, out = self.g("pid=$(cat %(f)s) && kill $pid && i=0 && while [ -e /proc/$pid ] && "
+                         "[ \"$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)\" != Z ]; do "
+                         "i=$((i+1)); [ $i -gt %(n)d ] && { echo still alive; exit 1; }; sleep 0.1; done; "
+                         "rm -f %(s)s %(f)s" % dict(f=pidf, n=timeout * 10, s=self.sock(domid)), timeout=timeout + 10)
+        check(rc == 0, "could not stop %s's QEMU (domid %d): %s" % (name, domid, out.strip()))
+        return domid
 
     def sock(self, domid):
         return "%s/qmp-libxl-%d" % (XEN_RUN, domid)
@@ -296,6 +325,51 @@ class Env:
         self.rig.unplug(name)
         self.wait_removed(ports if isinstance(ports, (list, tuple)) else [ports], since)
 
+    # ---- stand-in for systemd's path unit ---------------------------------------------------------
+    def start_pathunit(self, timeout=30):
+        """Start rig/pathunit.py in the guest on the INSTALLED units (UNIT_DIR_G)."""
+        self.gcheck("rm -f %(st)s; setsid /usr/bin/python3 %(g)s/pathunit.py %(d)s %(p)s %(log)s %(st)s "
+                    "</dev/null >>%(log)s 2>&1 &" % dict(st=PATHUNIT_STATUS, g=GUEST_RIG, d=UNIT_DIR_G,
+                                                         p=PATH_UNIT, log=PATHUNIT_LOG))
+        deadline = time.time() + timeout
+        while True:
+            st = self.pathunit_status()
+            if st is not None:
+                if "error" in st:
+                    raise RigError("path-unit stand-in refused the installed units: %s" % st["error"])
+                return st
+            if time.time() > deadline:
+                raise RigError("path-unit stand-in did not start in %ss:\n%s" % (timeout, self.pathunit_log()))
+            time.sleep(0.2)
+
+    def pathunit_status(self):
+        txt = self.read(PATHUNIT_STATUS)[PATHUNIT_STATUS]
+        try:
+            return json.loads(txt) if txt else None
+        except ValueError:
+            return None
+
+    def pathunit_log(self):
+        return self.read(PATHUNIT_LOG)[PATHUNIT_LOG] or ""
+
+    def wait_pathunit_idle(self, after=None, timeout=40):
+        """Wait until the stand-in has nothing running or pending (and, with after=N, has
+        started a run numbered > N).  Returns its status."""
+        deadline = time.time() + timeout
+        while True:
+            st = self.pathunit_status() or {}
+            if st and not st["running"] and not st["pending"] and (after is None or st["started"] > after):
+                return st
+            if time.time() > deadline:
+                raise Fail("path-unit stand-in not idle%s after %ss: %s" % (
+                    "" if after is None else " with a run after #%d" % after, timeout, st))
+            time.sleep(0.2)
+
+    def pathunit_runs(self, after=0):
+        """[(run number, exit code)] of the stand-in's finished runs numbered > after."""
+        return [(int(n), int(rc)) for n, rc in re.findall(r"run #(\d+) exit (-?\d+)", self.pathunit_log())
+                if int(n) > after]
+
     # ---- the tool ------------------------------------------------------------------------------
     def tool(self, args, timeout=40):
         return self.g("%s --config %s %s" % (BIN_G, CONF_G, args), timeout)
@@ -357,6 +431,8 @@ class Env:
         parts.append("--- guest udev event log (/run/events.log, last 40) ---\n" + out)
         rc, out = self.g("tail -n 60 %s 2>&1" % TOOL_LOG)
         parts.append("--- tool log (%s, last 60) ---\n%s" % (TOOL_LOG, out))
+        rc, out = self.g("tail -n 40 %s 2>&1; cat %s 2>&1" % (PATHUNIT_LOG, PATHUNIT_STATUS))
+        parts.append("--- path-unit stand-in log (%s, last 40; then its status) ---\n%s" % (PATHUNIT_LOG, out))
         try:
             ser = [l for l in open(self.rig.serial_log, errors="replace").read().splitlines()
                    if re.search(r"udev|auto-usb-attach|99-xen-usb", l)]

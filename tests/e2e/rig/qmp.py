@@ -19,7 +19,9 @@ class QMP:
             try:
                 self.s.connect(path)
                 break
-            except (FileNotFoundError, ConnectionRefusedError):
+            except (FileNotFoundError, ConnectionRefusedError, BlockingIOError):
+                # BlockingIOError (EAGAIN): the listen backlog is full -- other clients wait
+                # for the one QEMU serves; as busy as no greeting, retry within the deadline.
                 self.s.close()
                 if time.time() > deadline:
                     raise
