@@ -158,12 +158,18 @@ fn drop_record(state: &mut State, vm: &str, bus: u16, addr: u16) {
 /// Connect to `vm`; `None` when it is not running (logged when `quiet`,
 /// an error otherwise).
 pub(crate) fn connect(ctx: &Ctx, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Box<Running>>> {
-    connect_hinted(ctx, vm, state.vms.get(&vm.name).and_then(|v| v.domid), quiet)
+    connect_hinted(ctx, vm, state.vms.get(&vm.name).and_then(|v| v.domid), &[], quiet)
 }
 
 /// `connect`, trying Xen domain `domid` first.
-fn connect_hinted(ctx: &Ctx, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Box<Running>>> {
-    match vm::locate(&ctx.root, &ctx.config, vm, domid, &ctx.deadline)? {
+fn connect_hinted(
+    ctx: &Ctx,
+    vm: &VmConfig,
+    domid: Option<u32>,
+    held: &[String],
+    quiet: bool,
+) -> Result<Option<Box<Running>>> {
+    match vm::locate(&ctx.root, &ctx.config, vm, domid, held, &ctx.deadline)? {
         Located::Running(r) => Ok(Some(r)),
         Located::NotRunning(why) | Located::NotReady(why) if quiet => {
             log::info!("VM {} is not running ({why}); nothing to do", vm.name);
@@ -240,7 +246,7 @@ fn attach(
         let mut conn = Some(r);
         if settle_xen(ctx, vm, &socket, || drop(conn.take())) {
             // Straight back to the domain just found, not a rescan of every socket.
-            let Some(again) = connect_hinted(ctx, vm, domid, quiet)? else { return Ok(()) };
+            let Some(again) = connect_hinted(ctx, vm, domid, &[], quiet)? else { return Ok(()) };
             r = again;
             held = rebuild(vm, &mut r, &held)?;
         } else {
@@ -558,7 +564,7 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
     for &i in targets {
         let vm = &ctx.config.vms[i];
         loop {
-            match vm::locate(&ctx.root, &ctx.config, vm, cached(&vm.name), &ctx.deadline)? {
+            match vm::locate(&ctx.root, &ctx.config, vm, cached(&vm.name), &[], &ctx.deadline)? {
                 Located::Running(r) => {
                     // Drop the connection first: libxl needs the socket meanwhile.
                     let socket = r.socket.clone();
@@ -594,7 +600,10 @@ fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
         let mut conns: Vec<(usize, Box<Running>, VmState)> = Vec::new();
         for &i in &targets {
             let vm = &ctx.config.vms[i];
-            match connect(ctx, state, vm, true)? {
+            // Sessions this sync already holds would look busy to a Xen name scan.
+            let held: Vec<String> = conns.iter().map(|(_, r, _)| r.socket.clone()).collect();
+            let domid = state.vms.get(&vm.name).and_then(|v| v.domid);
+            match connect_hinted(ctx, vm, domid, &held, true)? {
                 Some(mut r) => {
                     // Xen >= 4.20 first runs a probe QEMU (-machine none) on the
                     // domain's socket: no PCI bus, nowhere to put a controller.

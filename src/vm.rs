@@ -60,12 +60,15 @@ fn open(path: &Path, shown: String, domid: Option<u32>, deadline: &Deadline, cap
     Ok(Running { client, socket: shown, instance, domid })
 }
 
-/// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names.
+/// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names;
+/// `held` are sockets this process already holds (another VM's, during
+/// `sync`): scanning them would only find them busy.
 pub fn locate(
     root: &Root,
     config: &Config,
     vm: &VmConfig,
     cached_domid: Option<u32>,
+    held: &[String],
     deadline: &Deadline,
 ) -> Result<Located> {
     let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
@@ -94,6 +97,9 @@ pub fn locate(
     let mut starting = Vec::new();
     for domid in domids {
         let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
+        if held.iter().any(|h| Path::new(h) == shown) {
+            continue;
+        }
         let path = root.path(&shown);
         let mut r = match open(&path, shown.display().to_string(), Some(domid), deadline, SCAN_GREETING_CAP) {
             Ok(r) => r,

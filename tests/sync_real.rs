@@ -149,3 +149,23 @@ fn sync_with_a_busy_socket_fails_with_one_line() {
     root.run(&["sync"]).fails(1, &["win10", "busy"]);
     root.assert_state_clean();
 }
+
+#[test]
+fn sync_finds_a_down_xen_vm_listed_after_running_ones() {
+    // sync holds each running VM's session while it looks for the next VM; the
+    // name scan for a VM that is down must not knock on those held sockets.
+    let root = TestRoot::new("s-down-last");
+    root.write_config(
+        "timeout = 5\n[[vm]]\nname = \"a\"\n[[vm]]\nname = \"b\"\n[[vm]]\nname = \"offline\"\nhubs = [\"usb3\"]\n",
+    );
+    let qa = Qemu::start("a", &root.p("/run/xen/qmp-libxl-7"));
+    let qb = Qemu::start("b", &root.p("/run/xen/qmp-libxl-8"));
+    qa.age(60);
+    qb.age(60);
+    let run = root.run(&["sync"]);
+    run.ok();
+    assert!(run.stderr.contains("VM offline is not running"), "{}", run.stderr);
+    assert!(!run.stderr.contains("busy"), "{}", run.stderr);
+    let s = root.state().unwrap();
+    assert_eq!((s["vms"]["a"]["domid"].clone(), s["vms"]["b"]["domid"].clone()), (json!(7), json!(8)), "{s}");
+}
