@@ -11,6 +11,37 @@ use std::process::{Command, Stdio};
 
 const QMP: &str = "/run/qemu/vm.qmp";
 
+/// A `-machine none` QEMU (Xen >= 4.20's probe), killed on drop even when the test fails.
+struct Probe(std::process::Child);
+
+impl Probe {
+    fn start(sock: &std::path::Path) -> Probe {
+        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "none", "-nodefaults", "-S", "-display", "none", "-qmp"])
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Probe(child);
+        let start = std::time::Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "probe QEMU socket never appeared");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        p
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn usb_hosts(q: &Qemu) -> Vec<String> {
     let mut c = q.qmp();
     c.peripherals().into_iter().filter(|(_, t)| t == "child<usb-host>").map(|(n, _)| n).collect()
@@ -92,18 +123,7 @@ fn sync_against_a_probe_qemu_without_pci_fails_softly() {
     sys.device(&UsbDev::new(3, 7, "3-1.2"));
     root.write_config(&config_qmp("win10", QMP, "hubs = [\"usb3\"]"));
     let sock = root.p(QMP);
-    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
-    let mut probe = Command::new("qemu-system-x86_64")
-        .args(["-machine", "none", "-nodefaults", "-S", "-display", "none", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !sock.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let _probe = Probe::start(&sock);
     let run = root.run(&["sync"]);
     run.ok();
     assert!(run.stderr.contains("no PCI bus"), "{}", run.stderr);
@@ -111,8 +131,6 @@ fn sync_against_a_probe_qemu_without_pci_fails_softly() {
     assert_eq!(c.peripherals(), vec![], "the probe QEMU was changed");
     drop(c);
     root.assert_state_clean();
-    let _ = probe.kill();
-    let _ = probe.wait();
 }
 
 #[test]
@@ -121,23 +139,10 @@ fn sync_with_an_unnamed_xen_probe_gives_up_cleanly() {
     let root = TestRoot::new("s-xprobe");
     root.write_config("timeout = 1.5\n[[vm]]\nname = \"win10\"\nhubs = [\"usb3\"]\n");
     let sock = root.p("/run/xen/qmp-libxl-7");
-    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
-    let mut probe = Command::new("qemu-system-x86_64")
-        .args(["-machine", "none", "-nodefaults", "-S", "-display", "none", "-qmp"])
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !sock.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let _probe = Probe::start(&sock);
     let run = root.run(&["sync"]);
     run.ok();
     assert!(run.stderr.contains("not ready") && run.stderr.contains("next trigger"), "{}", run.stderr);
-    let _ = probe.kill();
-    let _ = probe.wait();
 }
 
 #[test]
