@@ -4,7 +4,7 @@ Installs the tool inside the rig's outer guest the way `make install` would, sta
 inner QEMUs standing for Xen domains, waits for udev events (with deadlines), asks the
 INNER QEMU for its real state over QMP (short sessions: connect, query, disconnect),
 and collects diagnostics and timing figures.  Stdlib only."""
-import datetime, json, os, re, shlex, statistics, sys, time
+import datetime, json, os, re, shlex, shutil, statistics, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -121,12 +121,25 @@ class Env:
         else:
             rule_text, rule_from = CONTRACT_RULE, "CONTRACT.md (repo has no udev-rules/99-xen-usb.rules)"
         grule = self.rig.put("stage/99-xen-usb.rules", rule_text)
+        # The guest sees this machine's / read-only but has its own tmpfs /tmp,
+        # so a checkout under /tmp (CI's clone may be one) is invisible there:
+        # stage what `make install` reads in the shared work dir instead.
+        srepo = os.path.join(self.rig.dir, "stage", "repo")
+        shutil.rmtree(srepo, ignore_errors=True)
+        os.makedirs(srepo)
+        for name in ("Makefile", "udev-rules", "systemd", "man", "examples"):
+            src = os.path.join(REPO, name)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(srepo, name))
+            elif os.path.isfile(src):
+                shutil.copy2(src, srepo)
+        grepo = GUEST_RIG + "/stage/repo"
         method = None
         mk = os.path.join(REPO, "Makefile")
         if os.path.isfile(mk) and re.search(r"^install\s*:", open(mk).read(), re.M) \
                 and os.environ.get("E2E_INSTALL", "make") == "make":
             rc, out = self.g("test -f %s/Makefile && make -C %s install %s 2>&1"
-                             % (shlex.quote(REPO), shlex.quote(REPO), " ".join(
+                             % (shlex.quote(grepo), shlex.quote(grepo), " ".join(
                                  "%s=%s" % kv for kv in self.make_vars(gbin).items())), timeout=120)
             ok, why = self._installed_ok()
             if rc == 0 and ok:
@@ -143,7 +156,7 @@ class Env:
                         "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
                         "-e 's|@XENRUNDIR@|%(x)s|g' %(repo)s/systemd/$f > %(u)s/$f; done"
                         % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, x=XEN_RUN, u=UNIT_DIR_G,
-                               units=" ".join(UNITS), repo=shlex.quote(REPO)))
+                               units=" ".join(UNITS), repo=shlex.quote(grepo)))
             method = "by hand (rule from %s)" % rule_from
             ok, why = self._installed_ok()
             if not ok:
