@@ -25,9 +25,6 @@ UNITS = ("auto-usb-attach-sync.service", "auto-usb-attach-sync.path", "auto-usb-
 PATHUNIT_LOG = PREFIX + "/pathunit.log"   # the path-unit stand-in's log (rig/pathunit.py)
 PATHUNIT_STATUS = PREFIX + "/pathunit.status"
 QEMU_PID_DIR = "/run/e2e-qemu"            # inner QEMUs' pidfiles (not in XEN_RUN: the watcher sees that)
-# The rule as CONTRACT.md gives it; used only if the repo has no udev-rules/99-xen-usb.rules yet.
-CONTRACT_RULE = ('ACTION=="add|bind|remove", SUBSYSTEM=="usb", ENV{DEVTYPE}=="usb_device", '
-                 'RUN+="@SBINDIR@/auto-usb-attach --config @SYSCONFDIR@/auto-usb-attach.toml udev"\n')
 
 
 class Fail(Exception):
@@ -116,10 +113,7 @@ class Env:
             gbin = self.rig.put("stage/auto-usb-attach", f.read())
         os.chmod(os.path.join(self.rig.dir, "stage/auto-usb-attach"), 0o755)
         rule_src = os.path.join(REPO, "udev-rules", "99-xen-usb.rules")
-        if os.path.isfile(rule_src):
-            rule_text, rule_from = open(rule_src).read(), "udev-rules/99-xen-usb.rules"
-        else:
-            rule_text, rule_from = CONTRACT_RULE, "CONTRACT.md (repo has no udev-rules/99-xen-usb.rules)"
+        rule_text, rule_from = open(rule_src).read(), "udev-rules/99-xen-usb.rules"
         grule = self.rig.put("stage/99-xen-usb.rules", rule_text)
         # The guest sees this machine's / read-only but has its own tmpfs /tmp,
         # so a checkout under /tmp (CI's clone may be one) is invisible there:
