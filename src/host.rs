@@ -56,6 +56,25 @@ impl HostDevice {
     }
 }
 
+#[cfg(test)]
+impl HostDevice {
+    /// A plain full-speed device for unit tests; tests adjust fields as needed.
+    pub fn fixture(bus: u16, addr: u16, port_path: &str, vendor: u16, product: u16) -> HostDevice {
+        HostDevice {
+            bus,
+            addr,
+            port_path: port_path.into(),
+            vendor,
+            product,
+            serial: None,
+            class: 0,
+            speed: "12".into(),
+            manufacturer: None,
+            name: None,
+        }
+    }
+}
+
 pub fn devname(bus: u16, addr: u16) -> String {
     format!("/dev/bus/usb/{bus:03}/{addr:03}")
 }
@@ -332,18 +351,8 @@ mod tests {
 
     #[test]
     fn speed_classes() {
-        let mut d = HostDevice {
-            bus: 1,
-            addr: 2,
-            port_path: "1-1".into(),
-            vendor: 1,
-            product: 2,
-            serial: None,
-            class: 0,
-            speed: "1.5".into(),
-            manufacturer: None,
-            name: None,
-        };
+        let mut d = HostDevice::fixture(1, 2, "1-1", 1, 2);
+        d.speed = "1.5".into();
         assert!(!d.is_superspeed());
         d.speed = "5000".into();
         assert!(d.is_superspeed());

@@ -134,18 +134,9 @@ mod tests {
 
     fn dev(port_path: &str, vid: u16, pid: u16, class: u8, speed: &str) -> HostDevice {
         let bus = port_path.trim_start_matches("usb").split('-').next().unwrap().parse().unwrap();
-        HostDevice {
-            bus,
-            addr: 5,
-            port_path: port_path.into(),
-            vendor: vid,
-            product: pid,
-            serial: Some("S1".into()),
-            class,
-            speed: speed.into(),
-            manufacturer: None,
-            name: None,
-        }
+        let mut d = HostDevice::fixture(bus, 5, port_path, vid, pid);
+        (d.serial, d.class, d.speed) = (Some("S1".into()), class, speed.into());
+        d
     }
 
     const CFG: &str = r#"

@@ -83,18 +83,7 @@ hubs = ["usb1"]
 "#;
 
     fn dev(bus: u16, addr: u16, port_path: &str, usb_id: (u16, u16)) -> HostDevice {
-        HostDevice {
-            bus,
-            addr,
-            port_path: port_path.into(),
-            vendor: usb_id.0,
-            product: usb_id.1,
-            serial: None,
-            class: 0,
-            speed: "12".into(),
-            manufacturer: None,
-            name: None,
-        }
+        HostDevice::fixture(bus, addr, port_path, usb_id.0, usb_id.1)
     }
 
     fn rec(h: &HostDevice, origin: Origin) -> Attached {

@@ -162,11 +162,7 @@ fn list_json_shows_a_device_found_in_qemu_after_state_loss() {
 fn detach_removes_a_placed_device_from_qemu() {
     let r = explicit("q-detach");
     let q = r.qemu("win10", QMP);
-    let mut c = q.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
-    c.place_usb_host("xenusb-0", 4, 3, 8, "1.3");
-    drop(c);
+    q.holding(&[(3, 3, 7, "1.2"), (4, 3, 8, "1.3")]);
     r.root.remove_state();
 
     r.root.run(&["detach", "--bus", "3", "--addr", "7"]).ok();
@@ -191,10 +187,7 @@ fn detach_removes_a_placed_device_from_qemu() {
 fn detach_of_an_unknown_device_is_a_noop() {
     let r = explicit("q-detach-unknown");
     let q = r.qemu("win10", QMP);
-    let mut c = q.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
-    drop(c);
+    q.holding(&[(3, 3, 7, "1.2")]);
     r.root.run(&["detach", "--bus", "3", "--addr", "9"]).ok();
     r.root.run(&["detach", "--id", "xenusb-5-1"]).ok();
     let mut c = q.qmp();
@@ -214,10 +207,7 @@ fn detach_of_an_unknown_device_is_a_noop() {
 /// same path. Returns the fresh one.
 fn restarted(r: &Rig) -> Qemu {
     let q1 = r.qemu("win10", QMP);
-    let mut c = q1.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
-    drop(c);
+    q1.holding(&[(3, 3, 7, "1.2")]);
     r.sync();
     assert!(r.root.state_has_device(3, 7), "setup: state did not cache 3:7 from the first QEMU");
     q1.kill();
@@ -385,10 +375,7 @@ fn xen_name_lookup_gets_past_a_busy_unrelated_domain() {
 fn corrupt_state_is_set_aside_and_rebuilt_from_qemu() {
     let r = explicit("q-corrupt");
     let q = r.qemu("win10", QMP);
-    let mut c = q.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 3, 3, 8, "1.3");
-    drop(c);
+    q.holding(&[(3, 3, 8, "1.3")]);
     std::fs::create_dir_all(r.root.state_dir()).unwrap();
     std::fs::write(r.root.state_path(), "{\"version\": 1, \"vms\": {\"win10\": {\"sock").unwrap();
     assert_usb_host_error(&r.attach());
@@ -410,11 +397,7 @@ fn vm_gone_remove_event_and_detach_drop_the_record() {
     let second = UsbDev::new(3, 8, "3-1.3").ids("1050", "0407");
     r.sys.device(&second); // else sync rightly detaches it: "its host device is gone"
     let q = r.qemu("win10", QMP);
-    let mut c = q.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
-    c.place_usb_host("xenusb-0", 4, 3, 8, "1.3");
-    drop(c);
+    q.holding(&[(3, 3, 7, "1.2"), (4, 3, 8, "1.3")]);
     r.sync();
     assert!(r.root.state_has_device(3, 7) && r.root.state_has_device(3, 8), "setup");
     q.kill();
@@ -434,10 +417,7 @@ fn xen_reboot_gets_a_new_domid_and_the_tool_follows() {
     let r = rig("q-xen-reboot", &config_xen("win10", ""));
     let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
     q7.age(600);
-    let mut c = q7.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 3, 3, 7, "1.2");
-    drop(c);
+    q7.holding(&[(3, 3, 7, "1.2")]);
     r.sync();
     assert_eq!(state_vm(&r.root, "win10").expect("setup")["domid"], json!(7));
     q7.kill();

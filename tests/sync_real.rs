@@ -57,11 +57,7 @@ fn sync_detaches_dead_devices_then_a_second_sync_does_nothing() {
     sys.device(&kept);
     root.write_config(&config_qmp("win10", QMP, "hubs = [\"3-2\"]"));
     let q = Qemu::start("win10", &root.p(QMP));
-    let mut c = q.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 1, 3, 7, "1.2"); // its host device is gone
-    c.place_usb_host("xenusb-0", 2, 3, 8, "1.3");
-    drop(c);
+    q.holding(&[(1, 3, 7, "1.2"), (2, 3, 8, "1.3")]); // 3:7's host device is gone
 
     let first = root.run(&["sync"]);
     first.ok();
@@ -88,10 +84,7 @@ fn sync_after_a_xen_reboot_follows_the_new_domid_and_rebuilds() {
     root.write_config(&config_xen("win10", "hubs = [\"3-1\"]"));
     let q7 = Qemu::start("win10", &root.p("/run/xen/qmp-libxl-7"));
     q7.age(60);
-    let mut c = q7.qmp();
-    c.add_xhci("xenusb-0", 15);
-    c.place_usb_host("xenusb-0", 1, 3, 7, "1.2");
-    drop(c);
+    q7.holding(&[(1, 3, 7, "1.2")]);
     root.run(&["sync"]).ok();
     assert_eq!(root.state().unwrap()["vms"]["win10"]["domid"], json!(7));
 

@@ -698,6 +698,16 @@ impl Qemu {
         q
     }
 
+    /// As an earlier run of the tool would have left it: controller xenusb-0
+    /// (xhci, 15 ports) holding usb-host devices (port, bus, addr, hostport).
+    pub fn holding(&self, devices: &[(u32, u32, u32, &str)]) {
+        let mut c = self.qmp();
+        c.add_xhci("xenusb-0", 15);
+        for (port, bus, addr, hostport) in devices {
+            c.place_usb_host("xenusb-0", *port, *bus, *addr, hostport);
+        }
+    }
+
     pub fn qmp(&self) -> Qmp {
         Qmp::connect(&self.sock, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("QMP connect to {}: {e}", self.sock.display()))
