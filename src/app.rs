@@ -183,31 +183,29 @@ fn connect_hinted(
 
 /// What the QEMU behind `r` holds: state's cache when it is the same QEMU
 /// instance, else rebuilt from QEMU (VM restarted, state lost).
-pub(crate) fn view(state: &State, vm: &VmConfig, r: &mut Running) -> Result<VmState> {
+/// What state knew about the QEMU behind `r`, if it is the same QEMU
+/// instance (a restarted VM's QEMU makes a new socket: new inode/ctime).
+fn known<'a>(state: &'a State, vm: &VmConfig, r: &Running) -> Option<&'a VmState> {
     let cached = state.vms.get(&vm.name);
-    let mut v = match cached {
-        Some(c) if !r.instance.is_empty() && c.instance == r.instance && c.socket == r.socket => c.clone(),
-        _ => {
-            if cached.is_some() {
-                log::info!(
-                    "VM {}: a different QEMU is behind {} now (restarted?); rebuilding from QEMU",
-                    vm.name,
-                    r.socket
-                );
-            }
-            let fresh = vm::enumerate(&mut r.client).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-            vm::merge(fresh, None)
-        }
-    };
-    v.socket = r.socket.clone();
-    v.instance = r.instance.clone();
-    v.domid = r.domid;
-    Ok(v)
+    let same = cached.filter(|c| !r.instance.is_empty() && c.instance == r.instance && c.socket == r.socket);
+    if cached.is_some() && same.is_none() {
+        log::info!("VM {}: a different QEMU is behind {} now (restarted?); rebuilding from QEMU", vm.name, r.socket);
+    }
+    same
+}
+
+/// What the QEMU behind `r` holds: state's cache when it is the same QEMU
+/// instance, else rebuilt from QEMU (VM restarted, state lost).
+pub(crate) fn view(state: &State, vm: &VmConfig, r: &mut Running) -> Result<VmState> {
+    match known(state, vm, r) {
+        Some(c) => Ok(c.clone()),
+        None => rebuild(vm, r, &VmState::default()),
+    }
 }
 
 fn rebuild(vm: &VmConfig, r: &mut Running, old: &VmState) -> Result<VmState> {
     let fresh = vm::enumerate(&mut r.client).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-    let mut v = vm::merge(fresh, Some(old));
+    let mut v = vm::merge(fresh, old);
     v.socket = r.socket.clone();
     v.instance = r.instance.clone();
     v.domid = r.domid;
@@ -615,14 +613,9 @@ fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
                         );
                         continue;
                     }
-                    let same = state
-                        .vms
-                        .get(&vm.name)
-                        .filter(|o| o.instance == r.instance && o.socket == r.socket && !r.instance.is_empty());
-                    if state.vms.contains_key(&vm.name) && same.is_none() {
-                        log::info!("VM {}: a different QEMU is behind {} now (restarted?)", vm.name, r.socket);
-                    }
-                    let v = rebuild(vm, &mut r, same.cloned().as_ref().unwrap_or(&VmState::default()))?;
+                    // sync always reads QEMU; state only lends who asked for what.
+                    let old = known(state, vm, &r).cloned().unwrap_or_default();
+                    let v = rebuild(vm, &mut r, &old)?;
                     conns.push((i, r, v));
                 }
                 None => {

@@ -227,15 +227,13 @@ pub fn enumerate(q: &mut Client) -> QmpResult<VmState> {
 
 /// Merge what QEMU holds (`fresh`) with what state remembered about the same
 /// QEMU: QEMU is the truth for what exists; state keeps who asked for it.
-pub fn merge(fresh: VmState, old: Option<&VmState>) -> VmState {
+pub fn merge(fresh: VmState, old: &VmState) -> VmState {
     let mut out = fresh;
-    if let Some(old) = old {
-        for d in &mut out.devices {
-            if let Some(o) = old.devices.iter().find(|o| o.id == d.id && o.bus == d.bus && o.addr == d.addr) {
-                d.origin = o.origin;
-                d.port_path = o.port_path.clone();
-                d.usb_id = o.usb_id.clone();
-            }
+    for d in &mut out.devices {
+        if let Some(o) = old.devices.iter().find(|o| o.id == d.id && o.bus == d.bus && o.addr == d.addr) {
+            d.origin = o.origin;
+            d.port_path = o.port_path.clone();
+            d.usb_id = o.usb_id.clone();
         }
     }
     out
