@@ -29,16 +29,6 @@ pub enum UsbVersion {
     V3,
 }
 
-impl UsbVersion {
-    pub fn driver(self) -> &'static str {
-        match self {
-            UsbVersion::V1 => "piix3-usb-uhci",
-            UsbVersion::V2 => "usb-ehci",
-            UsbVersion::V3 => "nec-usb-xhci",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmConfig {
     pub name: String,
