@@ -4,6 +4,7 @@
 //! I/O. Every error is one line naming the file, the key and the problem.
 
 use crate::error::{Error, Result};
+use crate::host::HostDevice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +41,14 @@ pub struct VmConfig {
     pub max_controllers: u8,
     pub hubs: Vec<HubRule>,
     pub devices: Vec<DeviceRule>,
+}
+
+impl VmConfig {
+    /// Does any of this VM's rules match `d`? Every rule kind is asked here.
+    pub fn wants(&self, d: &HostDevice) -> bool {
+        self.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
+            || self.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
+    }
 }
 
 /// A place in the host's USB tree: a whole bus (`usb3`) or a port path

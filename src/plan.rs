@@ -20,8 +20,7 @@ pub fn route(config: &Config, d: &HostDevice) -> Option<usize> {
 }
 
 pub fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
-    vm.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
-        || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
+    vm.wants(d)
 }
 
 /// QEMU id of the usb-host device for host bus:addr (libxl's own scheme).
@@ -61,18 +60,37 @@ pub fn is_taken(held: &VmState, controller: &str, port: u8) -> bool {
         || held.foreign_ports.iter().any(|f| *f == format!("{controller}:{port}"))
 }
 
-/// First free port that takes this speed on an existing controller (in id
-/// order), else a new controller of the kind the VM uses for that speed,
-/// within `max-controllers`. Never trial and error: every failed device_add
-/// costs QEMU ~55 ms, and a device no port takes is refused here, before
-/// any QMP call.
+/// Where a device of `speed` goes, in this order:
+/// 1. the first free port that takes it on an existing controller (in id
+///    order) of the kind the VM uses for that speed, or of a kind that runs
+///    it at full speed;
+/// 2. a new controller of the VM's kind for that speed, within
+///    `max-controllers`;
+/// 3. a free port on a controller that would run it slower (a UHCI port for
+///    a high-speed device in a `usb-version = 2` VM): slower beats refused.
+///
+/// Never trial and error: every failed device_add costs QEMU ~55 ms, and a
+/// device no port takes is refused here, before any QMP call.
 pub fn place(vm: &VmConfig, held: &VmState, speed: Speed) -> Result<Placement, String> {
     let mut ctrls: Vec<&Controller> = held.controllers.iter().collect();
     ctrls.sort_by_key(|c| parse_controller_id(&c.id).unwrap_or(u32::MAX));
-    for c in &ctrls {
-        if let Some(port) = port_range(c, speed).and_then(|mut r| r.find(|p| !is_taken(held, &c.id, *p))) {
-            return Ok(Placement { new_controller: None, controller: c.id.clone(), port });
+    let preferred = ControllerKind::for_vm(vm.usb_version, speed);
+    let free = |c: &Controller| port_range(c, speed).and_then(|mut r| r.find(|p| !is_taken(held, &c.id, *p)));
+    let at = |c: &Controller, port| Placement { new_controller: None, controller: c.id.clone(), port };
+    let first_choice = |c: &Controller| c.kind().is_some_and(|k| Some(k) == preferred || k.max_speed() >= speed);
+    if let Some((c, port)) = ctrls.iter().filter(|c| first_choice(c)).find_map(|c| Some((*c, free(c)?))) {
+        return Ok(at(c, port));
+    }
+    if ctrls.len() < vm.max_controllers as usize {
+        let n = (0..).find(|n| !ctrls.iter().any(|c| parse_controller_id(&c.id) == Some(*n))).expect("a free index");
+        if let Some(c) = new_controller(vm, n, speed) {
+            if let Some(port) = port_range(&c, speed).map(|r| *r.start()) {
+                return Ok(Placement { controller: c.id.clone(), new_controller: Some(c), port });
+            }
         }
+    }
+    if let Some((c, port)) = ctrls.iter().find_map(|c| Some((*c, free(c)?))) {
+        return Ok(at(c, port));
     }
     let range = if speed == Speed::Super { "USB 3" } else { "USB 1/2" };
     if ctrls.len() >= vm.max_controllers as usize {
@@ -81,12 +99,7 @@ pub fn place(vm: &VmConfig, held: &VmState, speed: Speed) -> Result<Placement, S
             vm.name, vm.max_controllers
         ));
     }
-    let n = (0..).find(|n| !ctrls.iter().any(|c| parse_controller_id(&c.id) == Some(*n))).expect("a free index");
-    let refuse =
-        || format!("VM {} (usb-version = {:?}) has no controller kind for a {speed} device", vm.name, vm.usb_version);
-    let c = new_controller(vm, n, speed).ok_or_else(refuse)?;
-    let port = *port_range(&c, speed).ok_or_else(refuse)?.start();
-    Ok(Placement { controller: c.id.clone(), new_controller: Some(c), port })
+    Err(format!("VM {} (usb-version = {:?}) has no controller kind for a {speed} device", vm.name, vm.usb_version))
 }
 
 pub fn controller_args(c: &Controller) -> Value {
@@ -241,6 +254,39 @@ devices = ["1050:0407:S1"]
         // ehci takes any speed on any of its ports
         let h = held(&[c2], &[("xenusb-2", 1)]);
         assert_eq!(place(&v, &h, Speed::Super).unwrap().port, 2);
+    }
+
+    #[test]
+    fn usb2_vm_places_by_speed() {
+        let v = vm("usb-version = 2\nmax-controllers = 2");
+        // full speed: a piix3-usb-uhci, never the usb-ehci (whose ports refuse it)
+        let p = place(&v, &VmState::default(), Speed::Full).unwrap();
+        assert_eq!(p.new_controller.as_ref().unwrap().driver, "piix3-usb-uhci");
+        let uhci = p.new_controller.unwrap();
+        let h = held(std::slice::from_ref(&uhci), &[]);
+        assert_eq!(place(&v, &h, Speed::Low).unwrap().controller, "xenusb-0");
+        // high speed with only the uhci there: a new usb-ehci, not the slow port
+        let p = place(&v, &h, Speed::High).unwrap();
+        assert_eq!((p.controller.as_str(), p.new_controller.unwrap().driver.as_str()), ("xenusb-1", "usb-ehci"));
+        // at the cap, an ehci full of devices: the uhci (slower beats refused)
+        let ehci = new_controller(&v, 1, Speed::High).unwrap();
+        let full: Vec<(&str, u8)> = (1..=6).map(|p| ("xenusb-1", p)).collect();
+        let h = held(&[uhci.clone(), ehci.clone()], &full);
+        assert_eq!(place(&v, &h, Speed::High).unwrap().controller, "xenusb-0");
+        // and a full-speed device never lands on the ehci, even when only it has room
+        let mut taken = vec![("xenusb-0", 1), ("xenusb-0", 2)];
+        taken.push(("xenusb-1", 1));
+        let e = place(&v, &held(&[uhci, ehci], &taken), Speed::Full).unwrap_err();
+        assert!(e.contains("max-controllers = 2"), "{e}");
+    }
+
+    #[test]
+    fn usb1_vm_takes_high_speed_on_its_uhci() {
+        let v = vm("usb-version = 1\nmax-controllers = 2");
+        let c = new_controller(&v, 0, Speed::Full).unwrap();
+        let h = held(std::slice::from_ref(&c), &[]);
+        let p = place(&v, &h, Speed::High).unwrap();
+        assert_eq!((p.controller.as_str(), p.port, p.new_controller), ("xenusb-0", 1, None));
     }
 
     #[test]
