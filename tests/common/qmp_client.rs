@@ -3,41 +3,30 @@
 
 use super::*;
 
-pub struct Qmp {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    next_id: u64,
-    pub greeting: Value,
-    pub events: Vec<Value>,
-}
+/// The library's own QMP client (`auto_usb_attach::qmp::Client`), plus the
+/// helpers tests use to arrange and read a real QEMU.
+pub struct Qmp(pub auto_usb_attach::qmp::Client);
 
 impl Qmp {
-    /// Connects (retrying while the socket is missing or refusing, up to `timeout`),
-    /// reads the greeting and negotiates capabilities. Every read has `timeout`.
+    /// Connects (retrying while the socket is missing or refusing, up to
+    /// `timeout`), reads the greeting and negotiates capabilities, all through
+    /// the library's client; the greeting wait is bounded by `timeout`, the
+    /// connection's life by 6 x `timeout`.
     pub fn connect(path: &Path, timeout: Duration) -> std::io::Result<Qmp> {
+        use auto_usb_attach::qmp::{connect, QmpError};
+        // The library bounds the whole connection by one deadline (an invocation's
+        // budget); a test's connection lives longer than one read, hence the margin.
+        let deadline = auto_usb_attach::deadline::Deadline::after(timeout * 6);
         let start = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused)
-                        && start.elapsed() < timeout =>
-                {
+        loop {
+            match connect(path, &deadline, timeout) {
+                Ok(c) => return Ok(Qmp(c)),
+                Err(QmpError::NotListening(_)) if start.elapsed() < timeout => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
-        };
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let mut q = Qmp { stream, buf: Vec::new(), next_id: 1, greeting: Value::Null, events: Vec::new() };
-        q.greeting = q.read_obj()?;
-        if q.greeting.get("QMP").is_none() {
-            return Err(std::io::Error::other(format!("not a QMP greeting: {}", q.greeting)));
         }
-        q.execute("qmp_capabilities", json!({}))?
-            .map_err(|e| std::io::Error::other(format!("qmp_capabilities: {e}")))?;
-        Ok(q)
     }
 
     /// Connects without reading anything: a client holding the socket (QEMU serves one at a time).
@@ -45,50 +34,15 @@ impl Qmp {
         UnixStream::connect(path).unwrap()
     }
 
-    fn read_obj(&mut self) -> std::io::Result<Value> {
-        loop {
-            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let text = String::from_utf8_lossy(&line);
-                if text.trim().is_empty() {
-                    continue;
-                }
-                return serde_json::from_str(text.trim())
-                    .map_err(|e| std::io::Error::other(format!("bad QMP line {text:?}: {e}")));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "QMP connection closed"));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Sends a command; returns Ok(return value) or Err(error object). Events are kept in `events`.
+    /// Sends a command; returns Ok(return value) or Err(QEMU's error object
+    /// `{"class", "desc"}`). Events are kept aside by the client.
     pub fn execute(&mut self, cmd: &str, args: Value) -> std::io::Result<Result<Value, Value>> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut msg = json!({"execute": cmd, "id": id});
-        if args.as_object().is_some_and(|o| !o.is_empty()) {
-            msg["arguments"] = args;
-        }
-        let mut line = serde_json::to_vec(&msg).unwrap();
-        line.push(b'\n');
-        self.stream.write_all(&line)?;
-        loop {
-            let v = self.read_obj()?;
-            if v.get("event").is_some() {
-                self.events.push(v);
-                continue;
-            }
-            if v.get("id") != Some(&json!(id)) {
-                return Err(std::io::Error::other(format!("reply for another id: {v}")));
-            }
-            if let Some(e) = v.get("error") {
-                return Ok(Err(e.clone()));
-            }
-            return Ok(Ok(v.get("return").cloned().unwrap_or(Value::Null)));
+        use auto_usb_attach::qmp::QmpError;
+        let args = args.as_object().is_some_and(|o| !o.is_empty()).then_some(args);
+        match self.0.execute(cmd, args) {
+            Ok(v) => Ok(Ok(v)),
+            Err(QmpError::Qemu { class, desc }) => Ok(Err(json!({ "class": class, "desc": desc }))),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
         }
     }
 

@@ -62,7 +62,15 @@ impl TestRoot {
         let t = self.state_text()?;
         let v: Value = serde_json::from_str(&t).unwrap_or_else(|e| panic!("state.json is not JSON ({e}):\n{t}"));
         assert_eq!(v["version"], json!(1), "state.json version:\n{t}");
+        // The tool must be able to read back what it wrote: its own parser says so.
+        auto_usb_attach::state::State::parse_str(&t).unwrap_or_else(|e| panic!("state.json: {e}:\n{t}"));
         Some(v)
+    }
+
+    /// The state file as the library's real `State`; `None` when there is none.
+    pub fn state_typed(&self) -> Option<auto_usb_attach::state::State> {
+        let t = self.state_text()?;
+        Some(auto_usb_attach::state::State::parse_str(&t).unwrap_or_else(|e| panic!("state.json: {e}:\n{t}")))
     }
 
     /// Asserts the state dir holds no half-written or moved-aside state file.
@@ -99,7 +107,8 @@ impl TestRoot {
 
     /// Is host device bus:addr recorded in the state file (in any VM)?
     pub fn state_has_device(&self, bus: u64, addr: u64) -> bool {
-        self.state_devices().iter().any(|(_, d)| d["bus"] == json!(bus) && d["addr"] == json!(addr))
+        let (Ok(bus), Ok(addr)) = (u16::try_from(bus), u16::try_from(addr)) else { return false };
+        self.state_typed().is_some_and(|s| s.find(bus, addr).is_some())
     }
 
     /// Runs `auto-usb-attach --root R ARGS...` with a clean environment
