@@ -81,7 +81,19 @@ pub fn locate(
             Err(e) => Err(ctx(e, &path)),
         };
     }
+    locate_xen(root, config, vm, cached_domid, held, deadline)
+}
 
+/// A Xen domain by name: ask each `qmp-libxl-<domid>` socket its name.
+fn locate_xen(
+    root: &Root,
+    config: &Config,
+    vm: &VmConfig,
+    cached_domid: Option<u32>,
+    held: &[PathBuf],
+    deadline: &Deadline,
+) -> Result<Located> {
+    let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
     let dir = root.path(&config.xen_run_dir);
     let mut domids: Vec<u32> = match std::fs::read_dir(&dir) {
         Ok(rd) => {

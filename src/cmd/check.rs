@@ -87,20 +87,8 @@ pub fn overlaps(c: &Config) -> Vec<String> {
     out
 }
 
-pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
-    let mut problems: Vec<String> = Vec::new();
-    let root = &ctx.root;
-    println!("config {}: ok, {} VM(s)", config_shown.display(), ctx.config.vms.len());
-    if let Some(why) = writable_by_others(&root.path(config_shown)) {
-        problems.push(format!("config {} is {why}", config_shown.display()));
-    }
-    let state_dir = root.path(&ctx.config.state_dir);
-    if let Some(why) = writable_by_others(&state_dir) {
-        problems.push(format!("state dir {} is {why}", ctx.config.state_dir.display()));
-    }
-    for w in overlaps(&ctx.config) {
-        println!("warning: {w}");
-    }
+/// The udev rule and systemd units: where each is installed, or a problem.
+fn installed(root: &crate::root::Root, problems: &mut Vec<String>) {
     match RULE_DIRS.iter().map(|d| Path::new(d).join(RULE_FILE)).find(|p| root.path(p).exists()) {
         Some(p) => println!("udev rule: {}", p.display()),
         None => problems.push(format!("udev rule {RULE_FILE} is not installed (looked in {})", RULE_DIRS.join(", "))),
@@ -118,6 +106,23 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
             missing.join(", ")
         ));
     }
+}
+
+pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    let root = &ctx.root;
+    println!("config {}: ok, {} VM(s)", config_shown.display(), ctx.config.vms.len());
+    if let Some(why) = writable_by_others(&root.path(config_shown)) {
+        problems.push(format!("config {} is {why}", config_shown.display()));
+    }
+    let state_dir = root.path(&ctx.config.state_dir);
+    if let Some(why) = writable_by_others(&state_dir) {
+        problems.push(format!("state dir {} is {why}", ctx.config.state_dir.display()));
+    }
+    for w in overlaps(&ctx.config) {
+        println!("warning: {w}");
+    }
+    installed(root, &mut problems);
 
     let host = host::scan(root)?;
     // QMP serves one client at a time: don't race our own udev events.
