@@ -189,3 +189,109 @@ impl<S: BufRead + Write> Session<S> {
         after.map_err(OpError::Backend)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Result;
+    use crate::state::Origin;
+    use std::io::{Cursor, Read};
+    use std::sync::{Arc, Mutex};
+
+    /// Scripted QEMU replies in, what we sent out.
+    struct Mem(Cursor<Vec<u8>>, Vec<u8>);
+    impl Read for Mem {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl BufRead for Mem {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            self.0.fill_buf()
+        }
+        fn consume(&mut self, n: usize) {
+            self.0.consume(n)
+        }
+    }
+    impl Write for Mem {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Records each hook call; vetoes device_adds of `veto`.
+    struct Recorder(Arc<Mutex<Vec<String>>>, Option<&'static str>);
+    impl Backend for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn before(&mut self, op: &Op) -> Result<()> {
+            self.0.lock().unwrap().push(format!("before {op}"));
+            match (op, self.1) {
+                (Op::AddDevice { dev, .. }, Some(v)) if dev.id == v => crate::bail!("vetoed {v}"),
+                _ => Ok(()),
+            }
+        }
+        fn after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
+            self.0.lock().unwrap().push(format!("after {op}: {}", if outcome.is_ok() { "ok" } else { "failed" }));
+            Ok(())
+        }
+    }
+
+    fn session(replies: &str, veto: Option<&'static str>) -> (Session<Mem>, Arc<Mutex<Vec<String>>>) {
+        let greeting = "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n{\"return\": {}, \"id\": \"aua-1\"}\r\n";
+        let q = Qmp::handshake(Mem(Cursor::new(format!("{greeting}{replies}").into_bytes()), Vec::new())).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let s = Session::new("a", q, "/run/q".into(), "1:2".into(), None)
+            .with_backend(Box::new(Recorder(log.clone(), veto)));
+        (s, log)
+    }
+
+    fn rec(bus: u16, addr: u16) -> Attached {
+        Attached {
+            id: BusAddr::new(bus, addr).device_id(),
+            bus,
+            addr,
+            controller: "xenusb-0".into(),
+            port: 1,
+            port_path: "1-1".into(),
+            usb_id: "0001:0001".into(),
+            origin: Origin::Rule,
+        }
+    }
+
+    #[test]
+    fn hooks_run_around_each_change_and_the_view_follows_qemu() {
+        let (mut s, log) = session(
+            concat!(
+                "{\"return\": {}, \"id\": \"aua-2\"}\r\n",
+                "{\"id\": \"aua-3\", \"error\": {\"class\": \"GenericError\", \"desc\": \"failed to open host usb device 1:3\"}}\r\n",
+                "{\"id\": \"aua-4\", \"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'xenusb-1-9' not found\"}}\r\n",
+            ),
+            None,
+        );
+        s.add_device(rec(1, 2), None).unwrap();
+        assert!(s.add_device(rec(1, 3), Some("/dev/bus/usb/001/003")).is_err());
+        assert!(!s.del_device(BusAddr::new(1, 9)).unwrap());
+        assert_eq!(s.view().devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["xenusb-1-2"]);
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), 6, "{log:?}");
+        assert!(log[0].starts_with("before device_add xenusb-1-2") && log[1].ends_with(": ok"), "{log:?}");
+        assert!(log[3].ends_with(": failed") && log[5].ends_with(": failed"), "{log:?}");
+    }
+
+    #[test]
+    fn a_veto_sends_nothing_and_dry_run_sends_nothing() {
+        let (mut s, _) = session("", Some("xenusb-1-2"));
+        let e = s.add_device(rec(1, 2), None).unwrap_err();
+        assert!(matches!(e, OpError::Backend(_)), "{e}");
+        s.dry_run = true;
+        s.add_device(rec(1, 4), None).unwrap();
+        assert_eq!(s.view().devices.len(), 1);
+        let sent = String::from_utf8(s.client.into_inner().1).unwrap();
+        assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");
+    }
+}
