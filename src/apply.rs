@@ -169,19 +169,24 @@ fn log_attached(vm: &VmConfig, dev: &HostDevice, p: &Placement, deadline: &Deadl
 /// `device_del` `at` from `vm` and drop the record. Gone already (VM not
 /// running, restarted, DeviceNotFound) counts as done; true if QEMU had it.
 pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
-    let id = at.device_id();
     let Some(mut s) = ctx.connect(state, vm, true)? else {
         drop_record(state, &vm.name, at);
         return Ok(false);
     };
     s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-    let res = s.del_device(at);
+    let res = detach_on(&mut s, vm, at, quiet);
     state.vms.insert(vm.name.clone(), s.into_view());
-    match &res {
-        Ok(true) => log::info!("detached {id} ({at}) from VM {}", vm.name),
-        Ok(false) if !quiet => log::info!("{id} was not in VM {}", vm.name),
-        Ok(false) => {}
-        Err(e) => return Err(vm_err(vm, &format!("device_del {id}"), e)),
+    res
+}
+
+/// `device_del` `at` over an open session; true if QEMU had it.
+pub fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+    let id = at.device_id();
+    let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
+    match found {
+        true => log::info!("detached {id} ({at}) from VM {}", vm.name),
+        false if !quiet => log::info!("{id} was not in VM {}", vm.name),
+        false => {}
     }
-    Ok(res.is_ok_and(|f| f))
+    Ok(found)
 }

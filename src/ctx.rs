@@ -43,6 +43,11 @@ impl Ctx {
         out
     }
 
+    /// The device node QEMU opens itself (`hostdevice`), under the root.
+    pub fn node(&self, dev: &crate::host::HostDevice) -> String {
+        self.root.path(dev.devname()).display().to_string()
+    }
+
     /// State as last saved, read without the lock (it is replaced
     /// atomically); empty when missing or unreadable.
     pub fn peek_state(&self) -> State {

@@ -29,7 +29,7 @@ pub fn attach(ctx: &Ctx, bus: u16, addr: u16, vm_name: Option<&str>) -> Result<(
             (None, _) => crate::bail!("{bus}:{addr} matches no VM's rules; name one with --vm"),
         },
     };
-    let hostdevice = ctx.root.path(dev.devname()).display().to_string();
+    let hostdevice = ctx.node(&dev);
     ctx.with_state(|state| {
         if let Some((owner, _)) = state.find(bus, addr) {
             if owner != vm.name {

@@ -3,7 +3,7 @@
 //! what the host really has; this file connects, executes and records.
 
 use crate::apply;
-use crate::ctx::{qmp_err, vm_err, Ctx};
+use crate::ctx::{qmp_err, Ctx};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::session::Session;
@@ -90,17 +90,11 @@ fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<
                 let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
                 let cfg = &ctx.config.vms[*vm];
                 log::info!("VM {}: detaching {id}: {why}", cfg.name);
-                match s.del_device(*at) {
-                    Ok(_) => {
-                        log::info!("detached {id} ({at}) from VM {}", cfg.name);
-                        Ok(())
-                    }
-                    Err(e) => Err(vm_err(cfg, &format!("device_del {id}"), e)),
-                }
+                apply::detach_on(s, cfg, *at, false).map(drop)
             }
             Step::Attach { vm, dev, .. } => {
                 let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
-                let node = ctx.root.path(dev.devname()).display().to_string();
+                let node = ctx.node(dev);
                 apply::attach_on(s, &ctx.config.vms[*vm], dev, Origin::Rule, Some(&node), &ctx.deadline)
             }
             Step::Note { .. } | Step::Release { .. } | Step::Forget { .. } => Ok(()),

@@ -52,7 +52,7 @@ fn execute(ctx: &Ctx, state: &mut State, steps: Vec<Step>) -> Result<()> {
                 apply::detach_from(ctx, state, &ctx.config.vms[vm], at, true)?;
             }
             Step::Attach { vm, dev, open_node } => {
-                let node = open_node.then(|| ctx.root.path(dev.devname()).display().to_string());
+                let node = open_node.then(|| ctx.node(&dev));
                 apply::attach(ctx, state, &ctx.config.vms[vm], &dev, Origin::Rule, node.as_deref(), true)?;
             }
         }
