@@ -18,11 +18,11 @@ struct Logger {
 static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
 
 impl log::Log for Logger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         m.level() <= self.level
     }
 
-    fn log(&self, r: &log::Record) {
+    fn log(&self, r: &log::Record<'_>) {
         if !self.enabled(r.metadata()) {
             return;
         }

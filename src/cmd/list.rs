@@ -15,7 +15,7 @@ type Row<'a> = (Option<&'a HostDevice>, Option<(&'a str, &'a Attached)>, Option<
 pub fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
     let devices = host::scan(&ctx.root)?;
     let state = ctx.peek_state();
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows: Vec<Row<'_>> = Vec::new();
     for d in &devices {
         let route = plan::route(&ctx.config, d).map(|i| ctx.config.vms[i].name.clone());
         rows.push((Some(d), state.find(d.bus, d.addr), route));
@@ -39,7 +39,7 @@ pub fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn json_row(state: &State, (d, at, route): &Row) -> Value {
+fn json_row(state: &State, (d, at, route): &Row<'_>) -> Value {
     let mut o = match d {
         Some(d) => serde_json::to_value(d).expect("serialises"),
         None => {
@@ -58,7 +58,7 @@ fn json_row(state: &State, (d, at, route): &Row) -> Value {
     o
 }
 
-fn text_row(state: &State, (d, at, route): &Row) -> String {
+fn text_row(state: &State, (d, at, route): &Row<'_>) -> String {
     let attached = match at {
         Some((vm, a)) => format!("{vm} {} port {} ({})", a.controller, a.port, a.id),
         None if d.is_some_and(|d| state.is_held_out(d.bus, d.addr)) => "- (detached by hand)".into(),
