@@ -1,6 +1,6 @@
 //! Pure decisions: where a device goes (controller and port), whether a new
 //! controller is needed, and the exact QMP arguments. No I/O here, so every
-//! rule is unit-tested on small cases; `app` applies the result over QMP.
+//! rule is unit-tested on small cases; `apply` executes the result through a `Session`.
 
 use crate::config::{Config, VmConfig};
 use crate::controller::ControllerKind;
