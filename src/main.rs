@@ -19,6 +19,8 @@ mod root;
 mod state;
 mod sync;
 mod vm;
+mod xenlock;
+mod xenstore;
 
 use clap::Parser;
 use std::process::ExitCode;
