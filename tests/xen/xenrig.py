@@ -15,7 +15,7 @@ sys.path.insert(0, E2E)
 from harness import Env, Fail, check, _indent  # noqa: E402,F401
 from rig import Rig, RigError, GUEST_RIG, _die_with_parent  # noqa: E402
 
-XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg")
+XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg", "libxl-lock-hold.py")
 E2E_FILES = ("guest-agent.py", "qmp.py", "gqmp.py", "98-e2e-log.rules", "99-zz-e2e-done.rules")
 DEFAULT_DIR = os.environ.get("AUA_XEN_DIR", "/var/tmp/aua-xen")
 
@@ -93,6 +93,21 @@ class XenEnv(Env):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.others = {}
+
+    # udev events in dom0 take 0.5-2 s under TCG on an idle machine, but 20 s apart when other
+    # TCG VMs share the two cores: wait long (these are bounds, not sleeps).
+    EVENT_TIMEOUT = 90
+
+    def plug(self, name, driver, port, **props):
+        since = self.mark()
+        t = self.rig.plug(name, driver, port, **props)
+        devs, _ = self.wait_plugged([(name, port, t)], since, timeout=self.EVENT_TIMEOUT)
+        return devs[0]
+
+    def unplug(self, name, ports, since=None):
+        since = self.mark() if since is None else since
+        self.rig.unplug(name, timeout=30)
+        self.wait_removed(ports if isinstance(ports, (list, tuple)) else [ports], since, timeout=self.EVENT_TIMEOUT)
 
     def start_vm(self, name, viewed=True, timeout=120):
         t0 = time.time()
