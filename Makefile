@@ -3,6 +3,7 @@
 #   make test            unit + integration tests (real QEMU), then the real-stack e2e suite
 #   make unit            cargo tests only
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
+#   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make demo            watch it work end to end on a stand-in VM
 #   make bench           event latency / lock contention figures (real QEMU)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, example config
@@ -21,7 +22,7 @@ CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit e2e demo bench install uninstall clean
+.PHONY: all build test unit e2e test-xen demo bench install uninstall clean
 
 all: build
 
@@ -33,6 +34,9 @@ unit:
 
 e2e: build
 	tests/e2e/run --bin $(BIN)
+
+test-xen: build
+	tests/xen/run --bin $(BIN)
 
 test: unit e2e
 

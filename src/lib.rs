@@ -32,3 +32,5 @@ pub mod sync;
 pub mod timing;
 pub mod types;
 pub mod vm;
+pub mod xenlock;
+pub mod xenstore;
