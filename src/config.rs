@@ -265,8 +265,12 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
 /// Read and parse the config at `path` (already resolved under the root);
 /// `shown` is the path as the user knows it.
 pub fn load(path: &Path, shown: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
+    // A regular file only, read up to a cap: a FIFO or /dev/zero here would
+    // otherwise hold the invocation (and udev's queue for the device) forever.
+    let bytes = crate::fsio::read_regular(path, crate::fsio::READ_CAP)
         .map_err(|e| Error::new(format!("{}: cannot read config: {e}", shown.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::new(format!("{}: cannot read config: not UTF-8 text", shown.display())))?;
     parse_str(&text, &shown.display().to_string())
 }
 

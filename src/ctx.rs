@@ -51,8 +51,7 @@ impl Ctx {
     /// State as last saved, read without the lock (it is replaced
     /// atomically); empty when missing or unreadable.
     pub fn peek_state(&self) -> State {
-        let text = std::fs::read_to_string(self.state_dir().join(crate::state::FILE)).unwrap_or_default();
-        State::parse_str(&text).unwrap_or_default()
+        State::peek(&self.state_dir())
     }
 
     /// Connect to `vm`; `None` when it is not running (logged when `quiet`,

@@ -14,7 +14,12 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn after(budget: Duration) -> Self {
-        let start = Instant::now();
+        Deadline::starting_at(Instant::now(), budget)
+    }
+
+    /// A budget that began at `start` (the process start: config and log
+    /// I/O before the config is known count too).
+    pub fn starting_at(start: Instant, budget: Duration) -> Self {
         Deadline { start, end: start + budget, budget }
     }
 

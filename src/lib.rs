@@ -19,6 +19,7 @@ pub mod ctx;
 pub mod deadline;
 pub mod error;
 pub mod events;
+pub mod fsio;
 pub mod host;
 pub mod lock;
 pub mod log;

@@ -10,7 +10,7 @@ use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::Path;
 
 pub struct LockGuard {
@@ -25,14 +25,11 @@ impl std::fmt::Debug for LockGuard {
 
 impl LockGuard {
     pub fn acquire(dir: &Path, deadline: &Deadline) -> Result<LockGuard> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+        // Created with an exact mode, opened through a verified dir fd and
+        // never through a symlink (root must not create or chmod others' files).
+        let d = crate::fsio::Dir::create(dir)?;
         let path = dir.join("lock");
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open lock {}", path.display()))?;
+        let mut file = d.open_rw("lock", crate::fsio::FILE_MODE).context("cannot open lock")?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(locked) => return Ok(LockGuard { _file: locked }),

@@ -5,11 +5,10 @@
 //! (`vm::enumerate`). It is versioned kebab-case JSON, written atomically
 //! (temp file, fsync, rename, fsync dir) and only under the lock.
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::types::BusAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const VERSION: u32 = 1;
@@ -122,39 +121,48 @@ impl State {
         s
     }
 
-    /// Load from `dir`. Missing: empty. Unreadable or corrupt: moved aside to
-    /// `state.json.bad` (kept for inspection) and rebuilt from QEMU later.
+    /// Load from `dir`. Missing: empty. Anything that is not a readable
+    /// regular file of valid state (a directory, a symlink, a FIFO, a huge
+    /// or corrupt file): moved aside to `state.json.bad` (kept for
+    /// inspection) and rebuilt from QEMU later, so that no bad file can
+    /// wedge every later invocation.
     pub fn load(dir: &Path) -> Result<State> {
-        let path = dir.join(FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => String::new(),
-            Err(e) => return Err(e).context(format!("cannot read {}", path.display())),
+        let d = crate::fsio::Dir::create(dir)?;
+        let why = match d.read(FILE, crate::fsio::READ_CAP) {
+            Err(crate::fsio::ReadError::Missing) => return Ok(State::default()),
+            Ok(bytes) => match std::str::from_utf8(&bytes).map_err(|e| Error::new(format!("not UTF-8: {e}"))) {
+                Ok(text) => match State::parse_str(text) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
         };
-        match State::parse_str(&text) {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                let aside = dir.join(format!("{FILE}.bad"));
-                log::warn!("{}: {e}; moved to {} and rebuilding from QEMU", path.display(), aside.display());
-                std::fs::rename(&path, &aside).with_context(|| format!("cannot move aside {}", path.display()))?;
-                Ok(State::default())
-            }
-        }
+        let aside = d
+            .move_aside(FILE, &format!("{FILE}.bad"))
+            .with_context(|| format!("{}: {why}; cannot move it aside", d.shown(FILE)))?;
+        log::warn!("{}: {why}; moved to {} and rebuilding from QEMU", d.shown(FILE), d.shown(&aside));
+        Ok(State::default())
     }
 
-    /// Atomic replace: a crash leaves either the old or the new file, whole.
+    /// Atomic replace: a crash leaves either the old or the new file, whole;
+    /// never written through a symlink, mode 0644 whatever the umask.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!(".{FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(self.to_json().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().with_context(|| format!("cannot write {}", path.display()))
+        let d = crate::fsio::Dir::create(dir)?;
+        d.write_atomic(FILE, self.to_json().as_bytes(), crate::fsio::FILE_MODE)
+            .with_context(|| format!("cannot write {}", d.shown(FILE)))
+    }
+
+    /// State as last saved, read without the lock (it is replaced
+    /// atomically); empty when missing or unusable (nothing is moved).
+    pub fn peek(dir: &Path) -> State {
+        let Ok(d) = crate::fsio::Dir::open(dir) else { return State::default() };
+        d.read(FILE, crate::fsio::READ_CAP)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| State::parse_str(&t).ok())
+            .unwrap_or_default()
     }
 
     /// Which VM holds host device bus:addr, by our records.

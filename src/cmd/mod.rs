@@ -15,7 +15,13 @@ use crate::deadline::Deadline;
 use crate::error::Result;
 use crate::root::Root;
 
+/// `started`: when the process started; the budget counts from there, so
+/// config and log I/O draw on it too.
 pub fn run(cli: Cli) -> Result<()> {
+    run_from(cli, std::time::Instant::now())
+}
+
+pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
     let root = Root::new(cli.root.clone().unwrap_or_else(|| "/".into()));
     crate::log::init(&root, cli.verbose);
     let config_path = root.path(&cli.config);
@@ -34,13 +40,15 @@ pub fn run(cli: Cli) -> Result<()> {
     // Whoever can write the config or state decides what VMs get: refuse to
     // act on them (check reports it; list only reads).
     if !matches!(cli.command, Command::List { .. } | Command::Check) {
-        for (what, shown) in [("config", &cli.config), ("state dir", &config.state_dir)] {
-            if let Some(why) = check::writable_by_others(&root.path(shown)) {
+        // Parents included, through symlinks; the state dir itself must not
+        // be a symlink nor a sticky shared dir like /tmp.
+        for (what, shown, is_dir) in [("config", &cli.config, false), ("state dir", &config.state_dir, true)] {
+            if let Some(why) = crate::fsio::unsafe_path(&root.path(shown), is_dir) {
                 crate::bail!("refusing to run: {what} {} is {why}", shown.display());
             }
         }
     }
-    let ctx = Ctx { deadline: Deadline::after(config.timeout), root, config, dry_run: false };
+    let ctx = Ctx { deadline: Deadline::starting_at(started, config.timeout), root, config, dry_run: false };
     match cli.command {
         Command::Udev => udev::udev(&ctx, &std::env::vars().collect()),
         Command::Attach { dev, vm } => manual::attach(&ctx, dev.bus, dev.addr, vm.as_deref()),
