@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/auto-usb-attach.toml";
+/// Bounds of `timeout`, in seconds.
+pub const MIN_TIMEOUT: f64 = 0.1;
+pub const MAX_TIMEOUT: f64 = 120.0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -65,14 +68,16 @@ impl HubRule {
             return n
                 .parse::<u16>()
                 .ok()
-                .filter(|n| *n > 0)
+                .filter(|v| *v > 0 && n.bytes().all(|c| c.is_ascii_digit()))
                 .map(HubRule::Bus)
                 .ok_or_else(|| Error::new(format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
         }
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
         let ok = s.split_once('-').is_some_and(|(bus, path)| {
-            bus.parse::<u16>().is_ok_and(|b| b > 0)
+            digits(bus)
+                && bus.parse::<u16>().is_ok_and(|b| b > 0)
                 && !path.is_empty()
-                && path.split('.').all(|p| p.parse::<u8>().is_ok_and(|p| p > 0))
+                && path.split('.').all(|p| digits(p) && p.parse::<u8>().is_ok_and(|p| p > 0))
         });
         if !ok {
             return Err(Error::new(format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
@@ -111,7 +116,11 @@ impl DeviceRule {
     pub fn parse(s: &str) -> Result<DeviceRule> {
         let bad = || Error::new(format!("{s:?} is not vendor:product[:serial] in hex, like \"046d:c52b\""));
         let mut it = s.splitn(3, ':');
-        let hex4 = |p: Option<&str>| p.filter(|p| p.len() == 4).and_then(|p| u16::from_str_radix(p, 16).ok());
+        // Exactly 4 hex digits: from_str_radix alone would also take "+46d".
+        let hex4 = |p: Option<&str>| {
+            p.filter(|p| p.len() == 4 && p.bytes().all(|c| c.is_ascii_hexdigit()))
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
         let vendor = hex4(it.next()).ok_or_else(bad)?;
         let product = hex4(it.next()).ok_or_else(bad)?;
         let serial = match it.next() {
@@ -134,17 +143,12 @@ impl DeviceRule {
 struct RawConfig {
     state_dir: Option<PathBuf>,
     xen_run_dir: Option<PathBuf>,
-    timeout: Option<Number>,
+    /// A TOML integer or float; anything else is named in our own words
+    /// (an untagged enum's error would name the Rust type).
+    timeout: Option<toml::Value>,
     log_file: Option<PathBuf>,
     #[serde(default)]
     vm: Vec<RawVm>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Number {
-    Int(i64),
-    Float(f64),
 }
 
 #[derive(Deserialize)]
@@ -181,12 +185,14 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
 
     let timeout = match raw.timeout {
         None => 10.0,
-        Some(Number::Int(i)) => i as f64,
-        Some(Number::Float(f)) => f,
+        Some(toml::Value::Integer(i)) => i as f64,
+        Some(toml::Value::Float(f)) => f,
+        Some(v) => return Err(err("timeout", format!("must be a number of seconds (got {} {v})", v.type_str()))),
     };
-    // udev kills RUN programs at 180 s and blocks the device's events meanwhile.
-    if !(timeout > 0.0 && timeout <= 120.0) {
-        return Err(err("timeout", format!("must be more than 0 and at most 120 seconds (got {timeout})")));
+    // udev kills RUN programs at 180 s and blocks the device's events
+    // meanwhile; below 0.1 s not even a connect fits.
+    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
+        return Err(err("timeout", format!("must be {MIN_TIMEOUT} to {MAX_TIMEOUT} seconds (got {timeout})")));
     }
     for (key, p) in [("state-dir", &raw.state_dir), ("xen-run-dir", &raw.xen_run_dir), ("log-file", &raw.log_file)] {
         if let Some(p) = p {
@@ -334,6 +340,7 @@ usb-version = 2
 
     fn bad(text: &str, want: &[&str]) {
         let e = parse_str(text, "/etc/x.toml").unwrap_err().to_string();
+        assert!(!e.contains("enum") && !e.contains("variant"), "names an internal type: {e}");
         assert!(!e.contains('\n'), "multi-line error: {e}");
         assert!(e.starts_with("/etc/x.toml"), "{e}");
         for w in want {
@@ -346,8 +353,16 @@ usb-version = 2
         bad("stat-dir = \"/x\"", &["line 1", "unknown field", "stat-dir"]);
         bad("[[vm]]\nname = \"a\"\nport = 3\n", &["line 3", "unknown field", "port"]);
         bad("[[vm]]\nname = \"a\"\nports = \"3\"\n", &["line 3"]);
-        bad("timeout = 0", &["timeout", "more than 0"]);
+        bad("timeout = 0", &["timeout", "0.1 to 120"]);
         bad("timeout = 500", &["timeout"]);
+        bad("timeout = 0.0000001", &["timeout", "0.1 to 120"]);
+        bad("timeout = 1e308", &["timeout", "0.1 to 120"]);
+        bad("timeout = nan", &["timeout"]);
+        bad("timeout = \"5\"", &["timeout", "number of seconds", "string"]);
+        bad("[[vm]]\nname = \"a\"\ndevices = [\"+46d:c52b\"]\n", &["devices", "+46d:c52b"]);
+        bad("[[vm]]\nname = \"a\"\ndevices = [\"046d:+52b\"]\n", &["devices"]);
+        bad("[[vm]]\nname = \"a\"\nhubs = [\"usb+3\"]\n", &["hubs"]);
+        bad("[[vm]]\nname = \"a\"\nhubs = [\"1-+4\"]\n", &["hubs"]);
         bad("state-dir = \"run/x\"", &["state-dir", "absolute"]);
         bad("[[vm]]\nname = \"a b\"\n", &["vm[0].name"]);
         bad("[[vm]]\nname = \"a\"\n[[vm]]\nname = \"a\"\n", &["vm \"a\": name", "twice"]);

@@ -187,15 +187,16 @@ impl UdevEvent {
         if get("SUBSYSTEM").is_some_and(|s| s != "usb") || get("DEVTYPE").is_some_and(|t| t != "usb_device") {
             return Ok(None);
         }
-        let num = |k: &str| -> Result<u16> {
+        // Bus numbers are 1..=999 (3 digits in /dev/bus/usb); USB addresses 1..=127.
+        let num = |k: &str, max: u16| -> Result<u16> {
             let v = get(k).ok_or_else(|| Error::new(format!("udev event: {k} is not set")))?;
             v.parse::<u16>()
                 .ok()
-                .filter(|n| (1..=999).contains(n) && v.len() <= 3 && v.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| Error::new(format!("udev event: {k}={v:?} is not a USB bus/device number")))
+                .filter(|n| (1..=max).contains(n) && v.len() <= 3 && v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| Error::new(format!("udev event: {k}={v:?} is not a number 1..{max}")))
         };
-        let bus = num("BUSNUM")?;
-        let addr = num("DEVNUM")?;
+        let bus = num("BUSNUM", 999)?;
+        let addr = num("DEVNUM", 127)?;
         let devpath = get("DEVPATH").ok_or_else(|| Error::new("udev event: DEVPATH is not set"))?;
         if !devpath.starts_with("/devices/") || devpath.split('/').any(|c| c == "..") {
             return Err(Error::new(format!("udev event: DEVPATH={devpath:?} is not a /devices path")));
@@ -203,13 +204,19 @@ impl UdevEvent {
         // PRODUCT is the kernel's own "vid/pid/bcd" in unpadded hex; ID_* come
         // from udev's usb_id builtin and may be missing (always on remove).
         let product_env: Vec<&str> = get("PRODUCT").map(|p| p.split('/').collect()).unwrap_or_default();
+        // Named after the variable the value came from; hex digits only
+        // (from_str_radix alone would take "+46d").
         let hex = |id: &str, idx: usize| -> Result<Option<u16>> {
-            match get(id).or(product_env.get(idx).copied()) {
-                None => Ok(None),
-                Some(v) => u16::from_str_radix(v, 16)
-                    .map(Some)
-                    .map_err(|_| Error::new(format!("udev event: {id}={v:?} is not a hex USB id"))),
-            }
+            let (name, v) = match (get(id), product_env.get(idx).copied()) {
+                (Some(v), _) => (id, v),
+                (None, Some(v)) => ("PRODUCT", v),
+                (None, None) => return Ok(None),
+            };
+            let hex = !v.is_empty() && v.len() <= 4 && v.bytes().all(|c| c.is_ascii_hexdigit());
+            u16::from_str_radix(v, 16).ok().filter(|_| hex).map(Some).ok_or_else(|| {
+                let shown = if name == "PRODUCT" { get("PRODUCT").unwrap_or(v) } else { v };
+                Error::new(format!("udev event: {name}={shown:?} is not a hex USB id"))
+            })
         };
         let class = match get("TYPE") {
             None => None,
@@ -342,6 +349,9 @@ mod tests {
             ("BUSNUM", "abc"),
             ("DEVNUM", "0"),
             ("DEVNUM", "1000"),
+            ("DEVNUM", "128"),
+            ("ID_VENDOR_ID", "+46d"),
+            ("ID_VENDOR_ID", "10000"),
             ("DEVPATH", "/etc/../x"),
             ("TYPE", "x"),
             ("ID_VENDOR_ID", "zz"),
@@ -355,6 +365,16 @@ mod tests {
         m.remove("BUSNUM");
         assert!(UdevEvent::from_env(&m).unwrap_err().to_string().contains("BUSNUM"));
         assert!(UdevEvent::from_env(&HashMap::new()).unwrap_err().to_string().contains("ACTION"));
+        // A bad PRODUCT (no ID_* to override it) is reported as PRODUCT.
+        let mut m = env(ADD);
+        m.remove("ID_VENDOR_ID");
+        m.remove("ID_MODEL_ID");
+        m.insert("PRODUCT".into(), "46d/zz/1".into());
+        let e = UdevEvent::from_env(&m).unwrap_err().to_string();
+        assert!(e.contains("PRODUCT=\"46d/zz/1\"") && !e.contains("ID_"), "{e}");
+        let mut m = env(ADD);
+        m.insert("DEVNUM".into(), "127".into());
+        assert_eq!(UdevEvent::from_env(&m).unwrap().unwrap().addr, 127);
     }
 
     #[test]

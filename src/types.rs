@@ -21,10 +21,15 @@ impl BusAddr {
         format!("xenusb-{}-{}", self.bus, self.addr)
     }
 
-    /// The inverse of `device_id`.
+    /// The inverse of `device_id`; only ids a real device can have (bus
+    /// 1..=999, address 1..=127, plain decimal digits).
     pub fn from_device_id(id: &str) -> Option<BusAddr> {
         let (b, a) = id.strip_prefix("xenusb-")?.split_once('-')?;
-        Some(BusAddr::new(b.parse().ok()?, a.parse().ok()?))
+        let num = |s: &str, max: u16| -> Option<u16> {
+            let digits = !s.is_empty() && s.len() <= 3 && s.bytes().all(|c| c.is_ascii_digit());
+            s.parse::<u16>().ok().filter(|n| digits && (1..=max).contains(n))
+        };
+        Some(BusAddr::new(num(b, 999)?, num(a, 127)?))
     }
 }
 
@@ -91,6 +96,10 @@ mod tests {
         assert_eq!(a.device_id(), "xenusb-3-7");
         assert_eq!(BusAddr::from_device_id("xenusb-3-7"), Some(a));
         assert_eq!(BusAddr::from_device_id("xenusb-0"), None);
+        for bad in ["xenusb-0-0", "xenusb-3-0", "xenusb-3-128", "xenusb-+3-7", "xenusb-3-+7", "xenusb-1000-1"] {
+            assert_eq!(BusAddr::from_device_id(bad), None, "{bad}");
+        }
+        assert_eq!(BusAddr::from_device_id("xenusb-999-127"), Some(BusAddr::new(999, 127)));
         assert_eq!(a.to_string(), "3:7");
     }
 }
