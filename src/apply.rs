@@ -73,9 +73,7 @@ pub fn attach_on(
     hostdevice: Option<&str>,
     deadline: &Deadline,
 ) -> Result<()> {
-    let id = dev.at().device_id();
-    if s.view().devices.iter().any(|d| d.id == id) {
-        log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
+    if already_there(s, vm, dev)? {
         return Ok(());
     }
     let mut retried = false;
@@ -85,13 +83,29 @@ pub fn attach_on(
             .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
         match try_once(s, vm, dev, &p, origin, &mut hostdevice, &mut retried, deadline)? {
             Tried::Done => return Ok(()),
-            Tried::Again if s.view().devices.iter().any(|d| d.id == id) => {
-                log::info!("{id} is already in VM {}", vm.name);
-                return Ok(());
-            }
+            // A re-read found the id in QEMU after all (state had lost it).
+            Tried::Again if already_there(s, vm, dev)? => return Ok(()),
             Tried::Again => {}
         }
     }
+}
+
+/// True if the session's view holds `dev`'s id for this very device (same
+/// usb id, port path, serial). If it holds the id for another or an
+/// unidentifiable device (rebuilt from QEMU after state was lost), that one
+/// is a dead leftover of a previous device at the same bus:addr: removed, so
+/// the caller attaches `dev` in its place.
+fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice) -> Result<bool> {
+    let id = dev.at().device_id();
+    let Some(rec) = s.view().devices.iter().find(|d| d.id == id) else { return Ok(false) };
+    if crate::events::same_device(rec, dev) {
+        log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
+        return Ok(true);
+    }
+    let was = if rec.usb_id.is_empty() { "a device state has no record of".to_string() } else { rec.usb_id.clone() };
+    log::info!("VM {}: {id} holds {was}, not {} at {}; replacing it", vm.name, dev.id_string(), dev.port_path);
+    detach_on(s, vm, dev.at(), true)?;
+    Ok(false)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,6 +139,7 @@ fn try_once(
         port: p.port,
         port_path: dev.port_path.clone(),
         usb_id: dev.id_string(),
+        serial: dev.serial.clone().unwrap_or_default(),
         origin,
     };
     match s.add_device(rec, *hostdevice) {
@@ -174,6 +189,19 @@ pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, qui
         return Ok(false);
     };
     s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+    let id = at.device_id();
+    if !s.view().devices.iter().any(|d| d.id == id) {
+        // Not in our records: ask QEMU by id (one qom-get) before any
+        // device_del, so the backend is never asked to undo what isn't there.
+        if !s.holds(&id).map_err(|e| qmp_err(vm, &format!("looking up {id} (qom-get)"), e))? {
+            if !quiet {
+                log::info!("{id} was not in VM {}", vm.name);
+            }
+            state.vms.insert(vm.name.clone(), s.into_view());
+            return Ok(false);
+        }
+        log::info!("VM {}: QEMU holds {id}, which state had lost; removing it", vm.name);
+    }
     let res = detach_on(&mut s, vm, at, quiet);
     state.vms.insert(vm.name.clone(), s.into_view());
     res

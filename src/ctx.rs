@@ -38,7 +38,18 @@ impl Ctx {
         let before = state.clone();
         let out = f(&mut state);
         if state != before {
-            state.save(&dir)?;
+            if let Err(save) = state.save(&dir) {
+                // Both outcomes in one line. The file keeps its last good
+                // contents, which the next event reconciles with QEMU (a
+                // missing record is looked up by id; a stale one is dropped
+                // when QEMU lacks it).
+                return Err(match out {
+                    Ok(_) => Error::new(format!(
+                        "QEMU changed as asked, but {save}; the next event or sync rebuilds it from QEMU"
+                    )),
+                    Err(e) => Error::new(format!("{e}; and {save}")),
+                });
+            }
         }
         out
     }

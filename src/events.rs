@@ -15,8 +15,18 @@ use log::Level;
 /// while we did not see the remove.
 pub fn stale(rec: &Attached, now: &HostDevice, fresh_add: bool) -> Option<&'static str> {
     let differs = (!rec.usb_id.is_empty() && rec.usb_id != now.id_string())
-        || (!rec.port_path.is_empty() && rec.port_path != now.port_path);
+        || (!rec.port_path.is_empty() && rec.port_path != now.port_path)
+        // Records written before serials were kept have none: not a difference.
+        || (!rec.serial.is_empty() && Some(rec.serial.as_str()) != now.serial.as_deref());
     (fresh_add || differs).then_some("another device now has its bus:addr")
+}
+
+/// Is `rec` (what QEMU or state holds under `now`'s id) provably `now`:
+/// same usb id, port path and serial? A record rebuilt from QEMU knows none
+/// of these, so it is not: "already attached" must never hide a different
+/// device that got the same bus:addr.
+pub fn same_device(rec: &Attached, now: &HostDevice) -> bool {
+    !rec.usb_id.is_empty() && !rec.port_path.is_empty() && stale(rec, now, false).is_none()
 }
 
 fn note(level: Level, text: String) -> Vec<Step> {
@@ -50,12 +60,21 @@ pub fn on_add(config: &crate::config::Config, state: &State, dev: &HostDevice, a
     steps
 }
 
-/// Steps for the removal of whatever was at `at`.
-pub fn on_remove(config: &crate::config::Config, state: &State, at: BusAddr) -> Vec<Step> {
+/// Steps for the removal of whatever was at `at`. `routed`: the VM the
+/// config routes the removed device to, if any (from the event's ids).
+pub fn on_remove(config: &crate::config::Config, state: &State, at: BusAddr, routed: Option<usize>) -> Vec<Step> {
     // Unplugging ends an admin's "keep it out".
     let mut steps = vec![Step::Release { at }];
     match state.find(at.bus, at.addr) {
-        None => steps.push(Step::Note { level: Level::Debug, text: format!("{at} removed; not ours") }),
+        // State may have lost it (ENOSPC, moved aside, killed before the
+        // save): the VM its rules route it to is asked (`Lookup`: one qom-get
+        // by the deterministic id, device_del only if QEMU has it).
+        None => match routed {
+            Some(vm) => {
+                steps.push(Step::Detach { vm, id: at.device_id(), at, why: "unplugged; not in state, asking QEMU" })
+            }
+            None => steps.push(Step::Note { level: Level::Debug, text: format!("{at} removed; not ours") }),
+        },
         Some((owner, rec)) => match config.vms.iter().position(|v| v.name == owner) {
             Some(vm) => steps.push(Step::Detach { vm, id: rec.id.clone(), at, why: "unplugged" }),
             None => {
@@ -83,6 +102,7 @@ mod tests {
             port: 1,
             port_path: d.port_path.clone(),
             usb_id: d.id_string(),
+            serial: d.serial.clone().unwrap_or_default(),
             origin: Origin::Rule,
         }
     }
@@ -101,6 +121,15 @@ mod tests {
         assert!(stale(&r, &d, true).is_some());
         assert!(stale(&r, &HostDevice::fixture(1, 2, "1-1", 7, 7), false).is_some());
         assert!(stale(&r, &HostDevice::fixture(1, 2, "1-3", 1, 1), false).is_some());
+        assert!(same_device(&r, &d));
+        let mut other_serial = d.clone();
+        other_serial.serial = Some("other".into());
+        let mut with_serial = r.clone();
+        with_serial.serial = "mine".into();
+        assert!(!same_device(&with_serial, &other_serial));
+        let mut found = r.clone();
+        (found.usb_id, found.port_path) = (String::new(), String::new());
+        assert!(!same_device(&found, &d), "a record rebuilt from QEMU proves nothing");
     }
 
     #[test]
@@ -122,9 +151,12 @@ mod tests {
     fn remove_releases_and_detaches_ours_only() {
         let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"usb1\"]\n", "t").unwrap();
         let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
-        let steps = on_remove(&c, &state_with("a", &d), d.at());
+        let steps = on_remove(&c, &state_with("a", &d), d.at(), None);
         assert!(matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }]), "{steps:?}");
-        let steps = on_remove(&c, &State::default(), d.at());
+        let steps = on_remove(&c, &State::default(), d.at(), None);
         assert!(matches!(&steps[..], [Step::Release { .. }, Step::Note { .. }]), "{steps:?}");
+        // Not in state but routed to a VM: that VM's QEMU is asked.
+        let steps = on_remove(&c, &State::default(), d.at(), Some(0));
+        assert!(matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }]), "{steps:?}");
     }
 }

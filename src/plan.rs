@@ -182,6 +182,7 @@ devices = ["1050:0407:S1"]
                     port: *p,
                     port_path: String::new(),
                     usb_id: String::new(),
+                    serial: String::new(),
                     origin: Origin::Rule,
                 })
                 .collect(),

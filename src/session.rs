@@ -176,6 +176,17 @@ impl<S: BufRead + Write> Session<S> {
     }
 
     /// Send one change with the backend's hooks around it.
+    /// Does QEMU hold a device with id `id`? One `qom-get` (of its `type`),
+    /// no enumeration: the per-event check when state has no record.
+    pub fn holds(&mut self, id: &str) -> QmpResult<bool> {
+        let path = format!("/machine/peripheral/{id}");
+        match self.client.execute("qom-get", Some(json!({ "path": path, "property": "type" }))) {
+            Ok(_) => Ok(true),
+            Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
         self.backend.before(&op).map_err(OpError::Backend)?;
         if self.dry_run {
@@ -259,6 +270,7 @@ mod tests {
             port: 1,
             port_path: "1-1".into(),
             usb_id: "0001:0001".into(),
+            serial: String::new(),
             origin: Origin::Rule,
         }
     }

@@ -89,6 +89,10 @@ pub struct Attached {
     /// "046d:c52b"; empty when rebuilt from QEMU.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub usb_id: String,
+    /// The device's serial (iSerial), when it has one: with `usb_id` and
+    /// `port_path`, what makes "already attached" mean the same device.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub serial: String,
     pub origin: Origin,
 }
 
@@ -203,6 +207,7 @@ mod tests {
                     port: 1,
                     port_path: "3-1.2".into(),
                     usb_id: "046d:c52b".into(),
+                    serial: String::new(),
                     origin: Origin::Rule,
                 }],
                 foreign_ports: vec![],

@@ -88,6 +88,7 @@ hubs = ["usb1"]
             port: 1,
             port_path: h.port_path.clone(),
             usb_id: h.id_string(),
+            serial: h.serial.clone().unwrap_or_default(),
             origin,
         }
     }

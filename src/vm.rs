@@ -219,6 +219,7 @@ pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
                     port,
                     port_path: String::new(),
                     usb_id: String::new(),
+                    serial: String::new(),
                     origin: Origin::Found,
                 }),
                 None => view.foreign_ports.push(format!("{}:{port}", c.id)),
@@ -237,6 +238,7 @@ pub fn merge(fresh: VmState, old: &VmState) -> VmState {
             d.origin = o.origin;
             d.port_path = o.port_path.clone();
             d.usb_id = o.usb_id.clone();
+            d.serial = o.serial.clone();
         }
     }
     out

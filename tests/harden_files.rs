@@ -154,3 +154,29 @@ fn a_fifo_or_device_at_the_config_path_fails_at_once_naming_it() {
     run.fails(1, &["/etc/auto-usb-attach.toml", "character device"]);
     assert!(run.elapsed < Duration::from_secs(3), "took {:?}", run.elapsed);
 }
+
+#[test]
+fn a_failed_save_after_a_qmp_change_names_both_and_the_next_event_rebuilds_from_qemu() {
+    let (r, sys, dev) = rig("h-save");
+    let f = FakeQmp::start(&r.p(QMP), FakeOptions::default());
+    // The temp file's name taken by a non-empty directory: the save fails
+    // (root ignores permissions, so this is how a test makes it fail).
+    std::fs::create_dir_all(r.state_dir().join(".state.json.tmp/x")).unwrap();
+    let line = r.udev(&dev.udev_env("add")).fails(1, &["QEMU changed as asked", "cannot write", "state.json"]);
+    assert!(line.contains("rebuilds it from QEMU"), "{line}");
+    assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"]);
+    assert!(r.state_text().is_none());
+    std::fs::remove_dir_all(r.state_dir().join(".state.json.tmp")).unwrap();
+    // State never learnt of 3:7; the remove asks QEMU and cleans up.
+    sys.remove(&dev);
+    r.udev(&dev.udev_env("remove")).ok();
+    assert_eq!(f.device_ids(), vec!["xenusb-0"], "{:?}", f.command_names());
+    // And an error before the save keeps its own words next to the save's.
+    std::fs::create_dir_all(r.state_dir().join(".state.json.tmp/x")).unwrap();
+    sys.device(&dev);
+    let f2 = FakeOptions { host_has_devices: false, ..FakeOptions::default() };
+    drop(f);
+    let _f = FakeQmp::start(&r.p(QMP), f2);
+    let line = r.udev(&dev.udev_env("add")).fails(1, &["device_add xenusb-3-7", "; and cannot write"]);
+    assert!(!line.contains("QEMU changed as asked"), "{line}");
+}

@@ -21,8 +21,10 @@ pub fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
         Action::Add | Action::Bind => add(ctx, &ev),
         Action::Remove => {
             let at = BusAddr::new(ev.bus, ev.addr);
+            // The event's own ids (sysfs is gone): where the rules route it.
+            let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
             ctx.with_state(|state| {
-                let steps = events::on_remove(&ctx.config, state, at);
+                let steps = events::on_remove(&ctx.config, state, at, routed);
                 execute(ctx, state, steps)
             })
         }
