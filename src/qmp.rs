@@ -122,6 +122,9 @@ impl<S: BufRead + Write> Qmp<S> {
             Err(QmpError::Timeout(_)) => {
                 return Err(QmpError::Timeout("QMP socket busy (another client connected?): no greeting".into()))
             }
+            // Closed or reset before a single byte of greeting: a QEMU that
+            // is exiting (or just died), the same as one not listening.
+            Err(QmpError::Io(m)) => return Err(QmpError::NotListening(format!("QEMU went away before greeting: {m}"))),
             Err(e) => return Err(e),
         };
         if greeting.get("QMP").is_none() {
