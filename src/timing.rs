@@ -31,6 +31,13 @@ pub fn scan_greeting_cap() -> Duration {
     ms("SCAN_GREETING_CAP", 2000)
 }
 
+/// A QMP socket that refuses connections and is older than this is left
+/// behind by a QEMU that died: `sync` stops waiting for it to start. (A
+/// QEMU listens within milliseconds of creating its socket.)
+pub fn stale_socket() -> Duration {
+    ms("STALE_SOCKET", 2000)
+}
+
 /// Poll interval for the state lock and for a full socket backlog (EAGAIN).
 pub fn poll() -> Duration {
     ms("POLL", 5)

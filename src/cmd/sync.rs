@@ -19,12 +19,17 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     let targets: Vec<usize> = (0..ctx.config.vms.len())
         .filter(|i| only.is_none() || only == Some(ctx.config.vms[*i].name.as_str()))
         .collect();
-    wait_until_ready(ctx, &targets)?;
+    // A VM that cannot be reached (busy socket, QMP failure) is skipped with
+    // a warning and the others are still synced: exit 0 then. Only when
+    // every targeted VM was skipped is it a failure (exit 1).
+    let total = targets.len();
+    let mut skipped = wait_until_ready(ctx, &targets)?;
+    let targets: Vec<usize> = targets.into_iter().filter(|i| !skipped.iter().any(|(s, _)| s == i)).collect();
     ctx.with_state(|state| {
         let host = host::scan(&ctx.root)?;
         // "Keep it out until unplugged": unplugged now, so the intent ends.
         state.held_out.retain(|h| host.iter().any(|d| (d.bus, d.addr) == (h.bus, h.addr)));
-        let mut sessions = connect_all(ctx, state, &targets)?;
+        let mut sessions = connect_all(ctx, state, &targets, &mut skipped)?;
         let elsewhere: Vec<(u16, u16)> = state
             .vms
             .iter()
@@ -43,6 +48,9 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
             }
             state.vms.insert(name.clone(), s.into_view());
         }
+        if total > 0 && skipped.len() == total {
+            return Err(skipped.remove(0).1);
+        }
         match failures.len() {
             0 => Ok(()),
             1 => Err(failures.remove(0)),
@@ -54,14 +62,29 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
 /// A session per running target VM, its view read from QEMU (sync always
 /// reads QEMU; state only lends who asked for what). A VM that is not
 /// running loses its records: its QEMU, and all we had added, are gone.
-fn connect_all(ctx: &Ctx, state: &mut State, targets: &[usize]) -> Result<Vec<(usize, Session)>> {
+/// A VM that cannot be reached or read is skipped with a warning.
+fn connect_all(
+    ctx: &Ctx,
+    state: &mut State,
+    targets: &[usize],
+    skipped: &mut Vec<(usize, Error)>,
+) -> Result<Vec<(usize, Session)>> {
     let mut sessions: Vec<(usize, Session)> = Vec::new();
     for &i in targets {
         let vm = &ctx.config.vms[i];
         // Sessions this sync already holds would look busy to a Xen name scan.
         let held: Vec<PathBuf> = sessions.iter().map(|(_, s)| s.socket.clone()).collect();
         let domid = state.vms.get(&vm.name).and_then(|v| v.domid);
-        let Some(mut s) = ctx.connect_hinted(vm, domid, &held, true)? else {
+        let connected = match ctx.connect_hinted(vm, domid, &held, true) {
+            Ok(c) => c,
+            // Busy or failing: this VM waits for the next sync; the others go on.
+            Err(e) => {
+                log::warn!("skipping VM {} this time: {e}", vm.name);
+                skipped.push((i, e));
+                continue;
+            }
+        };
+        let Some(mut s) = connected else {
             if let Some(v) = state.vms.get_mut(&vm.name) {
                 v.controllers.clear();
                 v.devices.clear();
@@ -69,13 +92,23 @@ fn connect_all(ctx: &Ctx, state: &mut State, targets: &[usize]) -> Result<Vec<(u
             }
             continue;
         };
-        if !s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e))? {
-            log::info!("VM {}: QEMU has no PCI bus yet (a probe QEMU?); leaving it for the next trigger", vm.name);
-            continue;
+        let ready = s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e)).and_then(|pci| {
+            if pci {
+                let old = s.known(state.vms.get(&vm.name)).cloned().unwrap_or_default();
+                s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+            }
+            Ok(pci)
+        });
+        match ready {
+            Ok(true) => sessions.push((i, s)),
+            Ok(false) => {
+                log::info!("VM {}: QEMU has no PCI bus yet (a probe QEMU?); leaving it for the next trigger", vm.name)
+            }
+            Err(e) => {
+                log::warn!("skipping VM {} this time: {e}", vm.name);
+                skipped.push((i, e));
+            }
         }
-        let old = s.known(state.vms.get(&vm.name)).cloned().unwrap_or_default();
-        s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-        sessions.push((i, s));
     }
     Ok(sessions)
 }
@@ -110,21 +143,41 @@ fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<
 /// Before `sync` takes the lock: wait (within most of the budget) for VMs
 /// whose QEMU is still starting, so that udev events are never kept waiting
 /// on our lock while we sleep. Past that the next trigger (or the timer)
-/// finishes the job.
-fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
+/// finishes the job. Returns the VMs to leave out this time: a busy QMP
+/// socket (another client) or any other failure to reach a VM is logged as
+/// a warning and skipped, and the other VMs are still synced; the timer's
+/// next run retries. Each VM gets at most `timing::scan_greeting_cap()` to
+/// greet, so one busy VM cannot eat the others' budget.
+fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>> {
+    let mut skipped = Vec::new();
     for &i in targets {
         let vm = &ctx.config.vms[i];
         loop {
             let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
-            match vm::locate(&ctx.root, &ctx.config, vm, cached, &[], &ctx.deadline)? {
-                Located::Running(r) => {
+            let left = ctx.deadline.remaining(&format!("waiting for VM {}", vm.name))?;
+            let probe = crate::deadline::Deadline::after(left.min(crate::timing::scan_greeting_cap()));
+            match vm::locate(&ctx.root, &ctx.config, vm, cached, &[], &probe) {
+                Err(e) => {
+                    log::warn!("skipping VM {} this time: {e}", vm.name);
+                    skipped.push((i, e));
+                    break;
+                }
+                Ok(Located::Running(r)) => {
                     // Drop the connection first: libxl needs the socket meanwhile.
                     let socket = r.socket.clone();
                     ctx.settle_xen(vm, &socket, || drop(r));
                     break;
                 }
-                Located::NotRunning(_) => break,
-                Located::NotReady(why) => {
+                Ok(Located::NotRunning(_)) => break,
+                Ok(Located::NotReady(why)) => {
+                    if let Some(age) = stale_socket_age(ctx, vm) {
+                        log::info!(
+                            "VM {} is not running ({why}; its socket is {} s old: left by a QEMU that died)",
+                            vm.name,
+                            age.as_secs()
+                        );
+                        break;
+                    }
                     if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
                         log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
                         break;
@@ -135,5 +188,23 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(skipped)
+}
+
+/// When a VM is "not ready" (its socket refuses connections, or holds no
+/// QEMU by that name yet): the age of the youngest socket it could be
+/// waiting for, if even that is older than `timing::stale_socket()`. Such a
+/// socket was left by a QEMU that died, not made by one still starting.
+fn stale_socket_age(ctx: &Ctx, vm: &crate::config::VmConfig) -> Option<std::time::Duration> {
+    let age = |p: &std::path::Path| std::fs::symlink_metadata(p).ok()?.modified().ok()?.elapsed().ok();
+    let youngest = match &vm.qmp {
+        Some(q) => age(&ctx.root.path(q))?,
+        None => std::fs::read_dir(ctx.root.path(&ctx.config.xen_run_dir))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(vm::XEN_SOCKET_PREFIX))
+            .filter_map(|e| age(&e.path()))
+            .min()?,
+    };
+    (youngest >= crate::timing::stale_socket()).then_some(youngest)
 }
