@@ -273,7 +273,9 @@ impl log::Log for Logger {
 fn stderr_is_journal() -> bool {
     let Ok(v) = std::env::var("JOURNAL_STREAM") else { return false };
     let Ok(st) = nix::sys::stat::fstat(2) else { return false };
-    stream_matches(&v, st.st_dev as u64, st.st_ino as u64)
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are narrower on some targets
+    let (dev, ino) = (st.st_dev as u64, st.st_ino as u64);
+    stream_matches(&v, dev, ino)
 }
 
 fn stream_matches(env: &str, dev: u64, ino: u64) -> bool {
