@@ -24,6 +24,10 @@ PATH_UNIT = "auto-usb-attach-sync.path"
 UNITS = ("auto-usb-attach-sync.service", "auto-usb-attach-sync.path", "auto-usb-attach-sync.timer")
 PATHUNIT_LOG = PREFIX + "/pathunit.log"   # the path-unit stand-in's log (rig/pathunit.py)
 PATHUNIT_STATUS = PREFIX + "/pathunit.status"
+# The shipped rule and units name the default install paths; installing under PREFIX by
+# hand rewrites them as `make install` does for non-default paths.
+SUBST_DEFAULTS = ("-e 's|/usr/local/sbin/auto-usb-attach|%s/sbin/auto-usb-attach|g' "
+                  "-e 's|/etc/auto-usb-attach.toml|%s/etc/auto-usb-attach.toml|g'" % (PREFIX, PREFIX))
 QEMU_PID_DIR = "/run/e2e-qemu"            # inner QEMUs' pidfiles (not in XEN_RUN: the watcher sees that)
 
 
@@ -144,12 +148,10 @@ class Env:
         if method is None:
             self.gcheck("set -e; mkdir -p %(p)s/sbin %(p)s/etc /run/udev/rules.d; "
                         "install -m 0755 %(bin)s %(p)s/sbin/auto-usb-attach; "
-                        "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
-                        "-e 's|@XENRUNDIR@|%(x)s|g' %(rule)s > %(dst)s; "
+                        "sed %(sub)s %(rule)s > %(dst)s; "
                         "mkdir -p %(u)s; for f in %(units)s; do test -f %(repo)s/systemd/$f || continue; "
-                        "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
-                        "-e 's|@XENRUNDIR@|%(x)s|g' %(repo)s/systemd/$f > %(u)s/$f; done"
-                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, x=XEN_RUN, u=UNIT_DIR_G,
+                        "sed %(sub)s %(repo)s/systemd/$f > %(u)s/$f; done"
+                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, u=UNIT_DIR_G, sub=SUBST_DEFAULTS,
                                units=" ".join(UNITS), repo=shlex.quote(grepo)))
             method = "by hand (rule from %s)" % rule_from
             ok, why = self._installed_ok()
@@ -335,6 +337,8 @@ class Env:
     # ---- stand-in for systemd's path unit ---------------------------------------------------------
     def start_pathunit(self, timeout=30):
         """Start rig/pathunit.py in the guest on the INSTALLED units (UNIT_DIR_G)."""
+        # On a Xen host xencommons made /run/xen at boot; the path unit no longer makes it.
+        self.gcheck("mkdir -p %s" % XEN_RUN)
         self.gcheck("rm -f %(st)s; setsid /usr/bin/python3 %(g)s/pathunit.py %(d)s %(p)s %(log)s %(st)s "
                     "</dev/null >>%(log)s 2>&1 &" % dict(st=PATHUNIT_STATUS, g=GUEST_RIG, d=UNIT_DIR_G,
                                                          p=PATH_UNIT, log=PATHUNIT_LOG))
