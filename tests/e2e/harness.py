@@ -106,10 +106,10 @@ class Env:
         return self.rig.gcheck(cmd, timeout)
 
     # ---- install -------------------------------------------------------------------
-    def install(self, config):
-        """Install binary, rule and config in the guest like `make install` would.
-        Tries the repo's Makefile first (if it has an install target and the repo is
-        visible in the guest), else installs by hand.  Returns a one-line description."""
+    def stage(self):
+        """Put the binary and the shipped files (Makefile, rule, units, man pages, example)
+        in the shared work dir; returns their guest paths (binary, repo copy, rule) and
+        the rule's source name."""
         if not os.path.isfile(self.bin):
             raise RigError("binary %s not found (build it: cargo build --release)" % self.bin)
         # stage what the guest needs in the shared work dir (visible at /tmp/rig)
@@ -125,13 +125,19 @@ class Env:
         srepo = os.path.join(self.rig.dir, "stage", "repo")
         shutil.rmtree(srepo, ignore_errors=True)
         os.makedirs(srepo)
-        for name in ("Makefile", "udev-rules", "systemd", "man", "examples"):
+        for name in ("Makefile", "udev-rules", "systemd", "man", "examples", "README.md", "CHANGELOG.md", "LICENSE"):
             src = os.path.join(REPO, name)
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(srepo, name))
             elif os.path.isfile(src):
                 shutil.copy2(src, srepo)
-        grepo = GUEST_RIG + "/stage/repo"
+        return gbin, GUEST_RIG + "/stage/repo", grule, rule_from
+
+    def install(self, config):
+        """Install binary, rule and config in the guest like `make install` would.
+        Tries the repo's Makefile first (if it has an install target and the repo is
+        visible in the guest), else installs by hand.  Returns a one-line description."""
+        gbin, grepo, grule, rule_from = self.stage()
         method = None
         mk = os.path.join(REPO, "Makefile")
         if os.path.isfile(mk) and re.search(r"^install\s*:", open(mk).read(), re.M) \
