@@ -45,8 +45,8 @@ class Rig:
 
     # ---- lifecycle -------------------------------------------------------------
     def ensure_deps(self):
-        r = subprocess.run([os.path.join(HERE, "ensure-deps.sh"),
-                            os.path.join(self.dir, "apt.log")])
+        r = subprocess.run([os.path.join(HERE, "ensure-deps.sh"), os.path.join(self.dir, "apt.log")],
+                           env=dict(os.environ, RIG_SYSTEMD="1" if self.systemd else "0"))
         if r.returncode:
             raise RigError("could not install the rig's Debian packages; apt log tail:\n"
                            + self._tail(os.path.join(self.dir, "apt.log"), 20))
