@@ -526,3 +526,28 @@ def median_report(figures):
                 out.append("median %.3fs  min %.3fs  max %.3fs  n=%-2d [%s] %s" % (
                     statistics.median(xs), min(xs), max(xs), len(xs), grp, names[src]))
     return out
+
+
+def run_scenario(env, name, fn):
+    """Run one scenario; print its PASS/FAIL/SKIP line (and diagnostics on failure).
+    Returns "pass", "skip", "fail" or "error" (a harness bug, with its traceback)."""
+    import traceback
+    t0 = time.time()
+    try:
+        detail = fn()
+        print("PASS %s (%s) [%.1fs]" % (name, detail, time.time() - t0), flush=True)
+        return "pass"
+    except Skip as e:
+        print("SKIP %s (%s)" % (name, e), flush=True)
+        return "skip"
+    except (Fail, RigError, TimeoutError) as e:
+        print("FAIL %s: %s [%.1fs]" % (name, e, time.time() - t0), flush=True)
+        try:
+            print(env.diagnostics(), flush=True)
+        except Exception as e2:  # noqa: a diagnostic, not an assertion
+            print("    (diagnostics failed: %s)" % e2)
+        return "fail"
+    except Exception as e:  # a harness bug: say so, keep going
+        print("FAIL %s: harness error %s: %s" % (name, type(e).__name__, e), flush=True)
+        print(_indent(traceback.format_exc()))
+        return "error"
