@@ -5,6 +5,7 @@
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
+#   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make demo            watch it work end to end on a stand-in VM
 #   make bench           event latency / lock contention figures (real QEMU)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, example config
@@ -44,7 +45,7 @@ CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-install test-systemd e2e demo bench install uninstall clean
+.PHONY: all build test unit test-install test-systemd e2e test-xen demo bench install uninstall clean
 
 all: build
 
@@ -62,6 +63,9 @@ test-install:
 
 test-systemd: build
 	tests/systemd/run --bin $(BIN)
+
+test-xen: build
+	tests/xen/run --bin $(BIN)
 
 test: unit test-install e2e test-systemd
 

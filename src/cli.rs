@@ -1,4 +1,4 @@
-//! Command-line surface. Parsing only; `app` does the work.
+//! Command-line surface. Parsing only; `cmd` does the work.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 //! I/O. Every error is one line naming the file, the key and the problem.
 
 use crate::error::{Error, Result};
+use crate::host::HostDevice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,16 +30,6 @@ pub enum UsbVersion {
     V3,
 }
 
-impl UsbVersion {
-    pub fn driver(self) -> &'static str {
-        match self {
-            UsbVersion::V1 => "piix3-usb-uhci",
-            UsbVersion::V2 => "usb-ehci",
-            UsbVersion::V3 => "nec-usb-xhci",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmConfig {
     pub name: String,
@@ -50,6 +41,14 @@ pub struct VmConfig {
     pub max_controllers: u8,
     pub hubs: Vec<HubRule>,
     pub devices: Vec<DeviceRule>,
+}
+
+impl VmConfig {
+    /// Does any of this VM's rules match `d`? Every rule kind is asked here.
+    pub fn wants(&self, d: &HostDevice) -> bool {
+        self.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
+            || self.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
+    }
 }
 
 /// A place in the host's USB tree: a whole bus (`usb3`) or a port path
@@ -197,55 +196,13 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
         }
     }
 
-    let mut vms = Vec::new();
+    let mut vms: Vec<VmConfig> = Vec::new();
     for (i, v) in raw.vm.into_iter().enumerate() {
-        let label = format!("vm[{i}]");
-        if v.name.is_empty() || !v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(err(
-                &format!("{label}.name"),
-                format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", v.name),
-            ));
+        let vm = parse_vm(i, v, &err)?;
+        if vms.iter().any(|o| o.name == vm.name) {
+            return Err(err(&format!("vm {:?}: name", vm.name), "used twice".into()));
         }
-        let vkey = |k: &str| format!("vm {:?}: {k}", v.name);
-        if vms.iter().any(|o: &VmConfig| o.name == v.name) {
-            return Err(err(&vkey("name"), "used twice".into()));
-        }
-        if let Some(q) = &v.qmp {
-            if !q.is_absolute() {
-                return Err(err(&vkey("qmp"), format!("must be an absolute path (got {q:?})")));
-            }
-        }
-        let usb_version = match v.usb_version.unwrap_or(3) {
-            1 => UsbVersion::V1,
-            2 => UsbVersion::V2,
-            3 => UsbVersion::V3,
-            n => return Err(err(&vkey("usb-version"), format!("must be 1, 2 or 3 (got {n})"))),
-        };
-        let ports = match (usb_version, v.ports) {
-            (UsbVersion::V3, None) => 15,
-            (UsbVersion::V3, Some(p)) if (1..=15).contains(&p) => p as u8,
-            (UsbVersion::V3, Some(p)) => return Err(err(&vkey("ports"), format!("must be 1..15 (got {p})"))),
-            (UsbVersion::V1, None) => 2,
-            (UsbVersion::V2, None) => 6,
-            (_, Some(_)) => {
-                return Err(err(&vkey("ports"), "only applies to usb-version 3 (uhci has 2 ports, ehci 6)".into()))
-            }
-        };
-        let max_controllers = match v.max_controllers.unwrap_or(2) {
-            n @ 1..=8 => n as u8,
-            n => return Err(err(&vkey("max-controllers"), format!("must be 1..8 (got {n})"))),
-        };
-        let hubs = v
-            .hubs
-            .iter()
-            .map(|h| HubRule::parse(h).map_err(|e| err(&vkey("hubs"), e.to_string())))
-            .collect::<Result<Vec<_>>>()?;
-        let devices = v
-            .devices
-            .iter()
-            .map(|d| DeviceRule::parse(d).map_err(|e| err(&vkey("devices"), e.to_string())))
-            .collect::<Result<Vec<_>>>()?;
-        vms.push(VmConfig { name: v.name, qmp: v.qmp, usb_version, ports, max_controllers, hubs, devices });
+        vms.push(vm);
     }
 
     Ok(Config {
@@ -255,6 +212,54 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
         log_file: raw.log_file,
         vms,
     })
+}
+
+/// One `[[vm]]` table, the `i`th; `err` formats an error for a key.
+fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<VmConfig> {
+    let label = format!("vm[{i}]");
+    if v.name.is_empty() || !v.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(err(
+            &format!("{label}.name"),
+            format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", v.name),
+        ));
+    }
+    let vkey = |k: &str| format!("vm {:?}: {k}", v.name);
+    if let Some(q) = &v.qmp {
+        if !q.is_absolute() {
+            return Err(err(&vkey("qmp"), format!("must be an absolute path (got {q:?})")));
+        }
+    }
+    let usb_version = match v.usb_version.unwrap_or(3) {
+        1 => UsbVersion::V1,
+        2 => UsbVersion::V2,
+        3 => UsbVersion::V3,
+        n => return Err(err(&vkey("usb-version"), format!("must be 1, 2 or 3 (got {n})"))),
+    };
+    let ports = match (usb_version, v.ports) {
+        (UsbVersion::V3, None) => 15,
+        (UsbVersion::V3, Some(p)) if (1..=15).contains(&p) => p as u8,
+        (UsbVersion::V3, Some(p)) => return Err(err(&vkey("ports"), format!("must be 1..15 (got {p})"))),
+        (UsbVersion::V1, None) => 2,
+        (UsbVersion::V2, None) => 6,
+        (_, Some(_)) => {
+            return Err(err(&vkey("ports"), "only applies to usb-version 3 (uhci has 2 ports, ehci 6)".into()))
+        }
+    };
+    let max_controllers = match v.max_controllers.unwrap_or(2) {
+        n @ 1..=8 => n as u8,
+        n => return Err(err(&vkey("max-controllers"), format!("must be 1..8 (got {n})"))),
+    };
+    let hubs = v
+        .hubs
+        .iter()
+        .map(|h| HubRule::parse(h).map_err(|e| err(&vkey("hubs"), e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    let devices = v
+        .devices
+        .iter()
+        .map(|d| DeviceRule::parse(d).map_err(|e| err(&vkey("devices"), e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(VmConfig { name: v.name, qmp: v.qmp, usb_version, ports, max_controllers, hubs, devices })
 }
 
 /// Read and parse the config at `path` (already resolved under the root);

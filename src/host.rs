@@ -48,6 +48,14 @@ impl HostDevice {
         self.speed.parse::<f64>().is_ok_and(|s| s >= 5000.0)
     }
     /// The node QEMU opens itself with `hostdevice=` (see `plan::attach_args`).
+    pub fn speed_class(&self) -> crate::types::Speed {
+        crate::types::Speed::from_sysfs(&self.speed)
+    }
+
+    pub fn at(&self) -> crate::types::BusAddr {
+        crate::types::BusAddr::new(self.bus, self.addr)
+    }
+
     pub fn devname(&self) -> String {
         devname(self.bus, self.addr)
     }

@@ -2,56 +2,58 @@
 //! conversation: udev runs events for different devices in parallel, and QEMU
 //! serves one QMP client at a time anyway.
 //!
-//! `flock(2)` via `std::fs::File::try_lock`, polled until the invocation's
-//! deadline; the guard owns the locked file and releases it on drop.
+//! `flock(2)` (non-blocking, through nix: std's File::lock needs Rust 1.89),
+//! polled until the invocation's deadline; the guard owns the locked file
+//! and releases it on drop.
 
 use crate::deadline::Deadline;
 use crate::error::{Context, Error, Result};
-use std::fs::{File, OpenOptions, TryLockError};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
 use std::path::Path;
-use std::time::Duration;
 
-#[derive(Debug)]
 pub struct LockGuard {
-    file: File,
+    _file: Flock<File>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
 }
 
 impl LockGuard {
     pub fn acquire(dir: &Path, deadline: &Deadline) -> Result<LockGuard> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
         let path = dir.join("lock");
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
             .with_context(|| format!("cannot open lock {}", path.display()))?;
         loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(LockGuard { file }),
-                Err(TryLockError::WouldBlock) => {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => return Ok(LockGuard { _file: locked }),
+                Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => {
+                    file = f;
                     let left = deadline.remaining(&format!(
                         "waiting for lock {} (another auto-usb-attach is running)",
                         path.display()
                     ))?;
-                    std::thread::sleep(left.min(Duration::from_millis(5)));
+                    std::thread::sleep(left.min(crate::timing::poll()));
                 }
-                Err(TryLockError::Error(e)) => return Err(Error::new(format!("cannot lock {}: {e}", path.display()))),
+                Err((_, e)) => return Err(Error::new(format!("cannot lock {}: {e}", path.display()))),
             }
         }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        // Closing the file releases the flock too; unlocking first is explicit.
-        let _ = self.file.unlock();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn second_lock_waits_then_times_out() {

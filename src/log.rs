@@ -15,7 +15,8 @@
 //! already connected to the journal: then stderr is never written while the
 //! native socket works, and is the journal fallback if it does not.
 //!
-//! `log-file` (config) gets every line too, prefixed with ISO-8601 local time.
+//! `log-file` (config) gets every line too, prefixed with ISO-8601 local time
+//! (the zone from `TZ` or `/etc/localtime`, read with tz-rs).
 //! It is opened `O_APPEND|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`, created mode 0640,
 //! and refused unless it is a regular file (a symlink or FIFO planted there
 //! must not redirect or block a root process).
@@ -37,6 +38,7 @@
 //! ```
 
 use crate::root::Root;
+use nix::fcntl::OFlag;
 use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -129,7 +131,7 @@ impl<'k> log::kv::VisitSource<'k> for Kv {
 }
 
 /// The record's fields, then the scope's ones it does not override.
-fn fields_of(r: &log::Record) -> Vec<(String, String)> {
+fn fields_of(r: &log::Record<'_>) -> Vec<(String, String)> {
     let mut kv = Kv(Vec::new());
     let _ = r.key_values().visit(&mut kv);
     SCOPE.with(|s| {
@@ -204,38 +206,54 @@ pub fn journal_payload(
     b
 }
 
-/// ISO-8601 local time with milliseconds and UTC offset, e.g.
-/// `2026-11-25T21:04:05.123+01:00` (libc's localtime_r reads TZ/zoneinfo).
-pub fn iso8601_local(t: std::time::SystemTime) -> String {
+/// The local zone from `TZ` or `/etc/localtime`, read once (tz-rs: no unsafe, no
+/// libc `localtime_r` with its global state); `None` (UTC) when it cannot be read.
+fn local_zone() -> Option<&'static tz::TimeZone> {
+    static ZONE: std::sync::OnceLock<Option<tz::TimeZone>> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| tz::TimeZone::local().ok()).as_ref()
+}
+
+/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian;
+/// Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// ISO-8601 time in `zone` (UTC without one) with milliseconds and the UTC
+/// offset, e.g. `2026-11-25T21:04:05.123+01:00`.
+pub fn iso8601(t: std::time::SystemTime, zone: Option<&tz::TimeZone>) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as libc::time_t;
-    // SAFETY: tm is plain data; localtime_r only writes into it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
-        return format!("@{}.{:03}", d.as_secs(), d.subsec_millis());
-    }
-    let off = tm.tm_gmtoff / 60;
-    let (sign, off) = if off < 0 { ('-', -off) } else { ('+', off) };
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2);
+    let off = zone.and_then(|z| z.find_local_time_type(secs).ok()).map_or(0, |l| i64::from(l.ut_offset()));
+    let local = secs + off;
+    let (y, mo, da) = civil_from_days(local.div_euclid(86_400));
+    let sod = local.rem_euclid(86_400);
+    let (sign, aoff) = if off < 0 { ('-', -off) } else { ('+', off) };
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}{sign}{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
+        "{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:03}{sign}{:02}:{:02}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
         d.subsec_millis(),
-        off / 60,
-        off % 60
+        aoff / 3600,
+        aoff / 60 % 60
     )
 }
 
 impl log::Log for Logger {
-    fn enabled(&self, m: &log::Metadata) -> bool {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         m.level() <= self.level
     }
 
-    fn log(&self, r: &log::Record) {
+    fn log(&self, r: &log::Record<'_>) {
         if !self.enabled(r.metadata()) {
             return;
         }
@@ -260,7 +278,7 @@ impl log::Log for Logger {
         }
         if let Ok(mut f) = self.file.lock() {
             if let Some(f) = f.as_mut() {
-                let _ = writeln!(f, "{} [{pid}] {level}: {msg}", iso8601_local(std::time::SystemTime::now()));
+                let _ = writeln!(f, "{} [{pid}] {level}: {msg}", iso8601(std::time::SystemTime::now(), local_zone()));
             }
         }
     }
@@ -314,7 +332,7 @@ pub fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
         .open(path)?;
     if !f.metadata()?.file_type().is_file() {
         return Err(std::io::Error::other("not a regular file"));
@@ -429,36 +447,26 @@ mod tests {
         log::info!(vm = "win10", usb_bus_id = "1-4.2", usb_id:% = format_args!("{:04x}:{:04x}", 0x46d, 0xc52b), qemu_id = id.as_str(); "attached {id}");
     }
 
-    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-        era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468
-    }
-
     #[test]
-    fn iso_time_is_local_time_with_its_offset() {
-        // Whatever the zone this runs in, local wall time minus the printed
-        // offset must be the instant given.
-        for ms in [0u64, 1_764_104_645_123, 1_751_328_000_999, 1_709_164_800_500] {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-            let s = iso8601_local(t);
-            let b = s.as_bytes();
-            assert_eq!(s.len(), 29, "{s}");
-            assert_eq!(
-                (b[4], b[7], b[10], b[13], b[16], b[19], b[26]),
-                (b'-', b'-', b'T', b':', b':', b'.', b':'),
-                "{s}"
-            );
-            let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
-            let local =
-                days_from_civil(n(0..4), n(5..7), n(8..10)) * 86400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
-            let off = (n(24..26) * 3600 + n(27..29) * 60) * if b[23] == b'-' { -1 } else { 1 };
-            assert_eq!((local - off) * 1000 + n(20..23), ms as i64, "{s}");
-        }
-        assert_eq!(days_from_civil(2025, 11, 25), 20417);
+    fn iso_time_in_zones() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_104_645_123);
+        assert_eq!(iso8601(t, None), "2025-11-25T21:04:05.123+00:00");
+        let east = tz::TimeZone::from_posix_tz("XYZ-5:30").unwrap();
+        assert_eq!(iso8601(t, Some(&east)), "2025-11-26T02:34:05.123+05:30");
+        let west = tz::TimeZone::from_posix_tz("ABC3").unwrap();
+        assert_eq!(iso8601(t, Some(&west)), "2025-11-25T18:04:05.123-03:00");
+        // Summer time: the offset follows the instant, not the process start.
+        let cet = tz::TimeZone::from_posix_tz("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        assert_eq!(iso8601(t, Some(&cet)), "2025-11-25T22:04:05.123+01:00");
+        let july = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_751_328_000);
+        assert_eq!(iso8601(july, Some(&cet)), "2025-07-01T02:00:00.000+02:00");
+        // Day, month, year and leap-day boundaries.
+        assert_eq!(iso8601(std::time::UNIX_EPOCH, None), "1970-01-01T00:00:00.000+00:00");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_164_799);
+        assert_eq!(iso8601(leap, None), "2024-02-28T23:59:59.000+00:00");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_164_800 + 86_399);
+        assert_eq!(iso8601(leap, None), "2024-02-29T23:59:59.000+00:00");
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
     }
 
     #[test]

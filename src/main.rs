@@ -4,22 +4,7 @@
 //! lock, reads its state, talks QMP to the VM's QEMU, writes state and exits.
 //! `main` only maps the outcome to an exit code: 0 ok, 1 failure, 2 usage.
 
-mod app;
-mod check;
-mod cli;
-mod config;
-mod deadline;
-mod error;
-mod host;
-mod lock;
-mod log;
-mod plan;
-mod qmp;
-mod root;
-mod state;
-mod sync;
-mod vm;
-
+use auto_usb_attach::{cli, cmd};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -31,7 +16,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    match app::run(cli) {
+    match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             ::log::error!("{e}");

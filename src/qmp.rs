@@ -24,6 +24,9 @@ pub enum QmpError {
     Timeout(String),
     /// The socket failed or QEMU closed it.
     Io(String),
+    /// Nobody listens on the socket (refused, or no such file): a QEMU that
+    /// is gone or not started yet.
+    NotListening(String),
     /// Something that is not QMP.
     Protocol(String),
 }
@@ -32,7 +35,9 @@ impl fmt::Display for QmpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QmpError::Qemu { class, desc } => write!(f, "QEMU said {class}: {desc}"),
-            QmpError::Timeout(m) | QmpError::Io(m) | QmpError::Protocol(m) => f.write_str(m),
+            QmpError::Timeout(m) | QmpError::Io(m) | QmpError::NotListening(m) | QmpError::Protocol(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -49,8 +54,41 @@ impl QmpError {
     pub fn desc(&self) -> &str {
         match self {
             QmpError::Qemu { desc, .. } => desc,
-            QmpError::Timeout(m) | QmpError::Io(m) | QmpError::Protocol(m) => m,
+            QmpError::Timeout(m) | QmpError::Io(m) | QmpError::NotListening(m) | QmpError::Protocol(m) => m,
         }
+    }
+}
+
+/// What QEMU's refusal of a command means to us. QEMU reports most of these
+/// as GenericError with a text; this is the one place that reads the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `device_del` of an id QEMU does not have.
+    DeviceNotFound,
+    /// Our picture of its ports/controllers was wrong: port in use,
+    /// duplicate id, or a bus that does not exist.
+    StaleView,
+    /// QEMU before 5.1: usb-host has no `hostdevice` property.
+    NoHostdeviceProperty,
+    Other,
+}
+
+impl QmpError {
+    /// None when QEMU did not answer (timeout, I/O, protocol).
+    pub fn refusal(&self) -> Option<Refusal> {
+        let QmpError::Qemu { class, desc: d } = self else { return None };
+        Some(match class.as_str() {
+            "DeviceNotFound" => Refusal::DeviceNotFound,
+            "GenericError"
+                if d.contains("(in use?)")
+                    || d.contains("Duplicate device ID")
+                    || (d.starts_with("Bus '") && d.ends_with("not found")) =>
+            {
+                Refusal::StaleView
+            }
+            _ if d.contains("hostdevice") && d.contains("not found") => Refusal::NoHostdeviceProperty,
+            _ => Refusal::Other,
+        })
     }
 }
 
@@ -135,7 +173,6 @@ impl<S: BufRead + Write> Qmp<S> {
         }
     }
 
-    #[cfg(test)]
     pub fn into_inner(self) -> S {
         self.stream
     }
@@ -273,7 +310,10 @@ fn connect_unix(path: &Path, deadline: &Deadline) -> QmpResult<UnixStream> {
                         path.display()
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(crate::timing::poll());
+            }
+            Err(e @ (Errno::ECONNREFUSED | Errno::ENOENT)) => {
+                return Err(QmpError::NotListening(format!("cannot connect to {}: {}", path.display(), e.desc())))
             }
             Err(e) => return Err(QmpError::Io(format!("cannot connect to {}: {}", path.display(), e.desc()))),
         }
@@ -356,6 +396,15 @@ mod tests {
         let e = q.execute("device_add", Some(json!({}))).unwrap_err();
         assert_eq!(e.class(), Some("GenericError"));
         assert_eq!(e.to_string(), "QEMU said GenericError: failed to find host usb device 3:7");
+        assert_eq!(e.refusal(), Some(Refusal::Other));
+        let q = |class: &str, desc: &str| QmpError::Qemu { class: class.into(), desc: desc.into() };
+        assert_eq!(q("DeviceNotFound", "Device 'x' not found").refusal(), Some(Refusal::DeviceNotFound));
+        assert_eq!(q("GenericError", "Duplicate device ID 'xenusb-0'").refusal(), Some(Refusal::StaleView));
+        assert_eq!(q("GenericError", "Bus 'xenusb-1.0' not found").refusal(), Some(Refusal::StaleView));
+        assert_eq!(
+            q("GenericError", "Property 'usb-host.hostdevice' not found").refusal(),
+            Some(Refusal::NoHostdeviceProperty)
+        );
     }
 
     #[test]
@@ -375,6 +424,7 @@ mod tests {
         let e = q.execute("qom-list", None).unwrap_err();
         assert!(matches!(e, QmpError::Protocol(_)), "{e:?}");
         assert!(e.to_string().contains("Segmentation fault"));
+        assert_eq!(e.refusal(), None);
         let e = Qmp::handshake(Mem::new("{\"hello\": 1}\n")).err().unwrap();
         assert!(e.to_string().contains("not a QMP greeting"));
         let mut q = client("{\"id\": \"aua-2\"}\n");

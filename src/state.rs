@@ -6,10 +6,11 @@
 //! (temp file, fsync, rename, fsync dir) and only under the lock.
 
 use crate::error::{Context, Result};
+use crate::types::BusAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const VERSION: u32 = 1;
 pub const FILE: &str = "state.json";
@@ -35,7 +36,7 @@ impl Default for State {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct VmState {
     /// The QMP socket (as configured, not under --root) last used for this VM.
-    pub socket: String,
+    pub socket: PathBuf,
     /// Identity of the QEMU behind the socket (socket inode and ctime). A new
     /// QEMU (VM restart) makes a new socket, so a mismatch means "rebuild".
     pub instance: String,
@@ -98,6 +99,12 @@ pub struct HeldOut {
     pub bus: u16,
     pub addr: u16,
     pub vm: String,
+}
+
+impl Attached {
+    pub fn at(&self) -> BusAddr {
+        BusAddr::new(self.bus, self.addr)
+    }
 }
 
 impl State {

@@ -3,19 +3,16 @@
 //!
 //! Pure (`plan`) so the cases that break peer tools (cold start, VM restart,
 //! unplug while nothing ran, a new device at an old bus:addr, two VMs with
-//! overlapping rules, explicit choices by hand) are unit-tested; `app::sync`
+//! overlapping rules, explicit choices by hand) are unit-tested; `cmd::sync`
 //! applies the steps over QMP, detaches first, then attaches.
 
 use crate::config::Config;
 use crate::host::HostDevice;
 use crate::plan;
 use crate::state::{HeldOut, Origin, VmState};
+use crate::types::BusAddr;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    Detach { vm: usize, id: String, bus: u16, addr: u16, why: &'static str },
-    Attach { vm: usize, dev: HostDevice },
-}
+pub use crate::step::Step;
 
 /// `views`: (index into config.vms, what that VM's QEMU holds, with origins
 /// merged from state). `elsewhere`: bus:addr held by VMs not in `views`
@@ -34,21 +31,17 @@ pub fn plan(
         for d in &view.devices {
             let why = match host_at(d.bus, d.addr) {
                 None => Some("its host device is gone"),
-                Some(h)
-                    if (!d.usb_id.is_empty() && d.usb_id != h.id_string())
-                        || (!d.port_path.is_empty() && d.port_path != h.port_path) =>
-                {
-                    Some("another device now has its bus:addr")
-                }
                 // Attached for a rule the config no longer has (or that now
                 // routes it to another VM). Hand-attached devices stay.
-                Some(h) if d.origin == Origin::Rule && plan::route(config, h) != Some(*vm) => {
-                    Some("no rule routes it to this VM any more")
-                }
-                Some(_) => None,
+                Some(h) => crate::events::stale(d, h, false).or_else(|| {
+                    (d.origin == Origin::Rule && plan::route(config, h) != Some(*vm))
+                        .then_some("no rule routes it to this VM any more")
+                }),
             };
             match why {
-                Some(why) => steps.push(Step::Detach { vm: *vm, id: d.id.clone(), bus: d.bus, addr: d.addr, why }),
+                Some(why) => {
+                    steps.push(Step::Detach { vm: *vm, id: d.id.clone(), at: BusAddr::new(d.bus, d.addr), why })
+                }
                 None => kept.push((d.bus, d.addr)),
             }
         }
@@ -61,7 +54,7 @@ pub fn plan(
         {
             continue;
         }
-        steps.push(Step::Attach { vm, dev: h.clone() });
+        steps.push(Step::Attach { vm, dev: h.clone(), open_node: true });
     }
     steps
 }
@@ -107,7 +100,7 @@ hubs = ["usb1"]
         steps
             .iter()
             .filter_map(|s| match s {
-                Step::Attach { vm, dev } => Some((*vm, dev.bus, dev.addr)),
+                Step::Attach { vm, dev, .. } => Some((*vm, dev.bus, dev.addr)),
                 _ => None,
             })
             .collect()

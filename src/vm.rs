@@ -6,27 +6,25 @@
 //! without linking libxl or xenstore. The domid is cached in state.
 
 use crate::config::{Config, VmConfig};
+use crate::controller::ControllerKind;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::plan::{parse_controller_id, parse_device_id};
-use crate::qmp::{self, Client, QmpError, QmpResult};
+use crate::qmp::{self, Client, Qmp, QmpError, QmpResult};
 use crate::root::Root;
 use crate::state::{Attached, Controller, Origin, VmState};
 use serde_json::{json, Value};
+use std::io::{BufRead, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const XEN_SOCKET_PREFIX: &str = "qmp-libxl-";
 
-/// While scanning Xen sockets for a name, a busy unrelated domain must not
-/// eat the whole budget.
-const SCAN_GREETING_CAP: Duration = Duration::from_secs(2);
-
 pub struct Running {
     pub client: Client,
     /// The socket as the config knows it (not under --root): kept in state.
-    pub socket: String,
+    pub socket: PathBuf,
     pub instance: String,
     pub domid: Option<u32>,
 }
@@ -50,10 +48,10 @@ pub fn instance_of(path: &Path) -> Option<String> {
 
 fn not_running(e: &QmpError) -> bool {
     // A socket file left behind by a dead QEMU refuses connections.
-    matches!(e, QmpError::Io(m) if m.contains("refused") || m.contains("No such file"))
+    matches!(e, QmpError::NotListening(_))
 }
 
-fn open(path: &Path, shown: String, domid: Option<u32>, deadline: &Deadline, cap: Duration) -> QmpResult<Running> {
+fn open(path: &Path, shown: PathBuf, domid: Option<u32>, deadline: &Deadline, cap: Duration) -> QmpResult<Running> {
     let instance = instance_of(path).unwrap_or_default();
     let client = qmp::connect(path, deadline, cap)?;
     log::debug!("{}: {}", path.display(), client.greeting);
@@ -68,7 +66,7 @@ pub fn locate(
     config: &Config,
     vm: &VmConfig,
     cached_domid: Option<u32>,
-    held: &[String],
+    held: &[PathBuf],
     deadline: &Deadline,
 ) -> Result<Located> {
     let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
@@ -77,13 +75,25 @@ pub fn locate(
         if !path.exists() {
             return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
         }
-        return match open(&path, q.display().to_string(), None, deadline, Duration::MAX) {
+        return match open(&path, q.clone(), None, deadline, Duration::MAX) {
             Ok(r) => Ok(Located::Running(Box::new(r))),
             Err(e) if not_running(&e) => Ok(Located::NotReady(e.to_string())),
             Err(e) => Err(ctx(e, &path)),
         };
     }
+    locate_xen(root, config, vm, cached_domid, held, deadline)
+}
 
+/// A Xen domain by name: ask each `qmp-libxl-<domid>` socket its name.
+fn locate_xen(
+    root: &Root,
+    config: &Config,
+    vm: &VmConfig,
+    cached_domid: Option<u32>,
+    held: &[PathBuf],
+    deadline: &Deadline,
+) -> Result<Located> {
+    let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
     let dir = root.path(&config.xen_run_dir);
     let mut domids: Vec<u32> = match std::fs::read_dir(&dir) {
         Ok(rd) => {
@@ -97,11 +107,11 @@ pub fn locate(
     let mut starting = Vec::new();
     for domid in domids {
         let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
-        if held.iter().any(|h| Path::new(h) == shown) {
+        if held.contains(&shown) {
             continue;
         }
         let path = root.path(&shown);
-        let mut r = match open(&path, shown.display().to_string(), Some(domid), deadline, SCAN_GREETING_CAP) {
+        let mut r = match open(&path, shown.clone(), Some(domid), deadline, crate::timing::scan_greeting_cap()) {
             Ok(r) => r,
             Err(e) if not_running(&e) => {
                 starting.push(path.display().to_string());
@@ -139,11 +149,11 @@ pub fn locate(
     Ok(Located::NotRunning(format!("no Xen domain named {} has a QMP socket in {}", vm.name, dir.display())))
 }
 
-fn qom_get(q: &mut Client, path: &str, prop: &str) -> QmpResult<Value> {
+fn qom_get<S: BufRead + Write>(q: &mut Qmp<S>, path: &str, prop: &str) -> QmpResult<Value> {
     q.execute("qom-get", Some(json!({ "path": path, "property": prop })))
 }
 
-fn qom_list(q: &mut Client, path: &str) -> QmpResult<Vec<(String, String)>> {
+fn qom_list<S: BufRead + Write>(q: &mut Qmp<S>, path: &str) -> QmpResult<Vec<(String, String)>> {
     let v = q.execute("qom-list", Some(json!({ "path": path })))?;
     let items = v.as_array().ok_or_else(|| QmpError::Protocol(format!("qom-list {path}: not a list")))?;
     Ok(items
@@ -153,24 +163,17 @@ fn qom_list(q: &mut Client, path: &str) -> QmpResult<Vec<(String, String)>> {
 }
 
 /// Ports per range of a controller QEMU holds, by its type.
-fn layout(q: &mut Client, id: &str, ty: &str) -> QmpResult<Option<(u8, u8)>> {
+fn layout<S: BufRead + Write>(q: &mut Qmp<S>, id: &str, ty: &str) -> QmpResult<Option<(u8, u8)>> {
+    let Some(kind) = ControllerKind::recognise(ty) else { return Ok(None) };
     let path = format!("/machine/peripheral/{id}");
-    Ok(match ty {
-        "nec-usb-xhci" | "qemu-xhci" => {
-            let n = |v: Value| v.as_u64().and_then(|n| u8::try_from(n).ok()).unwrap_or(0);
-            Some((n(qom_get(q, &path, "p2")?), n(qom_get(q, &path, "p3")?)))
-        }
-        "usb-ehci" | "ich9-usb-ehci1" | "ich9-usb-ehci2" => Some((6, 0)),
-        "piix3-usb-uhci" | "piix4-usb-uhci" | "ich9-usb-uhci1" => Some((2, 0)),
-        _ => None,
-    })
+    kind.read_ports(&mut |prop| qom_get(q, &path, prop)).map(Some)
 }
 
 /// Rebuild our view of a VM from QEMU itself: `xenusb-<n>` controllers, the
 /// `usb-host` devices with `xenusb-<bus>-<addr>` ids on them, and every other
 /// port in use on those controllers. Origins are `Found` (the caller merges
 /// what state knew).
-pub fn enumerate(q: &mut Client) -> QmpResult<VmState> {
+pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
     let peripherals = qom_list(q, "/machine/peripheral")?;
     let child_type = |name: &str| {
         peripherals

@@ -410,3 +410,31 @@ fn a_stuck_run_holding_the_lock_makes_an_event_fail_within_budget() {
     r.root.udev(&r.dev.udev_env("add")).ok();
     assert!(r.root.state_has_device(3, 7));
 }
+
+#[test]
+fn usb2_vm_full_speed_device_gets_a_uhci_never_the_ehci() {
+    // A bare usb-ehci refuses full-speed devices (real QEMU 7.2, seen on the rig):
+    // the tool creates a piix3-usb-uhci for one instead of trying the ehci.
+    let r = rig("u-v2fs", "usb-version = 2\nmax-controllers = 2");
+    let f = r.fake();
+    f.preload(FakeDev { id: "xenusb-0".into(), driver: "usb-ehci".into(), props: Default::default(), bus: None });
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    let adds: Vec<_> = f.commands().into_iter().filter(|c| c["execute"] == "device_add").collect();
+    assert_eq!(adds.len(), 2, "a uhci, then the device on it: {adds:?}");
+    assert_eq!(adds[0]["arguments"], json!({"driver": "piix3-usb-uhci", "id": "xenusb-1"}));
+    assert_eq!(adds[1]["arguments"]["bus"], "xenusb-1.0");
+    assert!(r.root.state_has_device(3, 7));
+}
+
+#[test]
+fn a_device_no_port_can_take_is_refused_in_one_line_before_any_qmp_change() {
+    // Only an ehci, and the cap allows no uhci: a full-speed device fits nowhere.
+    let r = rig("u-v2no", "usb-version = 2\nmax-controllers = 1");
+    let f = r.fake();
+    f.preload(FakeDev { id: "xenusb-0".into(), driver: "usb-ehci".into(), props: Default::default(), bus: None });
+    let line = r.root.udev(&r.dev.udev_env("add")).fails(1, &["cannot attach 3:7", "max-controllers = 1"]);
+    let changes: Vec<_> =
+        f.commands().into_iter().filter(|c| c["execute"] == "device_add" || c["execute"] == "device_del").collect();
+    assert!(changes.is_empty(), "no device_add may be tried: {changes:?} ({line})");
+    assert!(!r.root.state_has_device(3, 7));
+}

@@ -3,14 +3,13 @@
 //! and systemd units, each VM's QMP socket and what it holds, and which
 //! present host devices each VM would get. Exit 1 if anything is wrong.
 
-use crate::app::{self, Ctx};
 use crate::config::{Config, HubRule};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::lock::LockGuard;
 use crate::plan;
 use crate::state::State;
-use crate::vm;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -88,20 +87,8 @@ pub fn overlaps(c: &Config) -> Vec<String> {
     out
 }
 
-pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
-    let mut problems: Vec<String> = Vec::new();
-    let root = &ctx.root;
-    println!("config {}: ok, {} VM(s)", config_shown.display(), ctx.config.vms.len());
-    if let Some(why) = writable_by_others(&root.path(config_shown)) {
-        problems.push(format!("config {} is {why}", config_shown.display()));
-    }
-    let state_dir = root.path(&ctx.config.state_dir);
-    if let Some(why) = writable_by_others(&state_dir) {
-        problems.push(format!("state dir {} is {why}", ctx.config.state_dir.display()));
-    }
-    for w in overlaps(&ctx.config) {
-        println!("warning: {w}");
-    }
+/// The udev rule and systemd units: where each is installed, or a problem.
+fn installed(root: &crate::root::Root, problems: &mut Vec<String>) {
     match RULE_DIRS.iter().map(|d| Path::new(d).join(RULE_FILE)).find(|p| root.path(p).exists()) {
         Some(p) => println!("udev rule: {}", p.display()),
         None => problems.push(format!("udev rule {RULE_FILE} is not installed (looked in {})", RULE_DIRS.join(", "))),
@@ -119,6 +106,23 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
             missing.join(", ")
         ));
     }
+}
+
+pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    let root = &ctx.root;
+    println!("config {}: ok, {} VM(s)", config_shown.display(), ctx.config.vms.len());
+    if let Some(why) = writable_by_others(&root.path(config_shown)) {
+        problems.push(format!("config {} is {why}", config_shown.display()));
+    }
+    let state_dir = root.path(&ctx.config.state_dir);
+    if let Some(why) = writable_by_others(&state_dir) {
+        problems.push(format!("state dir {} is {why}", ctx.config.state_dir.display()));
+    }
+    for w in overlaps(&ctx.config) {
+        println!("warning: {w}");
+    }
+    installed(root, &mut problems);
 
     let host = host::scan(root)?;
     // QMP serves one client at a time: don't race our own udev events.
@@ -131,8 +135,8 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
             .map(|d| format!("{}:{} {} ({})", d.bus, d.addr, d.port_path, d.id_string()))
             .collect();
         let would = if wanted.is_empty() { "no present device".into() } else { wanted.join(", ") };
-        match app::connect(ctx, &state, vm, true) {
-            Ok(Some(mut r)) => match vm::enumerate(&mut r.client) {
+        match ctx.connect(&state, vm, true) {
+            Ok(Some(mut r)) => match r.read_qemu() {
                 Ok(v) => {
                     let ctrls: Vec<String> = v.controllers.iter().map(|c| format!("{} ({})", c.id, c.driver)).collect();
                     let devs: Vec<String> =
@@ -140,12 +144,12 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
                     println!(
                         "VM {}: running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
                         vm.name,
-                        r.socket,
+                        r.socket.display(),
                         if ctrls.is_empty() { "none".into() } else { ctrls.join(", ") },
                         if devs.is_empty() { "none".into() } else { devs.join(", ") },
                     );
                 }
-                Err(e) => problems.push(format!("VM {}: QMP {}: {e}", vm.name, r.socket)),
+                Err(e) => problems.push(format!("VM {}: QMP {}: {e}", vm.name, r.socket.display())),
             },
             Ok(None) => println!("VM {}: not running; would get: {would}", vm.name),
             Err(e) => problems.push(e.to_string()),

@@ -1,0 +1,192 @@
+//! Executing attach and detach steps through a `Session`, keeping state in
+//! step: placement comes from `plan`, each change goes through the session
+//! (and so through the VM's backend). Shared by the udev, manual and sync
+//! commands.
+
+use crate::config::VmConfig;
+use crate::ctx::{qmp_err, vm_err, Ctx};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::host::HostDevice;
+use crate::plan::{self, Placement};
+use crate::qmp::Refusal;
+use crate::session::Session;
+use crate::state::{Attached, Origin, State};
+use crate::types::BusAddr;
+
+/// Drop the record of `at` in `vm` (without touching QEMU).
+pub fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
+    if let Some(v) = state.vms.get_mut(vm) {
+        v.devices.retain(|d| d.at() != at);
+    }
+}
+
+/// Connect to `vm` and attach `dev`, recording it in `state`. A VM that is
+/// not running is fine when `quiet` (logged), an error otherwise.
+pub fn attach(
+    ctx: &Ctx,
+    state: &mut State,
+    vm: &VmConfig,
+    dev: &HostDevice,
+    origin: Origin,
+    hostdevice: Option<&str>,
+    quiet: bool,
+) -> Result<()> {
+    let Some(mut s) = ctx.connect(state, vm, quiet)? else { return Ok(()) };
+    s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+    let needs_controller = plan::place(vm, s.view(), dev.speed_class()).is_ok_and(|p| p.new_controller.is_some());
+    if needs_controller && !s.view().devices.iter().any(|d| d.at() == dev.at()) {
+        // Let go of the socket while libxl may still be adding its own controllers.
+        let (socket, domid) = (s.socket.clone(), s.domid);
+        let mut conn = Some(s);
+        if ctx.settle_xen(vm, &socket, || drop(conn.take())) {
+            let old = state.vms.get(&vm.name).cloned();
+            // Straight back to the domain just found, not a rescan of every socket.
+            let Some(again) = ctx.connect_hinted(vm, domid, &[], quiet)? else { return Ok(()) };
+            s = again;
+            let old = s.known(old.as_ref()).cloned().unwrap_or_default();
+            s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+        } else {
+            s = conn.take().expect("kept when not settling");
+        }
+    }
+    let result = attach_on(&mut s, vm, dev, origin, hostdevice, &ctx.deadline);
+    // Saved even on failure: a controller created before a failed device_add is real.
+    state.vms.insert(vm.name.clone(), s.into_view());
+    result
+}
+
+/// What one try at attaching did.
+enum Tried {
+    Done,
+    /// QEMU showed our view was stale (re-read) or lacks `hostdevice`: again.
+    Again,
+}
+
+/// Attach over an open session, keeping its view in step with QEMU. At most
+/// one re-read of QEMU when it shows our view was stale.
+pub fn attach_on(
+    s: &mut Session,
+    vm: &VmConfig,
+    dev: &HostDevice,
+    origin: Origin,
+    hostdevice: Option<&str>,
+    deadline: &Deadline,
+) -> Result<()> {
+    let id = dev.at().device_id();
+    if s.view().devices.iter().any(|d| d.id == id) {
+        log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
+        return Ok(());
+    }
+    let mut retried = false;
+    let mut hostdevice = hostdevice;
+    loop {
+        let p = plan::place(vm, s.view(), dev.speed_class())
+            .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
+        match try_once(s, vm, dev, &p, origin, &mut hostdevice, &mut retried, deadline)? {
+            Tried::Done => return Ok(()),
+            Tried::Again if s.view().devices.iter().any(|d| d.id == id) => {
+                log::info!("{id} is already in VM {}", vm.name);
+                return Ok(());
+            }
+            Tried::Again => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn try_once(
+    s: &mut Session,
+    vm: &VmConfig,
+    dev: &HostDevice,
+    p: &Placement,
+    origin: Origin,
+    hostdevice: &mut Option<&str>,
+    retried: &mut bool,
+    deadline: &Deadline,
+) -> Result<Tried> {
+    let reread = |s: &mut Session| s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e));
+    if let Some(c) = &p.new_controller {
+        match s.add_controller(c) {
+            Ok(()) => log::info!("VM {}: created USB controller {} ({})", vm.name, c.id, c.driver),
+            Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
+                *retried = true;
+                reread(s)?;
+                return Ok(Tried::Again);
+            }
+            Err(e) => return Err(vm_err(vm, &format!("device_add {} ({})", c.id, c.driver), e)),
+        }
+    }
+    let rec = Attached {
+        id: dev.at().device_id(),
+        bus: dev.bus,
+        addr: dev.addr,
+        controller: p.controller.clone(),
+        port: p.port,
+        port_path: dev.port_path.clone(),
+        usb_id: dev.id_string(),
+        origin,
+    };
+    match s.add_device(rec, *hostdevice) {
+        Ok(()) => {
+            log_attached(vm, dev, p, deadline);
+            Ok(Tried::Done)
+        }
+        // QEMU before 5.1 has no hostdevice property: fall back to hostbus/hostaddr.
+        Err(e) if hostdevice.is_some() && e.refusal() == Some(Refusal::NoHostdeviceProperty) => {
+            log::warn!("VM {}: QEMU has no usb-host hostdevice property; using hostbus/hostaddr", vm.name);
+            *hostdevice = None;
+            Ok(Tried::Again)
+        }
+        Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
+            *retried = true;
+            log::info!("VM {}: {e}; re-reading QEMU's devices", vm.name);
+            reread(s)?;
+            Ok(Tried::Again)
+        }
+        Err(e) => {
+            let what = format!("device_add {} ({} {})", dev.at().device_id(), dev.port_path, dev.id_string());
+            Err(vm_err(vm, &what, e))
+        }
+    }
+}
+
+fn log_attached(vm: &VmConfig, dev: &HostDevice, p: &Placement, deadline: &Deadline) {
+    log::info!(
+        "attached {} ({}{}) {} to VM {} as {} on {} port {} in {} ms",
+        dev.port_path,
+        dev.id_string(),
+        dev.name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(),
+        dev.at(),
+        vm.name,
+        dev.at().device_id(),
+        p.controller,
+        p.port,
+        deadline.elapsed().as_millis()
+    );
+}
+
+/// `device_del` `at` from `vm` and drop the record. Gone already (VM not
+/// running, restarted, DeviceNotFound) counts as done; true if QEMU had it.
+pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+    let Some(mut s) = ctx.connect(state, vm, true)? else {
+        drop_record(state, &vm.name, at);
+        return Ok(false);
+    };
+    s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+    let res = detach_on(&mut s, vm, at, quiet);
+    state.vms.insert(vm.name.clone(), s.into_view());
+    res
+}
+
+/// `device_del` `at` over an open session; true if QEMU had it.
+pub fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+    let id = at.device_id();
+    let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
+    match found {
+        true => log::info!("detached {id} ({at}) from VM {}", vm.name),
+        false if !quiet => log::info!("{id} was not in VM {}", vm.name),
+        false => {}
+    }
+    Ok(found)
+}

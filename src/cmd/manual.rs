@@ -1,0 +1,83 @@
+//! `attach` and `detach` by hand. A hand detach of a device a rule wants
+//! is remembered (`held_out`) until the device is unplugged, so the next
+//! event or sync does not put it straight back.
+
+use crate::apply;
+use crate::cli::DetachTarget;
+use crate::config::VmConfig;
+use crate::ctx::Ctx;
+use crate::error::{Context, Error, Result};
+use crate::host;
+use crate::plan;
+use crate::state::{HeldOut, Origin};
+use crate::types::BusAddr;
+
+pub fn attach(ctx: &Ctx, bus: u16, addr: u16, vm_name: Option<&str>) -> Result<()> {
+    let dev = host::find(&ctx.root, bus, addr)?;
+    if dev.is_root_hub() || dev.is_hub() {
+        crate::bail!(
+            "{bus}:{addr} ({}) is a hub; hubs are never passed (plug devices behind it instead)",
+            dev.port_path
+        );
+    }
+    let vm = match vm_name {
+        Some(n) => ctx.config.vm(n)?,
+        None => match (plan::route(&ctx.config, &dev), ctx.config.vms.as_slice()) {
+            (Some(i), _) => &ctx.config.vms[i],
+            (None, [only]) => only,
+            (None, []) => crate::bail!("no VM is configured in the config file"),
+            (None, _) => crate::bail!("{bus}:{addr} matches no VM's rules; name one with --vm"),
+        },
+    };
+    let hostdevice = ctx.node(&dev);
+    ctx.with_state(|state| {
+        if let Some((owner, _)) = state.find(bus, addr) {
+            if owner != vm.name {
+                crate::bail!("{bus}:{addr} is attached to VM {owner}; detach it first");
+            }
+        }
+        state.held_out.retain(|h| (h.bus, h.addr) != (bus, addr));
+        apply::attach(ctx, state, vm, &dev, Origin::Manual, Some(&hostdevice), false)
+    })
+    .with_context(|| format!("attach {bus}:{addr}"))
+}
+
+pub fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> {
+    let at = match (&t.id, t.bus, t.addr) {
+        (Some(id), _, _) => BusAddr::from_device_id(id)
+            .ok_or_else(|| Error::new(format!("--id {id:?} is not a device id like xenusb-3-7")))?,
+        (None, Some(b), Some(a)) => BusAddr::new(b, a),
+        _ => crate::bail!("give --bus and --addr, or --id"),
+    };
+    if let Some(n) = vm_name {
+        ctx.config.vm(n)?;
+    }
+    ctx.with_state(|state| {
+        let candidates: Vec<&VmConfig> = match (vm_name, state.find(at.bus, at.addr)) {
+            (Some(n), _) => vec![ctx.config.vm(n)?],
+            (None, Some((owner, _))) => vec![ctx.config.vm(owner)?],
+            // Not in state (lost?): ask every configured VM.
+            (None, None) => ctx.config.vms.iter().collect(),
+        };
+        let mut done_in = None;
+        for vm in candidates {
+            if apply::detach_from(ctx, state, vm, at, false)? {
+                done_in = Some(vm.name.clone());
+                break;
+            }
+        }
+        match done_in {
+            None => log::info!("{} is not attached to any VM", at.device_id()),
+            Some(vm) => {
+                // A rule would put it straight back on the next event or sync:
+                // remember the admin's choice until it is unplugged.
+                if let Ok(dev) = host::find(&ctx.root, at.bus, at.addr) {
+                    if plan::route(&ctx.config, &dev).is_some() && !state.is_held_out(at.bus, at.addr) {
+                        state.held_out.push(HeldOut { bus: at.bus, addr: at.addr, vm });
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}

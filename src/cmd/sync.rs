@@ -1,0 +1,139 @@
+//! `sync`: make every running VM hold exactly what the config routes to it.
+//! `crate::sync::plan` decides the steps from what QEMU really holds and
+//! what the host really has; this file connects, executes and records.
+
+use crate::apply;
+use crate::ctx::{qmp_err, Ctx};
+use crate::error::{Error, Result};
+use crate::host;
+use crate::session::Session;
+use crate::state::{Origin, State, VmState};
+use crate::step::Step;
+use crate::vm::{self, Located};
+use std::path::PathBuf;
+
+pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
+    if let Some(n) = only {
+        ctx.config.vm(n)?;
+    }
+    let targets: Vec<usize> = (0..ctx.config.vms.len())
+        .filter(|i| only.is_none() || only == Some(ctx.config.vms[*i].name.as_str()))
+        .collect();
+    wait_until_ready(ctx, &targets)?;
+    ctx.with_state(|state| {
+        let host = host::scan(&ctx.root)?;
+        // "Keep it out until unplugged": unplugged now, so the intent ends.
+        state.held_out.retain(|h| host.iter().any(|d| (d.bus, d.addr) == (h.bus, h.addr)));
+        let mut sessions = connect_all(ctx, state, &targets)?;
+        let elsewhere: Vec<(u16, u16)> = state
+            .vms
+            .iter()
+            .filter(|(name, _)| !targets.iter().any(|i| ctx.config.vms[*i].name == **name))
+            .flat_map(|(_, v)| v.devices.iter().map(|d| (d.bus, d.addr)))
+            .collect();
+        let views: Vec<(usize, &VmState)> = sessions.iter().map(|(i, s)| (*i, s.view())).collect();
+        let steps = crate::sync::plan(&ctx.config, &views, &elsewhere, &host, &state.held_out);
+        let mut failures = execute(ctx, &mut sessions, &steps);
+        for (i, s) in sessions {
+            let name = &ctx.config.vms[i].name;
+            let touched =
+                steps.iter().any(|s| matches!(s, Step::Attach { vm, .. } | Step::Detach { vm, .. } if *vm == i));
+            if !touched {
+                log::info!("VM {name}: in sync ({} device(s) attached); nothing to do", s.view().devices.len());
+            }
+            state.vms.insert(name.clone(), s.into_view());
+        }
+        match failures.len() {
+            0 => Ok(()),
+            1 => Err(failures.remove(0)),
+            n => Err(Error::new(format!("{n} steps failed; first: {}", failures.remove(0)))),
+        }
+    })
+}
+
+/// A session per running target VM, its view read from QEMU (sync always
+/// reads QEMU; state only lends who asked for what). A VM that is not
+/// running loses its records: its QEMU, and all we had added, are gone.
+fn connect_all(ctx: &Ctx, state: &mut State, targets: &[usize]) -> Result<Vec<(usize, Session)>> {
+    let mut sessions: Vec<(usize, Session)> = Vec::new();
+    for &i in targets {
+        let vm = &ctx.config.vms[i];
+        // Sessions this sync already holds would look busy to a Xen name scan.
+        let held: Vec<PathBuf> = sessions.iter().map(|(_, s)| s.socket.clone()).collect();
+        let domid = state.vms.get(&vm.name).and_then(|v| v.domid);
+        let Some(mut s) = ctx.connect_hinted(vm, domid, &held, true)? else {
+            if let Some(v) = state.vms.get_mut(&vm.name) {
+                v.controllers.clear();
+                v.devices.clear();
+                v.foreign_ports.clear();
+            }
+            continue;
+        };
+        if !s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e))? {
+            log::info!("VM {}: QEMU has no PCI bus yet (a probe QEMU?); leaving it for the next trigger", vm.name);
+            continue;
+        }
+        let old = s.known(state.vms.get(&vm.name)).cloned().unwrap_or_default();
+        s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+        sessions.push((i, s));
+    }
+    Ok(sessions)
+}
+
+/// Run the steps (detaches come first in the plan); every failure is
+/// logged and returned, and the rest still run.
+fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<Error> {
+    let mut failures = Vec::new();
+    for step in steps {
+        let res = match step {
+            Step::Detach { vm, id, at, why } => {
+                let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
+                let cfg = &ctx.config.vms[*vm];
+                log::info!("VM {}: detaching {id}: {why}", cfg.name);
+                apply::detach_on(s, cfg, *at, false).map(drop)
+            }
+            Step::Attach { vm, dev, .. } => {
+                let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
+                let node = ctx.node(dev);
+                apply::attach_on(s, &ctx.config.vms[*vm], dev, Origin::Rule, Some(&node), &ctx.deadline)
+            }
+            Step::Note { .. } | Step::Release { .. } | Step::Forget { .. } => Ok(()),
+        };
+        if let Err(e) = res {
+            log::warn!("{e}");
+            failures.push(e);
+        }
+    }
+    failures
+}
+
+/// Before `sync` takes the lock: wait (within most of the budget) for VMs
+/// whose QEMU is still starting, so that udev events are never kept waiting
+/// on our lock while we sleep. Past that the next trigger (or the timer)
+/// finishes the job.
+fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
+    for &i in targets {
+        let vm = &ctx.config.vms[i];
+        loop {
+            let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
+            match vm::locate(&ctx.root, &ctx.config, vm, cached, &[], &ctx.deadline)? {
+                Located::Running(r) => {
+                    // Drop the connection first: libxl needs the socket meanwhile.
+                    let socket = r.socket.clone();
+                    ctx.settle_xen(vm, &socket, || drop(r));
+                    break;
+                }
+                Located::NotRunning(_) => break,
+                Located::NotReady(why) => {
+                    if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
+                        log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
+                        break;
+                    }
+                    log::debug!("VM {} not ready ({why}); retrying", vm.name);
+                    std::thread::sleep(crate::timing::sync_retry());
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The invocation's context shared by every command: the root every OS path
+//! goes through, the config, the one deadline every wait draws on; plus the
+//! two things every command does with it: hold the state under the lock
+//! (`with_state`) and open a `Session` to a VM (`connect`).
+
+use crate::backend::{Backend, PlainQemu, Xen};
+use crate::config::{Config, VmConfig};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::lock::LockGuard;
+use crate::qmp::QmpError;
+use crate::root::Root;
+use crate::session::Session;
+use crate::state::State;
+use crate::vm::{self, Located, Running};
+use std::path::{Path, PathBuf};
+
+pub struct Ctx {
+    pub root: Root,
+    pub config: Config,
+    pub deadline: Deadline,
+    /// Sessions log each change instead of sending it.
+    pub dry_run: bool,
+}
+
+impl Ctx {
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path(&self.config.state_dir)
+    }
+
+    /// Run `f` on state under the lock and save whatever it changed, even
+    /// when it fails half-way (a controller created before a failed
+    /// device_add is real).
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let dir = self.state_dir();
+        let _lock = LockGuard::acquire(&dir, &self.deadline)?;
+        let mut state = State::load(&dir)?;
+        let before = state.clone();
+        let out = f(&mut state);
+        if state != before {
+            state.save(&dir)?;
+        }
+        out
+    }
+
+    /// The device node QEMU opens itself (`hostdevice`), under the root.
+    pub fn node(&self, dev: &crate::host::HostDevice) -> String {
+        self.root.path(dev.devname()).display().to_string()
+    }
+
+    /// State as last saved, read without the lock (it is replaced
+    /// atomically); empty when missing or unreadable.
+    pub fn peek_state(&self) -> State {
+        let text = std::fs::read_to_string(self.state_dir().join(crate::state::FILE)).unwrap_or_default();
+        State::parse_str(&text).unwrap_or_default()
+    }
+
+    /// Connect to `vm`; `None` when it is not running (logged when `quiet`,
+    /// an error otherwise). The session's view is not loaded yet.
+    pub fn connect(&self, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Session>> {
+        self.connect_hinted(vm, state.vms.get(&vm.name).and_then(|v| v.domid), &[], quiet)
+    }
+
+    /// `connect`, trying Xen domain `domid` first and skipping the sockets
+    /// in `held` (ours already, during sync).
+    pub fn connect_hinted(
+        &self,
+        vm: &VmConfig,
+        domid: Option<u32>,
+        held: &[PathBuf],
+        quiet: bool,
+    ) -> Result<Option<Session>> {
+        match vm::locate(&self.root, &self.config, vm, domid, held, &self.deadline)? {
+            Located::Running(r) => Ok(Some(self.session(vm, *r))),
+            Located::NotRunning(why) | Located::NotReady(why) if quiet => {
+                log::info!("VM {} is not running ({why}); nothing to do", vm.name);
+                Ok(None)
+            }
+            Located::NotRunning(why) | Located::NotReady(why) => {
+                Err(Error::new(format!("VM {} is not running: {why}", vm.name)))
+            }
+        }
+    }
+
+    fn session(&self, vm: &VmConfig, r: Running) -> Session {
+        let backend: Box<dyn Backend> = match vm.qmp {
+            Some(_) => Box::new(PlainQemu),
+            None => Box::new(Xen { domid: r.domid }),
+        };
+        let mut s = Session::new(&vm.name, r.client, r.socket, r.instance, r.domid).with_backend(backend);
+        s.dry_run = self.dry_run;
+        s
+    }
+
+    /// Waits until a Xen VM's socket is `timing::xen_settle()` old, calling
+    /// `before_wait` first (to let go of the QMP socket); true if it waited.
+    pub fn settle_xen(&self, vm: &VmConfig, socket: &Path, before_wait: impl FnOnce()) -> bool {
+        let settle = crate::timing::xen_settle();
+        if vm.qmp.is_some() {
+            return false;
+        }
+        let age = std::fs::metadata(self.root.path(socket))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or(settle);
+        let Some(wait) = settle.checked_sub(age) else { return false };
+        let wait = self.deadline.capped("", wait).unwrap_or_default();
+        before_wait();
+        log::info!(
+            "VM {}: its QEMU started {} ms ago; letting libxl add its own controllers first",
+            vm.name,
+            age.as_millis()
+        );
+        std::thread::sleep(wait);
+        true
+    }
+}
+
+/// `VM name: what: cause`.
+pub fn vm_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(format!("VM {}: {what}: {e}", vm.name))
+}
+
+/// `vm_err` for a QMP failure.
+pub fn qmp_err(vm: &VmConfig, what: &str, e: QmpError) -> Error {
+    vm_err(vm, what, e)
+}

@@ -1,0 +1,130 @@
+//! Pure policy for one udev event: from the config, state and the device,
+//! the steps that handle it (no I/O; `cmd::udev` executes them). The rule
+//! for a record whose bus:addr now holds another device (`stale`) lives
+//! here and `sync` uses it too.
+
+use crate::host::{Action, HostDevice};
+use crate::state::{Attached, State};
+use crate::step::Step;
+use crate::types::BusAddr;
+use log::Level;
+
+/// Why `rec` (a record at `now`'s bus:addr) no longer describes the device
+/// there, if it doesn't. `fresh_add`: the kernel has just enumerated a
+/// device at that bus:addr, so whatever we recorded there was unplugged
+/// while we did not see the remove.
+pub fn stale(rec: &Attached, now: &HostDevice, fresh_add: bool) -> Option<&'static str> {
+    let differs = (!rec.usb_id.is_empty() && rec.usb_id != now.id_string())
+        || (!rec.port_path.is_empty() && rec.port_path != now.port_path);
+    (fresh_add || differs).then_some("another device now has its bus:addr")
+}
+
+fn note(level: Level, text: String) -> Vec<Step> {
+    vec![Step::Note { level, text }]
+}
+
+/// Steps for an add or bind of `dev`, which the config routes to VM `vm`.
+pub fn on_add(config: &crate::config::Config, state: &State, dev: &HostDevice, action: Action, vm: usize) -> Vec<Step> {
+    let at = dev.at();
+    if state.is_held_out(dev.bus, dev.addr) {
+        let text =
+            format!("{} ({}) was detached by hand; leaving it out until replugged", dev.port_path, dev.id_string());
+        return note(Level::Info, text);
+    }
+    let mut steps = Vec::new();
+    if let Some((owner, rec)) = state.find(dev.bus, dev.addr) {
+        if action == Action::Bind {
+            // The add event already attached it: nothing to do, no QMP.
+            return note(Level::Debug, format!("{at} already attached to {owner}"));
+        }
+        if let Some(why) = stale(rec, dev, action == Action::Add) {
+            let text = format!("{at} reused by a new device; dropping the stale attachment in {owner}");
+            steps.push(Step::Note { level: Level::Info, text });
+            steps.push(match config.vms.iter().position(|v| v.name == owner) {
+                Some(o) => Step::Detach { vm: o, id: rec.id.clone(), at, why },
+                None => Step::Forget { vm: owner.to_string(), at, why },
+            });
+        }
+    }
+    steps.push(Step::Attach { vm, dev: dev.clone(), open_node: action == Action::Add });
+    steps
+}
+
+/// Steps for the removal of whatever was at `at`.
+pub fn on_remove(config: &crate::config::Config, state: &State, at: BusAddr) -> Vec<Step> {
+    // Unplugging ends an admin's "keep it out".
+    let mut steps = vec![Step::Release { at }];
+    match state.find(at.bus, at.addr) {
+        None => steps.push(Step::Note { level: Level::Debug, text: format!("{at} removed; not ours") }),
+        Some((owner, rec)) => match config.vms.iter().position(|v| v.name == owner) {
+            Some(vm) => steps.push(Step::Detach { vm, id: rec.id.clone(), at, why: "unplugged" }),
+            None => {
+                let text = format!("{at} was attached to {owner}, which is no longer configured; forgetting it");
+                steps.push(Step::Note { level: Level::Warn, text });
+                steps.push(Step::Forget { vm: owner.to_string(), at, why: "VM no longer configured" });
+            }
+        },
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use crate::state::{Origin, VmState};
+
+    fn rec(d: &HostDevice) -> Attached {
+        Attached {
+            id: d.at().device_id(),
+            bus: d.bus,
+            addr: d.addr,
+            controller: "xenusb-0".into(),
+            port: 1,
+            port_path: d.port_path.clone(),
+            usb_id: d.id_string(),
+            origin: Origin::Rule,
+        }
+    }
+
+    fn state_with(vm: &str, d: &HostDevice) -> State {
+        let mut s = State::default();
+        s.vms.insert(vm.into(), VmState { devices: vec![rec(d)], ..Default::default() });
+        s
+    }
+
+    #[test]
+    fn stale_rule() {
+        let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
+        let r = rec(&d);
+        assert_eq!(stale(&r, &d, false), None);
+        assert!(stale(&r, &d, true).is_some());
+        assert!(stale(&r, &HostDevice::fixture(1, 2, "1-1", 7, 7), false).is_some());
+        assert!(stale(&r, &HostDevice::fixture(1, 2, "1-3", 1, 1), false).is_some());
+    }
+
+    #[test]
+    fn add_of_a_reused_bus_addr_detaches_first_and_bind_does_nothing() {
+        let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"usb1\"]\n", "t").unwrap();
+        let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
+        let s = state_with("a", &d);
+        let steps = on_add(&c, &s, &d, Action::Add, 0);
+        assert!(matches!(&steps[1], Step::Detach { vm: 0, .. }), "{steps:?}");
+        assert!(matches!(&steps[2], Step::Attach { vm: 0, open_node: true, .. }), "{steps:?}");
+        let steps = on_add(&c, &s, &d, Action::Bind, 0);
+        assert!(matches!(steps.as_slice(), [Step::Note { .. }]), "{steps:?}");
+        let gone = state_with("old", &d);
+        let steps = on_add(&c, &gone, &d, Action::Add, 0);
+        assert!(matches!(&steps[1], Step::Forget { .. }), "{steps:?}");
+    }
+
+    #[test]
+    fn remove_releases_and_detaches_ours_only() {
+        let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"usb1\"]\n", "t").unwrap();
+        let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
+        let steps = on_remove(&c, &state_with("a", &d), d.at());
+        assert!(matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }]), "{steps:?}");
+        let steps = on_remove(&c, &State::default(), d.at());
+        assert!(matches!(&steps[..], [Step::Release { .. }, Step::Note { .. }]), "{steps:?}");
+    }
+}

@@ -1,0 +1,297 @@
+//! One open conversation with one VM's QEMU, and the only writer to it:
+//! every `device_add`/`device_del` in the program goes through `Session`,
+//! which keeps that VM's `VmState` in step with QEMU and calls the VM's
+//! `Backend` around each change.
+//!
+//! Generic over the QMP stream (like `qmp::Qmp`) so it runs on in-memory
+//! streams in unit tests. `dry_run` logs each change instead of sending it
+//! and updates the view as if QEMU had accepted it.
+
+use crate::backend::{Backend, Op};
+use crate::error::Error;
+use crate::qmp::{Conn, Qmp, QmpError, QmpResult, Refusal};
+use crate::state::{Attached, Controller, VmState};
+use crate::types::BusAddr;
+use crate::vm;
+use serde_json::{json, Value};
+use std::fmt;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+/// A change that did not happen: QEMU refused it, or the backend vetoed it.
+#[derive(Debug)]
+pub enum OpError {
+    Qmp(QmpError),
+    Backend(Error),
+}
+
+impl OpError {
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            OpError::Qmp(e) => e.refusal(),
+            OpError::Backend(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Qmp(e) => e.fmt(f),
+            OpError::Backend(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<QmpError> for OpError {
+    fn from(e: QmpError) -> Self {
+        OpError::Qmp(e)
+    }
+}
+
+pub struct Session<S = Conn> {
+    /// The VM's name in the config.
+    pub vm: String,
+    client: Qmp<S>,
+    /// The socket as the config knows it (not under --root): kept in state.
+    pub socket: PathBuf,
+    /// Identity of the QEMU behind the socket (`vm::instance_of`).
+    pub instance: String,
+    pub domid: Option<u32>,
+    view: VmState,
+    backend: Box<dyn Backend>,
+    pub dry_run: bool,
+}
+
+impl<S: BufRead + Write> Session<S> {
+    pub fn new(vm: &str, client: Qmp<S>, socket: PathBuf, instance: String, domid: Option<u32>) -> Self {
+        let backend: Box<dyn Backend> = Box::new(crate::backend::PlainQemu);
+        let view = VmState::default();
+        Session { vm: vm.into(), client, socket, instance, domid, view, backend, dry_run: false }
+    }
+
+    pub fn with_backend(mut self, backend: Box<dyn Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Is `cached` (state's record of this VM) about the QEMU we talk to?
+    /// A restarted VM's QEMU makes a new socket: new inode/ctime.
+    pub fn is_same_instance(&self, cached: &VmState) -> bool {
+        !self.instance.is_empty() && cached.instance == self.instance && cached.socket == self.socket
+    }
+
+    /// `cached` if it is about this QEMU (logged when it is not).
+    pub fn known<'a>(&self, cached: Option<&'a VmState>) -> Option<&'a VmState> {
+        let same = cached.filter(|c| self.is_same_instance(c));
+        if cached.is_some() && same.is_none() {
+            log::info!(
+                "VM {}: a different QEMU is behind {} now (restarted?); rebuilding from QEMU",
+                self.vm,
+                self.socket.display()
+            );
+        }
+        same
+    }
+
+    /// Take state's record when it is about this QEMU, else rebuild from QEMU.
+    pub fn adopt(&mut self, cached: Option<&VmState>) -> QmpResult<()> {
+        match self.known(cached) {
+            Some(c) => {
+                self.view = c.clone();
+                Ok(())
+            }
+            None => self.reread(&VmState::default()),
+        }
+    }
+
+    /// Re-read QEMU, keeping what the current view knew about who asked.
+    pub fn refresh(&mut self) -> QmpResult<()> {
+        let old = self.view.clone();
+        self.reread(&old)
+    }
+
+    /// Rebuild the view from QEMU, keeping from `old` who asked for what.
+    pub fn reread(&mut self, old: &VmState) -> QmpResult<()> {
+        let fresh = vm::enumerate(&mut self.client)?;
+        let mut v = vm::merge(fresh, old);
+        v.socket = self.socket.clone();
+        v.instance = self.instance.clone();
+        v.domid = self.domid;
+        self.view = v;
+        Ok(())
+    }
+
+    /// What QEMU holds right now, without touching the view.
+    pub fn read_qemu(&mut self) -> QmpResult<VmState> {
+        vm::enumerate(&mut self.client)
+    }
+
+    pub fn view(&self) -> &VmState {
+        &self.view
+    }
+
+    pub fn into_view(self) -> VmState {
+        self.view
+    }
+
+    /// Whether QEMU has a PCI bus (Xen >= 4.20 first runs a `-machine none`
+    /// probe QEMU on the domain's socket: nowhere to put a controller).
+    pub fn has_pci_bus(&mut self) -> QmpResult<bool> {
+        let pci = self.client.execute("query-pci", None)?;
+        Ok(!pci.as_array().is_some_and(|a| a.is_empty()))
+    }
+
+    pub fn add_controller(&mut self, c: &Controller) -> Result<(), OpError> {
+        let args = crate::plan::controller_args(c);
+        self.change(Op::AddController(c.clone()), args)?;
+        self.view.controllers.push(c.clone());
+        Ok(())
+    }
+
+    pub fn add_device(&mut self, dev: Attached, hostdevice: Option<&str>) -> Result<(), OpError> {
+        let placement =
+            crate::plan::Placement { new_controller: None, controller: dev.controller.clone(), port: dev.port };
+        let args = crate::plan::device_args(&placement, dev.bus, dev.addr, hostdevice);
+        let op = Op::AddDevice { dev: dev.clone(), hostdevice: hostdevice.map(str::to_string) };
+        self.change(op, args)?;
+        self.view.devices.push(dev);
+        Ok(())
+    }
+
+    /// `device_del`; Ok(false) when QEMU did not have it (gone counts as done).
+    pub fn del_device(&mut self, at: BusAddr) -> Result<bool, OpError> {
+        let id = at.device_id();
+        let found = match self.change(Op::DelDevice { id: id.clone(), at }, json!({ "id": id })) {
+            Ok(()) => true,
+            Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => false,
+            Err(e) => return Err(e),
+        };
+        self.view.devices.retain(|d| d.id != id);
+        Ok(found)
+    }
+
+    /// Send one change with the backend's hooks around it.
+    fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
+        self.backend.before(&op).map_err(OpError::Backend)?;
+        if self.dry_run {
+            println!("would {op} in VM {}", self.vm);
+            return self.backend.after(&op, Ok(())).map_err(OpError::Backend);
+        }
+        let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
+        let res = self.client.execute(command, Some(args)).map(drop);
+        let after = self.backend.after(&op, res.as_ref().map(|_| ()));
+        res?;
+        after.map_err(OpError::Backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Result;
+    use crate::state::Origin;
+    use std::io::{Cursor, Read};
+    use std::sync::{Arc, Mutex};
+
+    /// Scripted QEMU replies in, what we sent out.
+    struct Mem(Cursor<Vec<u8>>, Vec<u8>);
+    impl Read for Mem {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl BufRead for Mem {
+        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+            self.0.fill_buf()
+        }
+        fn consume(&mut self, n: usize) {
+            self.0.consume(n)
+        }
+    }
+    impl Write for Mem {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.1.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Records each hook call; vetoes device_adds of `veto`.
+    struct Recorder(Arc<Mutex<Vec<String>>>, Option<&'static str>);
+    impl Backend for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn before(&mut self, op: &Op) -> Result<()> {
+            self.0.lock().unwrap().push(format!("before {op}"));
+            match (op, self.1) {
+                (Op::AddDevice { dev, .. }, Some(v)) if dev.id == v => crate::bail!("vetoed {v}"),
+                _ => Ok(()),
+            }
+        }
+        fn after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
+            self.0.lock().unwrap().push(format!("after {op}: {}", if outcome.is_ok() { "ok" } else { "failed" }));
+            Ok(())
+        }
+    }
+
+    fn session(replies: &str, veto: Option<&'static str>) -> (Session<Mem>, Arc<Mutex<Vec<String>>>) {
+        let greeting = "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n{\"return\": {}, \"id\": \"aua-1\"}\r\n";
+        let q = Qmp::handshake(Mem(Cursor::new(format!("{greeting}{replies}").into_bytes()), Vec::new())).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let s = Session::new("a", q, "/run/q".into(), "1:2".into(), None)
+            .with_backend(Box::new(Recorder(log.clone(), veto)));
+        (s, log)
+    }
+
+    fn rec(bus: u16, addr: u16) -> Attached {
+        Attached {
+            id: BusAddr::new(bus, addr).device_id(),
+            bus,
+            addr,
+            controller: "xenusb-0".into(),
+            port: 1,
+            port_path: "1-1".into(),
+            usb_id: "0001:0001".into(),
+            origin: Origin::Rule,
+        }
+    }
+
+    #[test]
+    fn hooks_run_around_each_change_and_the_view_follows_qemu() {
+        let (mut s, log) = session(
+            concat!(
+                "{\"return\": {}, \"id\": \"aua-2\"}\r\n",
+                "{\"id\": \"aua-3\", \"error\": {\"class\": \"GenericError\", \"desc\": \"failed to open host usb device 1:3\"}}\r\n",
+                "{\"id\": \"aua-4\", \"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'xenusb-1-9' not found\"}}\r\n",
+            ),
+            None,
+        );
+        s.add_device(rec(1, 2), None).unwrap();
+        assert!(s.add_device(rec(1, 3), Some("/dev/bus/usb/001/003")).is_err());
+        assert!(!s.del_device(BusAddr::new(1, 9)).unwrap());
+        assert_eq!(s.view().devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["xenusb-1-2"]);
+        let log = log.lock().unwrap().clone();
+        assert_eq!(log.len(), 6, "{log:?}");
+        assert!(log[0].starts_with("before device_add xenusb-1-2") && log[1].ends_with(": ok"), "{log:?}");
+        assert!(log[3].ends_with(": failed") && log[5].ends_with(": failed"), "{log:?}");
+    }
+
+    #[test]
+    fn a_veto_sends_nothing_and_dry_run_sends_nothing() {
+        let (mut s, _) = session("", Some("xenusb-1-2"));
+        let e = s.add_device(rec(1, 2), None).unwrap_err();
+        assert!(matches!(e, OpError::Backend(_)), "{e}");
+        s.dry_run = true;
+        s.add_device(rec(1, 4), None).unwrap();
+        assert_eq!(s.view().devices.len(), 1);
+        let sent = String::from_utf8(s.client.into_inner().1).unwrap();
+        assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");
+    }
+}

@@ -1,0 +1,37 @@
+//! What the pure planners (`events` for one udev event, `sync` for a whole
+//! convergence) decide, as data: the commands execute steps and nothing
+//! else. `Display` says each step in one line (logs, and a future --dry-run).
+
+use crate::host::HostDevice;
+use crate::types::BusAddr;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to change; say why at this log level.
+    Note { level: log::Level, text: String },
+    /// Forget an admin's "keep it out" for this bus:addr (it was unplugged).
+    Release { at: BusAddr },
+    /// device_del from the configured VM `vm` (index into `config.vms`).
+    Detach { vm: usize, id: String, at: BusAddr, why: &'static str },
+    /// Drop the record only: the VM holding it is no longer configured.
+    Forget { vm: String, at: BusAddr, why: &'static str },
+    /// Attach `dev` to configured VM `vm`; `open_node`: QEMU opens
+    /// /dev/bus/usb/BBB/DDD itself (needed on udev's add event; on bind
+    /// libusb knows the device and hostbus/hostaddr alone suit any QEMU).
+    Attach { vm: usize, dev: HostDevice, open_node: bool },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Note { text, .. } => f.write_str(text),
+            Step::Release { at } => write!(f, "stop keeping {at} out (unplugged)"),
+            Step::Detach { vm, id, at, why } => write!(f, "detach {id} ({at}) from VM #{vm}: {why}"),
+            Step::Forget { vm, at, why } => write!(f, "forget {at} in VM {vm}: {why}"),
+            Step::Attach { vm, dev, .. } => {
+                write!(f, "attach {} ({}) {} to VM #{vm}", dev.port_path, dev.id_string(), dev.at())
+            }
+        }
+    }
+}

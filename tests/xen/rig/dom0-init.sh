@@ -1,0 +1,28 @@
+#!/bin/sh
+# PID 1 in dom0's chroot: Xen's daemons (xenstored, xen-init-dom0, xenconsoled), real
+# systemd-udevd with the rig's event-log rules, then the command agent (/tmp/rig/ctl).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+exec >/dev/hvc0 2>&1
+t() { echo "dom0: $(cut -d' ' -f1 /proc/uptime)s $*"; }
+t start; mkdir -p /tmp/rig/ctl /tmp/rig/out
+for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xhci_pci ehci_pci usbhid hid_generic usb_storage; do modprobe $m || t "modprobe $m failed"; done
+mount -t xenfs xenfs /proc/xen || t "xenfs mount failed"
+t "hypervisor $(cat /sys/hypervisor/type) $(cat /sys/hypervisor/version/major).$(cat /sys/hypervisor/version/minor)"
+mkdir -p /run/xen /run/xenstored /var/lib/xen /var/log/xen /var/lib/xenstored
+mount -t tmpfs tmpfs /var/lib/xen; mount -t tmpfs tmpfs /var/log; mkdir -p /var/log/xen
+t "xenstored"; /usr/lib/xen-4.17/bin/xenstored --pid-file /run/xenstore.pid
+t "xen-init-dom0"; /usr/lib/xen-4.17/bin/xen-init-dom0
+t "xenconsoled"; /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xenconsoled.pid
+# Files in the xentree layer live on the 9p work-dir mount; the device model reads ROMs
+# straight into foreign-mapped guest memory, which fails on 9p zero-copy reads: copy them up.
+find /usr/share/seabios /usr/share/qemu /usr/lib/ipxe /usr/lib/xen-4.17/boot -type f -exec touch {} +
+mkdir -p /run/lock /run/udev/rules.d
+cp /tmp/rig/98-e2e-log.rules /tmp/rig/99-zz-e2e-done.rules /run/udev/rules.d/
+for n in hvm1 hvm2 busy; do cp /tmp/rig/build/hlt.img /run/hlt-$n.img; done   # one each: QEMU locks an image it writes
+: > /run/events.log; : > /run/events-done.log
+# udevd: libusb (in the device model) learns about hot-plugged host USB devices from udev
+/lib/systemd/systemd-udevd --daemon --resolve-names=never
+udevadm trigger --action=add --subsystem-match=usb; udevadm settle -t 30
+: > /run/events.log; : > /run/events-done.log; rm -f /run/uevent-env.*
+t READY
+exec /usr/bin/python3 /tmp/rig/guest-agent.py

@@ -1,0 +1,167 @@
+"""Host side of the real-Xen tier: boots Xen 4.17 + a Debian dom0 under TCG in an outer
+QEMU and gives the scenarios what tests/e2e's harness gives its own (plug/unplug over the
+outer QMP, commands in dom0 through the file agent, QMP views of the domains' QEMUs),
+plus Xen: `xl create`/`destroy`, xenstore reads, `xl usb-list`.
+
+The work dir ($AUA_XEN_DIR, default /var/tmp/aua-xen) is also the cache: Debian's Xen
+packages are fetched once with `apt-get download` and unpacked there (never installed on
+this host).  It is locked for the run, so two runs never share it.  Stdlib only."""
+import fcntl, os, re, shlex, shutil, subprocess, sys, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+E2E = os.path.join(REPO, "tests", "e2e")
+sys.path.insert(0, E2E)
+from harness import Env, Fail, check, _indent  # noqa: E402,F401
+from rig import Rig, RigError, GUEST_RIG, _die_with_parent  # noqa: E402
+
+XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg", "libxl-lock-hold.py")
+E2E_FILES = ("guest-agent.py", "qmp.py", "gqmp.py", "98-e2e-log.rules", "99-zz-e2e-done.rules")
+DEFAULT_DIR = os.environ.get("AUA_XEN_DIR", "/var/tmp/aua-xen")
+
+
+class XenRig(Rig):
+    """The outer QEMU runs Xen; dom0 is the "guest" of e2e's Rig (same agent, same /tmp/rig)."""
+
+    def __init__(self, workdir=DEFAULT_DIR, keep=False, log=print):
+        super().__init__(workdir, keep, log)
+        self._lockf = None
+        self.t_fetch = None
+
+    def up(self, boot_timeout=420):
+        t0 = time.time()
+        os.makedirs(self.dir, exist_ok=True)
+        self._lockf = open(os.path.join(self.dir, ".lock"), "w")
+        try:
+            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RigError("work dir %s is in use by another run of the Xen tier" % self.dir)
+        for d in ("ctl", "out", "stage"):
+            shutil.rmtree(os.path.join(self.dir, d), ignore_errors=True)
+            os.makedirs(os.path.join(self.dir, d))
+        for f in XEN_FILES:
+            shutil.copy2(os.path.join(HERE, "rig", f), self.dir)
+        for f in E2E_FILES:
+            shutil.copy2(os.path.join(E2E, "rig", f), self.dir)
+        self.ensure_deps()
+        env = dict(os.environ, XDIR=self.dir)
+        for script, what in (("fetch-xen.sh", "fetching Xen packages"), ("build-initramfs.sh", "dom0 initramfs")):
+            t = time.time()
+            r = subprocess.run([os.path.join(HERE, "rig", script)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if r.returncode:
+                raise RigError("%s (%s) failed:\n%s" % (script, what, r.stdout.decode(errors="replace")[-3000:]))
+            if script == "fetch-xen.sh":
+                self.t_fetch = time.time() - t
+        self.proc = subprocess.Popen(
+            [os.path.join(HERE, "rig", "start-outer.sh")], env=env, stdin=subprocess.DEVNULL,
+            stdout=open(os.path.join(self.dir, "out", "outer.stdout"), "w"), stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent)
+        ready = os.path.join(self.dir, "out", "ready")
+        deadline = time.time() + boot_timeout
+        while not os.path.exists(ready):
+            if self.proc.poll() is not None:
+                raise RigError("outer QEMU exited (rc %s): %s\nserial log tail:\n%s" % (
+                    self.proc.returncode, self._tail(os.path.join(self.dir, "out", "outer.stdout")),
+                    self._tail(self.serial_log)))
+            tail = self._tail(self.serial_log, 40)
+            if re.search(r"Dom0 crashed|Kernel panic|Panic on CPU", tail):
+                raise RigError("Xen/dom0 crashed during boot; serial log tail:\n" + tail)
+            if time.time() > deadline:
+                raise RigError("dom0 not ready in %ss; serial log tail:\n%s" % (boot_timeout, tail))
+            time.sleep(0.1)
+        self.t_boot = time.time() - t0
+        return self.t_boot
+
+    def down(self):
+        keep, self.keep = self.keep, True     # the work dir is the package cache: never rmtree it
+        super().down()
+        self.keep = keep
+        if not keep:
+            for d in ("ctl", "stage"):
+                shutil.rmtree(os.path.join(self.dir, d), ignore_errors=True)
+        if self._lockf:
+            self._lockf.close()
+            self._lockf = None
+
+
+class XenEnv(Env):
+    """e2e's Env with real Xen domains instead of stand-in QEMUs.  `vms` holds the domains
+    the scenarios look into (every views() call asks each one's QEMU); `others` holds the
+    rest (e.g. an unrelated domain whose socket a scenario keeps busy)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.others = {}
+
+    # udev events in dom0 take 0.5-2 s under TCG on an idle machine, but 20 s apart when other
+    # TCG VMs share the two cores: wait long (these are bounds, not sleeps).
+    EVENT_TIMEOUT = 90
+
+    def plug(self, name, driver, port, **props):
+        since = self.mark()
+        t = self.rig.plug(name, driver, port, **props)
+        devs, _ = self.wait_plugged([(name, port, t)], since, timeout=self.EVENT_TIMEOUT)
+        return devs[0]
+
+    def unplug(self, name, ports, since=None):
+        since = self.mark() if since is None else since
+        self.rig.unplug(name, timeout=30)
+        self.wait_removed(ports if isinstance(ports, (list, tuple)) else [ports], since, timeout=self.EVENT_TIMEOUT)
+
+    def start_vm(self, name, viewed=True, timeout=120):
+        t0 = time.time()
+        rc, out = self.g("xl create %s/%s.cfg 2>&1 && xl domid %s" % (GUEST_RIG, name, name), timeout)
+        check(rc == 0, "xl create %s failed (rc %d):\n%s" % (name, rc, _indent(out)))
+        domid = int(out.strip().splitlines()[-1])
+        v = self.view(domid, timeout=60)
+        check(v.get("name") == name, "domain %d's QEMU answers query-name %r" % (domid, v.get("name")))
+        (self.vms if viewed else self.others)[name] = domid
+        return domid, time.time() - t0
+
+    def stop_vm(self, name, timeout=60):
+        domid = (self.vms if name in self.vms else self.others).pop(name)
+        rc, out = self.g("xl destroy %s 2>&1" % name, timeout)
+        check(rc == 0, "xl destroy %s (domid %d) failed: %s" % (name, domid, out.strip()))
+        return domid
+
+    def xs_tree(self, path):
+        """{path: value} from `xenstore-ls -f PATH` (empty if the path does not exist)."""
+        rc, out = self.g("xenstore-ls -f %s 2>/dev/null" % shlex.quote(path))
+        tree = {}
+        for line in out.splitlines():
+            m = re.match(r'^(\S+) = "(.*)"$', line)
+            if m:
+                tree[m.group(1)] = m.group(2)
+        return tree
+
+    def vusb(self, name):
+        """libxl's books for <name>: {ctrl devid: {"usb-ver", "num-ports", "type", "ports": {n: busid}}}."""
+        domid = self.vms[name]
+        base = "/libxl/%d/device/vusb/" % domid
+        out = {}
+        for p, v in self.xs_tree(base[:-1]).items():
+            rest = p[len(base):].split("/")
+            if not rest[0].isdigit():
+                continue
+            c = out.setdefault(int(rest[0]), {"ports": {}})
+            if len(rest) == 3 and rest[1] == "port":
+                c["ports"][int(rest[2])] = v
+            elif len(rest) == 2:
+                c[rest[1]] = v
+        return out
+
+    def libxl_port_of(self, name, busid):
+        """(ctrl, port) where libxl's books hold <busid> for domain <name>, or None."""
+        for c, d in self.vusb(name).items():
+            for p, v in d["ports"].items():
+                if v == busid:
+                    return c, p
+        return None
+
+    def usb_list(self, name):
+        rc, out = self.g("xl usb-list %s 2>&1" % name)
+        return rc, out
+
+    def busid(self, dev):
+        return dev.add.sysname      # sysfs name, e.g. 1-3: what libxl records per port
