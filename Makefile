@@ -4,6 +4,9 @@
 #   make unit            cargo tests only
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make demo            watch it work end to end on a stand-in VM
+#   make soak            seeded random plug/unplug/restart/kill soak on the real-kernel rig
+#                        (SEED=n STEPS=n; SOAK_ARGS=--quiet etc.)
+#   make storm           32 devices at once into one VM on the real-kernel rig
 #   make bench           event latency / lock contention figures (real QEMU)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, example config
 #                        (never overwrites a config; enables the units when systemd runs)
@@ -21,7 +24,7 @@ CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit e2e demo bench install uninstall clean
+.PHONY: all build test unit e2e demo soak storm bench install uninstall clean
 
 all: build
 
@@ -35,6 +38,14 @@ e2e: build
 	tests/e2e/run --bin $(BIN)
 
 test: unit e2e
+
+SEED ?= 1
+STEPS ?= 300
+soak: build
+	tests/soak/run --bin $(BIN) --seed $(SEED) --steps $(STEPS) $(SOAK_ARGS)
+
+storm: build
+	tests/soak/run --bin $(BIN) --storm 32 $(SOAK_ARGS)
 
 demo: build
 	tests/e2e/demo --bin $(BIN)
