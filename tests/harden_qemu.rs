@@ -157,3 +157,15 @@ fn hangs_end_within_budget_plus_half_a_second() {
     run.fails(1, &["timed out"]);
     assert!(run.elapsed <= limit, "QEMU silent mid-command: {:?} > {limit:?}", run.elapsed);
 }
+
+#[test]
+fn sync_with_a_stale_xen_socket_does_not_wait_for_it() {
+    let (r, _sys, _dev) = rig("hq-stale-xen", &config_xen("win10", "").replace("timeout = 5", "timeout = 6"));
+    let q = Qemu::start("win10", &r.p("/run/xen/qmp-libxl-7"));
+    let sock = q.sock.clone();
+    q.kill();
+    set_mtime_ago(&sock, 60);
+    let run = r.run(&["sync"]);
+    run.ok();
+    assert!(run.elapsed < Duration::from_millis(2500), "took {:?}", run.elapsed);
+}

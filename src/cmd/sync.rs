@@ -155,7 +155,13 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
         loop {
             let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
             let left = ctx.deadline.remaining(&format!("waiting for VM {}", vm.name))?;
-            let probe = crate::deadline::Deadline::after(left.min(crate::timing::scan_greeting_cap()));
+            // An explicit socket's greeting is capped here; a Xen name scan
+            // caps each socket's greeting itself and must go on to the next
+            // socket after a busy unrelated one, so it keeps the budget.
+            let probe = match vm.qmp {
+                Some(_) => crate::deadline::Deadline::after(left.min(crate::timing::scan_greeting_cap())),
+                None => ctx.deadline,
+            };
             match vm::locate(&ctx.root, &ctx.config, vm, cached, &[], &probe) {
                 Err(e) => {
                     log::warn!("skipping VM {} this time: {e}", vm.name);
