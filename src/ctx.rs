@@ -37,7 +37,8 @@ impl Ctx {
         let mut state = State::load(&dir)?;
         let before = state.clone();
         let out = f(&mut state);
-        if state != before {
+        // A dry run reads and plans but leaves state as it found it.
+        if state != before && !self.dry_run {
             state.save(&dir)?;
         }
         out
@@ -73,7 +74,8 @@ impl Ctx {
         match vm::locate(&self.root, &self.config, vm, domid, held, &self.deadline)? {
             Located::Running(r) => Ok(Some(self.session(vm, *r))),
             Located::NotRunning(why) | Located::NotReady(why) if quiet => {
-                log::info!("VM {} is not running ({why}); nothing to do", vm.name);
+                // Routine for the timer's syncs: debug, not 720 lines a day.
+                log::debug!("VM {} is not running ({why}); nothing to do", vm.name);
                 Ok(None)
             }
             Located::NotRunning(why) | Located::NotReady(why) => {

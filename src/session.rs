@@ -175,15 +175,24 @@ impl<S: BufRead + Write> Session<S> {
         Ok(found)
     }
 
+    fn command(op: &Op) -> &'static str {
+        if matches!(op, Op::DelDevice { .. }) {
+            "device_del"
+        } else {
+            "device_add"
+        }
+    }
+
     /// Send one change with the backend's hooks around it.
     fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
-        self.backend.before(&op).map_err(OpError::Backend)?;
         if self.dry_run {
-            println!("would {op} in VM {}", self.vm);
-            return self.backend.after(&op, Ok(())).map_err(OpError::Backend);
+            // The backend's hooks write (xenstore for Xen): a dry run only
+            // says what would be sent, with QEMU's arguments.
+            println!("would {op} in VM {}: {}", self.vm, json!({ "execute": Self::command(&op), "arguments": args }));
+            return Ok(());
         }
-        let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
-        let res = self.client.execute(command, Some(args)).map(drop);
+        self.backend.before(&op).map_err(OpError::Backend)?;
+        let res = self.client.execute(Self::command(&op), Some(args)).map(drop);
         let after = self.backend.after(&op, res.as_ref().map(|_| ()));
         res?;
         after.map_err(OpError::Backend)

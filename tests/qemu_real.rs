@@ -184,12 +184,13 @@ fn detach_removes_a_placed_device_from_qemu() {
 }
 
 #[test]
-fn detach_of_an_unknown_device_is_a_noop() {
+fn detach_of_an_unknown_device_fails_and_changes_nothing() {
     let r = explicit("q-detach-unknown");
     let q = r.qemu("win10", QMP);
     q.holding(&[(3, 3, 7, "1.2")]);
-    r.root.run(&["detach", "--bus", "3", "--addr", "9"]).ok();
-    r.root.run(&["detach", "--id", "xenusb-5-1"]).ok();
+    r.root.run(&["detach", "--bus", "3", "--addr", "9"]).fails(1, &["3:9 (xenusb-3-9) is not attached to any VM"]);
+    r.root.run(&["detach", "--id", "xenusb-5-1"]).fails(1, &["5:1 (xenusb-5-1) is not attached to any VM"]);
+    r.root.run(&["detach", "3:9"]).fails(1, &["is not attached to any VM"]);
     let mut c = q.qmp();
     let mut p = c.peripherals();
     p.sort();

@@ -39,7 +39,7 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
             let touched =
                 steps.iter().any(|s| matches!(s, Step::Attach { vm, .. } | Step::Detach { vm, .. } if *vm == i));
             if !touched {
-                log::info!("VM {name}: in sync ({} device(s) attached); nothing to do", s.view().devices.len());
+                log::debug!("VM {name}: in sync ({} device(s) attached); nothing to do", s.view().devices.len());
             }
             state.vms.insert(name.clone(), s.into_view());
         }
