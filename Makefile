@@ -6,7 +6,7 @@
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make demo            watch it work end to end on a stand-in VM
 #   make bench           event latency / lock contention figures (real QEMU)
-#   sudo make install    binary, udev rule, systemd sync units, man pages, example config
+#   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config
 #                        (never overwrites a config; enables the units when systemd runs)
 
 PREFIX ?= /usr/local
@@ -16,6 +16,9 @@ SYSCONFDIR ?= /etc
 UDEVDIR ?= $(shell pkg-config --variable=udevdir udev 2>/dev/null || echo /lib/udev)
 SYSTEMDUNITDIR ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 XENRUNDIR ?= /run/xen
+BASHCOMPDIR ?= $(shell pkg-config --variable=completionsdir bash-completion 2>/dev/null || echo $(PREFIX)/share/bash-completion/completions)
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 UNITS = auto-usb-attach-sync.service auto-usb-attach-sync.path auto-usb-attach-sync.timer
 SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@XENRUNDIR@|$(XENRUNDIR)|g'
 CARGO ?= cargo
@@ -58,6 +61,12 @@ install:
 	for u in $(UNITS); do $(SUBST) systemd/$$u > $(DESTDIR)$(SYSTEMDUNITDIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$u || exit 1; done
 	install -D -m 0644 man/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8
 	install -D -m 0644 man/auto-usb-attach.toml.5 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5
+	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	$(BIN) completions bash > $(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach
+	$(BIN) completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach
+	$(BIN) completions fish > $(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
+		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml ]; then \
 		echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml"; \
 	else \
@@ -72,6 +81,8 @@ uninstall:
 		systemctl disable --now auto-usb-attach-sync.path auto-usb-attach-sync.timer || true; fi
 	rm -f $(DESTDIR)$(SBINDIR)/auto-usb-attach $(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules \
 		$(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5 \
+		$(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
+		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish \
 		$(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS))
 	@echo "left $(SYSCONFDIR)/auto-usb-attach.toml in place (your config)"
 	@if [ -z "$(DESTDIR)" ] && command -v udevadm >/dev/null; then udevadm control --reload; fi

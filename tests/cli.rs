@@ -335,3 +335,34 @@ fn the_man_page_synopsis_and_options_match_help() {
         options.split("\n.TP\n").skip(1).flat_map(|entry| roff_longs(entry.lines().next().unwrap_or(""))).collect();
     assert_eq!(described, global, "man OPTIONS vs --help's global options\n{options}");
 }
+
+#[test]
+fn make_install_puts_completions_where_shells_look_and_uninstall_removes_them() {
+    let stage = TestRoot::new("c-install");
+    let make = |target: &str| {
+        let out = std::process::Command::new("make")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["-s", target, "PREFIX=/usr", "BASHCOMPDIR=/usr/share/bash-completion/completions"])
+            .arg(format!("DESTDIR={}", stage.root_str()))
+            .arg(format!("BIN={BIN}"))
+            .output()
+            .expect("make runs");
+        assert!(out.status.success(), "make {target}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    make("install");
+    let files = [
+        ("/usr/share/bash-completion/completions/auto-usb-attach", "complete -F"),
+        ("/usr/share/zsh/site-functions/_auto-usb-attach", "#compdef auto-usb-attach"),
+        ("/usr/share/fish/vendor_completions.d/auto-usb-attach.fish", "complete -c auto-usb-attach"),
+    ];
+    for (path, marker) in files {
+        let text = std::fs::read_to_string(stage.p(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(text.contains(marker) && text.contains("dry-run"), "{path}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(stage.p(path)).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o644, "{path}");
+    }
+    make("uninstall");
+    for (path, _) in files {
+        assert!(!stage.p(path).exists(), "{path} left after uninstall");
+    }
+}
