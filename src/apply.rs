@@ -108,6 +108,8 @@ fn try_once(
     let reread = |s: &mut Session| s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
         match s.add_controller(c) {
+            // A dry run printed what it would send; the log only records real changes.
+            Ok(()) if s.dry_run => {}
             Ok(()) => log::info!("VM {}: created USB controller {} ({})", vm.name, c.id, c.driver),
             Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
                 *retried = true;
@@ -129,7 +131,9 @@ fn try_once(
     };
     match s.add_device(rec, *hostdevice) {
         Ok(()) => {
-            log_attached(vm, dev, p, deadline);
+            if !s.dry_run {
+                log_attached(vm, dev, p, deadline);
+            }
             Ok(Tried::Done)
         }
         // QEMU before 5.1 has no hostdevice property: fall back to hostbus/hostaddr.
@@ -184,6 +188,7 @@ pub fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Re
     let id = at.device_id();
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {
+        true if s.dry_run => {}
         true => log::info!("detached {id} ({at}) from VM {}", vm.name),
         false if !quiet => log::info!("{id} was not in VM {}", vm.name),
         false => {}

@@ -57,6 +57,12 @@ pub trait Backend {
     fn after(&mut self, _op: &Op, _outcome: std::result::Result<(), &QmpError>) -> Result<()> {
         Ok(())
     }
+    /// For `--dry-run`: what `before` and `after` would write for `op`
+    /// (e.g. xenstore paths and values), one line each, writing nothing.
+    /// The session prints these around the QMP command it would send.
+    fn describe(&self, _op: &Op) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A QEMU/KVM VM with its own QMP socket: QEMU is the only record.

@@ -188,6 +188,9 @@ impl<S: BufRead + Write> Session<S> {
         if self.dry_run {
             // The backend's hooks write (xenstore for Xen): a dry run only
             // says what would be sent, with QEMU's arguments.
+            for line in self.backend.describe(&op) {
+                println!("would {line} ({} bookkeeping) in VM {}", self.backend.name(), self.vm);
+            }
             println!("would {op} in VM {}: {}", self.vm, json!({ "execute": Self::command(&op), "arguments": args }));
             return Ok(());
         }
@@ -248,6 +251,10 @@ mod tests {
             self.0.lock().unwrap().push(format!("after {op}: {}", if outcome.is_ok() { "ok" } else { "failed" }));
             Ok(())
         }
+        fn describe(&self, op: &Op) -> Vec<String> {
+            self.0.lock().unwrap().push(format!("describe {op}"));
+            Vec::new()
+        }
     }
 
     fn session(replies: &str, veto: Option<&'static str>) -> (Session<Mem>, Arc<Mutex<Vec<String>>>) {
@@ -294,12 +301,15 @@ mod tests {
 
     #[test]
     fn a_veto_sends_nothing_and_dry_run_sends_nothing() {
-        let (mut s, _) = session("", Some("xenusb-1-2"));
+        let (mut s, log) = session("", Some("xenusb-1-2"));
         let e = s.add_device(rec(1, 2), None).unwrap_err();
         assert!(matches!(e, OpError::Backend(_)), "{e}");
         s.dry_run = true;
+        log.lock().unwrap().clear();
         s.add_device(rec(1, 4), None).unwrap();
         assert_eq!(s.view().devices.len(), 1);
+        // A dry run asks the backend what it would write; its hooks (which write) never run.
+        assert_eq!(*log.lock().unwrap(), ["describe device_add xenusb-1-4 (usb-host 1:4) on xenusb-0 port 1"]);
         let sent = String::from_utf8(s.client.into_inner().1).unwrap();
         assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");
     }

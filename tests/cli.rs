@@ -96,6 +96,8 @@ fn dry_runs_name_the_qmp_commands_and_change_nothing() {
         r.stdout
     );
     assert!(r.stdout.contains(r#""execute":"device_add""#) && r.stdout.contains(r#""hostbus":3"#), "{}", r.stdout);
+    // The log records real changes only.
+    assert!(!r.stderr.contains("attached") && !r.stderr.contains("created"), "{}", r.stderr);
 
     // udev's add event, as udev runs it, plus --dry-run.
     let mut c = std::process::Command::new(BIN);
@@ -119,6 +121,7 @@ fn dry_runs_name_the_qmp_commands_and_change_nothing() {
         let r = root.run(sel);
         r.ok();
         assert!(r.stdout.contains("would device_del xenusb-3-7 (3:7) in VM win10"), "{sel:?}: {}", r.stdout);
+        assert!(!r.stderr.contains("detached"), "{}", r.stderr);
     }
     assert_eq!(peripherals(&q), held, "a dry detach changed QEMU");
     assert_eq!(root.state_text(), before, "a dry detach changed state (held-out?)");

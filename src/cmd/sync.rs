@@ -89,7 +89,9 @@ fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<
             Step::Detach { vm, id, at, why } => {
                 let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
                 let cfg = &ctx.config.vms[*vm];
-                log::info!("VM {}: detaching {id}: {why}", cfg.name);
+                if !s.dry_run {
+                    log::info!("VM {}: detaching {id}: {why}", cfg.name);
+                }
                 apply::detach_on(s, cfg, *at, false).map(drop)
             }
             Step::Attach { vm, dev, .. } => {
