@@ -2,12 +2,21 @@
 #   make                 build the release binary
 #   make test            unit + integration tests (real QEMU), then the real-stack e2e suite
 #   make unit            cargo tests only
+#   make test-install    staged installs checked file by file (no root, no VM)
+#   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make demo            watch it work end to end on a stand-in VM
 #   make bench           event latency / lock contention figures (real QEMU)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config
 #                        (never overwrites a config; enables the units when systemd runs)
+#   sudo make uninstall  removes what install put there, except the config
+#
+# udev-rules/ and systemd/ name the default paths below, so they work copied by
+# hand; install rewrites those paths only when SBINDIR, SYSCONFDIR or XENRUNDIR
+# differ from the defaults. PREFIX stays /usr/local: what `make install` from
+# a source tree puts there is the admin's, not the distribution's (packagers
+# pass PREFIX=/usr).
 
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
@@ -19,13 +28,27 @@ XENRUNDIR ?= /run/xen
 BASHCOMPDIR ?= $(shell pkg-config --variable=completionsdir bash-completion 2>/dev/null || echo $(PREFIX)/share/bash-completion/completions)
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+DOCDIR ?= $(PREFIX)/share/doc/auto-usb-attach
+# The paths written in the shipped rule and units.
+DEF_SBINDIR = /usr/local/sbin
+DEF_SYSCONFDIR = /etc
+DEF_XENRUNDIR = /run/xen
 UNITS = auto-usb-attach-sync.service auto-usb-attach-sync.path auto-usb-attach-sync.timer
-SUBST = sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@XENRUNDIR@|$(XENRUNDIR)|g'
+# install-text SRC DST: a verbatim copy with the default paths, else the three
+# default paths replaced (only where they name the binary, the config, the
+# watched directory).
+ifeq ($(SBINDIR):$(SYSCONFDIR):$(XENRUNDIR),$(DEF_SBINDIR):$(DEF_SYSCONFDIR):$(DEF_XENRUNDIR))
+install-text = install -m 0644 $(1) $(2)
+else
+install-text = sed -e 's|$(DEF_SBINDIR)/auto-usb-attach|$(SBINDIR)/auto-usb-attach|g' \
+	-e 's|$(DEF_SYSCONFDIR)/auto-usb-attach.toml|$(SYSCONFDIR)/auto-usb-attach.toml|g' \
+	-e 's|^PathChanged=$(DEF_XENRUNDIR)$$|PathChanged=$(XENRUNDIR)|' $(1) > $(2) && chmod 0644 $(2)
+endif
 CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit e2e test-xen demo bench install uninstall clean
+.PHONY: all build test unit test-install test-systemd e2e test-xen demo bench install uninstall clean
 
 all: build
 
@@ -38,10 +61,16 @@ unit:
 e2e: build
 	tests/e2e/run --bin $(BIN)
 
+test-install:
+	tests/install/run
+
+test-systemd: build
+	tests/systemd/run --bin $(BIN)
+
 test-xen: build
 	tests/xen/run --bin $(BIN)
 
-test: unit e2e
+test: unit test-install e2e test-systemd
 
 demo: build
 	tests/e2e/demo --bin $(BIN)
@@ -55,10 +84,9 @@ install:
 	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make' first" >&2; exit 1; }
 	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/auto-usb-attach
 	install -d $(DESTDIR)$(UDEVDIR)/rules.d
-	$(SUBST) udev-rules/99-xen-usb.rules > $(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules
-	chmod 0644 $(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules
+	$(call install-text,udev-rules/99-xen-usb.rules,$(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules)
 	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
-	for u in $(UNITS); do $(SUBST) systemd/$$u > $(DESTDIR)$(SYSTEMDUNITDIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$u || exit 1; done
+	for u in $(UNITS); do $(call install-text,systemd/$$u,$(DESTDIR)$(SYSTEMDUNITDIR)/$$u) || exit 1; done
 	install -D -m 0644 man/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8
 	install -D -m 0644 man/auto-usb-attach.toml.5 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5
 	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
@@ -67,6 +95,8 @@ install:
 	$(BIN) completions fish > $(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
 	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
 		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
+	install -d $(DESTDIR)$(DOCDIR)
+	install -m 0644 examples/auto-usb-attach.toml README.md CHANGELOG.md LICENSE $(DESTDIR)$(DOCDIR)/
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml ]; then \
 		echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml"; \
 	else \
@@ -83,7 +113,9 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5 \
 		$(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
 		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish \
-		$(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS))
+		$(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS)) \
+		$(addprefix $(DESTDIR)$(DOCDIR)/,auto-usb-attach.toml README.md CHANGELOG.md LICENSE)
+	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	@echo "left $(SYSCONFDIR)/auto-usb-attach.toml in place (your config)"
 	@if [ -z "$(DESTDIR)" ] && command -v udevadm >/dev/null; then udevadm control --reload; fi
 

@@ -24,6 +24,10 @@ PATH_UNIT = "auto-usb-attach-sync.path"
 UNITS = ("auto-usb-attach-sync.service", "auto-usb-attach-sync.path", "auto-usb-attach-sync.timer")
 PATHUNIT_LOG = PREFIX + "/pathunit.log"   # the path-unit stand-in's log (rig/pathunit.py)
 PATHUNIT_STATUS = PREFIX + "/pathunit.status"
+# The shipped rule and units name the default install paths; installing under PREFIX by
+# hand rewrites them as `make install` does for non-default paths.
+SUBST_DEFAULTS = ("-e 's|/usr/local/sbin/auto-usb-attach|%s/sbin/auto-usb-attach|g' "
+                  "-e 's|/etc/auto-usb-attach.toml|%s/etc/auto-usb-attach.toml|g'" % (PREFIX, PREFIX))
 QEMU_PID_DIR = "/run/e2e-qemu"            # inner QEMUs' pidfiles (not in XEN_RUN: the watcher sees that)
 
 
@@ -102,10 +106,10 @@ class Env:
         return self.rig.gcheck(cmd, timeout)
 
     # ---- install -------------------------------------------------------------------
-    def install(self, config):
-        """Install binary, rule and config in the guest like `make install` would.
-        Tries the repo's Makefile first (if it has an install target and the repo is
-        visible in the guest), else installs by hand.  Returns a one-line description."""
+    def stage(self):
+        """Put the binary and the shipped files (Makefile, rule, units, man pages, example)
+        in the shared work dir; returns their guest paths (binary, repo copy, rule) and
+        the rule's source name."""
         if not os.path.isfile(self.bin):
             raise RigError("binary %s not found (build it: cargo build --release)" % self.bin)
         # stage what the guest needs in the shared work dir (visible at /tmp/rig)
@@ -121,13 +125,19 @@ class Env:
         srepo = os.path.join(self.rig.dir, "stage", "repo")
         shutil.rmtree(srepo, ignore_errors=True)
         os.makedirs(srepo)
-        for name in ("Makefile", "udev-rules", "systemd", "man", "examples"):
+        for name in ("Makefile", "udev-rules", "systemd", "man", "examples", "README.md", "CHANGELOG.md", "LICENSE"):
             src = os.path.join(REPO, name)
             if os.path.isdir(src):
                 shutil.copytree(src, os.path.join(srepo, name))
             elif os.path.isfile(src):
                 shutil.copy2(src, srepo)
-        grepo = GUEST_RIG + "/stage/repo"
+        return gbin, GUEST_RIG + "/stage/repo", grule, rule_from
+
+    def install(self, config):
+        """Install binary, rule and config in the guest like `make install` would.
+        Tries the repo's Makefile first (if it has an install target and the repo is
+        visible in the guest), else installs by hand.  Returns a one-line description."""
+        gbin, grepo, grule, rule_from = self.stage()
         method = None
         mk = os.path.join(REPO, "Makefile")
         if os.path.isfile(mk) and re.search(r"^install\s*:", open(mk).read(), re.M) \
@@ -144,12 +154,10 @@ class Env:
         if method is None:
             self.gcheck("set -e; mkdir -p %(p)s/sbin %(p)s/etc /run/udev/rules.d; "
                         "install -m 0755 %(bin)s %(p)s/sbin/auto-usb-attach; "
-                        "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
-                        "-e 's|@XENRUNDIR@|%(x)s|g' %(rule)s > %(dst)s; "
+                        "sed %(sub)s %(rule)s > %(dst)s; "
                         "mkdir -p %(u)s; for f in %(units)s; do test -f %(repo)s/systemd/$f || continue; "
-                        "sed -e 's|@SBINDIR@|%(p)s/sbin|g' -e 's|@SYSCONFDIR@|%(p)s/etc|g' "
-                        "-e 's|@XENRUNDIR@|%(x)s|g' %(repo)s/systemd/$f > %(u)s/$f; done"
-                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, x=XEN_RUN, u=UNIT_DIR_G,
+                        "sed %(sub)s %(repo)s/systemd/$f > %(u)s/$f; done"
+                        % dict(p=PREFIX, bin=gbin, rule=grule, dst=RULE_G, u=UNIT_DIR_G, sub=SUBST_DEFAULTS,
                                units=" ".join(UNITS), repo=shlex.quote(grepo)))
             method = "by hand (rule from %s)" % rule_from
             ok, why = self._installed_ok()
@@ -335,6 +343,8 @@ class Env:
     # ---- stand-in for systemd's path unit ---------------------------------------------------------
     def start_pathunit(self, timeout=30):
         """Start rig/pathunit.py in the guest on the INSTALLED units (UNIT_DIR_G)."""
+        # On a Xen host xencommons made /run/xen at boot; the path unit no longer makes it.
+        self.gcheck("mkdir -p %s" % XEN_RUN)
         self.gcheck("rm -f %(st)s; setsid /usr/bin/python3 %(g)s/pathunit.py %(d)s %(p)s %(log)s %(st)s "
                     "</dev/null >>%(log)s 2>&1 &" % dict(st=PATHUNIT_STATUS, g=GUEST_RIG, d=UNIT_DIR_G,
                                                          p=PATH_UNIT, log=PATHUNIT_LOG))
@@ -516,3 +526,28 @@ def median_report(figures):
                 out.append("median %.3fs  min %.3fs  max %.3fs  n=%-2d [%s] %s" % (
                     statistics.median(xs), min(xs), max(xs), len(xs), grp, names[src]))
     return out
+
+
+def run_scenario(env, name, fn):
+    """Run one scenario; print its PASS/FAIL/SKIP line (and diagnostics on failure).
+    Returns "pass", "skip", "fail" or "error" (a harness bug, with its traceback)."""
+    import traceback
+    t0 = time.time()
+    try:
+        detail = fn()
+        print("PASS %s (%s) [%.1fs]" % (name, detail, time.time() - t0), flush=True)
+        return "pass"
+    except Skip as e:
+        print("SKIP %s (%s)" % (name, e), flush=True)
+        return "skip"
+    except (Fail, RigError, TimeoutError) as e:
+        print("FAIL %s: %s [%.1fs]" % (name, e, time.time() - t0), flush=True)
+        try:
+            print(env.diagnostics(), flush=True)
+        except Exception as e2:  # noqa: a diagnostic, not an assertion
+            print("    (diagnostics failed: %s)" % e2)
+        return "fail"
+    except Exception as e:  # a harness bug: say so, keep going
+        print("FAIL %s: harness error %s: %s" % (name, type(e).__name__, e), flush=True)
+        print(_indent(traceback.format_exc()))
+        return "error"

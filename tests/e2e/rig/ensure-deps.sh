@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian packages the rig needs, if missing (needs root and apt).
-# Usage: ensure-deps.sh [LOGFILE]
+# Usage: [RIG_SYSTEMD=1] ensure-deps.sh [LOGFILE]
 set -eu
 LOG=${1:-/dev/null}
 need=""
@@ -12,6 +12,8 @@ command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
 command -v cpio >/dev/null || need="$need cpio"
 command -v make >/dev/null || need="$need make"
 [ -x /usr/bin/python3 ] || need="$need python3"
+# The systemd rig (RIG_SYSTEMD=1) boots this machine's systemd as the guest's PID 1.
+if [ "${RIG_SYSTEMD:-0}" = 1 ]; then [ -x /lib/systemd/systemd ] || need="$need systemd"; fi
 if [ -n "$need" ]; then
   echo "rig: installing$need (once)" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -30,8 +30,11 @@ class RigError(Exception):
 
 
 class Rig:
-    def __init__(self, workdir=None, keep=False, log=print):
-        self.dir = workdir or tempfile.mkdtemp(prefix="aua-e2e.")
+    def __init__(self, workdir=None, keep=False, log=print, systemd=False):
+        """systemd=True boots the guest with the real systemd as PID 1 (units-systemd/):
+        udevd, journald, path units and timers are then systemd's own."""
+        self.systemd = systemd
+        self.dir = workdir or tempfile.mkdtemp(prefix="aua-systemd." if systemd else "aua-e2e.")
         self.keep = keep
         self.log = log
         self.ctl = os.path.join(self.dir, "ctl")
@@ -42,8 +45,8 @@ class Rig:
 
     # ---- lifecycle -------------------------------------------------------------
     def ensure_deps(self):
-        r = subprocess.run([os.path.join(HERE, "ensure-deps.sh"),
-                            os.path.join(self.dir, "apt.log")])
+        r = subprocess.run([os.path.join(HERE, "ensure-deps.sh"), os.path.join(self.dir, "apt.log")],
+                           env=dict(os.environ, RIG_SYSTEMD="1" if self.systemd else "0"))
         if r.returncode:
             raise RigError("could not install the rig's Debian packages; apt log tail:\n"
                            + self._tail(os.path.join(self.dir, "apt.log"), 20))
@@ -53,8 +56,12 @@ class Rig:
         os.makedirs(self.dir, exist_ok=True)
         for f in GUEST_FILES:
             shutil.copy2(os.path.join(HERE, f), self.dir)
-        self.ensure_deps()
         env = dict(os.environ, RIG=self.dir)
+        if self.systemd:
+            shutil.copytree(os.path.join(HERE, "units-systemd"), os.path.join(self.dir, "units-systemd"),
+                            dirs_exist_ok=True)
+            env["KAPPEND"] = "systemd.unit=aua-rig.target"
+        self.ensure_deps()
         r = subprocess.run([os.path.join(self.dir, "build-initramfs.sh")], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if r.returncode:
