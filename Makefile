@@ -7,6 +7,9 @@
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make demo            watch it work end to end on a stand-in VM
+#   make soak            seeded random plug/unplug/restart/kill soak on the real-kernel rig
+#                        (SEED=n STEPS=n; SOAK_ARGS=--quiet etc.)
+#   make storm           32 devices at once into one VM on the real-kernel rig
 #   make bench           event latency / lock contention figures (real QEMU)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config
 #                        (never overwrites a config; enables the units when systemd runs)
@@ -48,7 +51,7 @@ CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-install test-systemd e2e test-xen demo bench install uninstall clean
+.PHONY: all build test unit test-install test-systemd e2e test-xen demo soak storm bench install uninstall clean
 
 all: build
 
@@ -71,6 +74,14 @@ test-xen: build
 	tests/xen/run --bin $(BIN)
 
 test: unit test-install e2e test-systemd
+
+SEED ?= 1
+STEPS ?= 300
+soak: build
+	tests/soak/run --bin $(BIN) --seed $(SEED) --steps $(STEPS) $(SOAK_ARGS)
+
+storm: build
+	tests/soak/run --bin $(BIN) --storm 32 $(SOAK_ARGS)
 
 demo: build
 	tests/e2e/demo --bin $(BIN)
