@@ -32,5 +32,6 @@ pub mod sync;
 pub mod timing;
 pub mod types;
 pub mod vm;
+pub mod xen;
 pub mod xenlock;
 pub mod xenstore;

@@ -18,9 +18,6 @@
 //! holds while it writes a usbctrl's or usbdev's xenstore records together
 //! with the domain's saved JSON config).
 
-// The Xen backend (issue 9) is the user; until it lands only the tests are.
-#![allow(dead_code)]
-
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::root::Root;

@@ -138,6 +138,17 @@ pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
         match ctx.connect(&state, vm, true) {
             Ok(Some(mut r)) => match r.read_qemu() {
                 Ok(v) => {
+                    // A Xen domain: libxl's books beside QEMU's view.
+                    match r.records() {
+                        Some(Ok(books)) => {
+                            println!("VM {}: libxl records {}", vm.name, crate::xen::describe(&books));
+                            for d in crate::xen::disagreements(&v, &books) {
+                                problems.push(format!("VM {}: libxl and QEMU disagree: {d}", vm.name));
+                            }
+                        }
+                        Some(Err(e)) => problems.push(e.to_string()),
+                        None => {}
+                    }
                     let ctrls: Vec<String> = v.controllers.iter().map(|c| format!("{} ({})", c.id, c.driver)).collect();
                     let devs: Vec<String> =
                         v.devices.iter().map(|d| format!("{} on {} port {}", d.id, d.controller, d.port)).collect();
