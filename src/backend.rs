@@ -111,6 +111,7 @@ pub struct Xen {
     pub uuid: String,
     pub xs: crate::xenstore::Client,
     pub root: crate::root::Root,
+    pub lib_dir: std::path::PathBuf,
     pub deadline: crate::deadline::Deadline,
     /// libxl's qmp-socket-lock, held for as long as the session's socket is
     /// open: `Session` declares its QMP client before its backend, so the
@@ -121,12 +122,18 @@ pub struct Xen {
 }
 
 impl Xen {
-    pub fn new(link: crate::vm::XenLink, root: crate::root::Root, deadline: crate::deadline::Deadline) -> Xen {
+    pub fn new(
+        link: crate::vm::XenLink,
+        root: crate::root::Root,
+        lib_dir: std::path::PathBuf,
+        deadline: crate::deadline::Deadline,
+    ) -> Xen {
         Xen {
             domid: link.domain.domid,
             uuid: link.domain.uuid,
             xs: link.xs,
             root,
+            lib_dir,
             deadline,
             qmp_lock: Some(link.qmp_lock),
             undo: None,
@@ -134,7 +141,13 @@ impl Xen {
     }
 
     fn userdata_lock(&self) -> Result<crate::xenlock::XenLock> {
-        let p = crate::xenlock::path(&self.root, self.domid, &self.uuid, crate::xenlock::Kind::DomainUserdata)?;
+        let p = crate::xenlock::path(
+            &self.root,
+            &self.lib_dir,
+            self.domid,
+            &self.uuid,
+            crate::xenlock::Kind::DomainUserdata,
+        )?;
         crate::xenlock::XenLock::acquire(&p, &self.deadline)
     }
 

@@ -80,7 +80,7 @@ impl Ctx {
     pub fn session(&self, vm: &VmConfig, r: Running) -> Session {
         let Running { client, socket, instance, domid, xen } = r;
         let backend: Box<dyn Backend> = match xen {
-            Some(link) => Box::new(Xen::new(link, self.root.clone(), self.deadline)),
+            Some(link) => Box::new(Xen::new(link, self.root.clone(), self.config.xen_lib_dir.clone(), self.deadline)),
             None => Box::new(PlainQemu),
         };
         let mut s = Session::new(&vm.name, client, socket, instance, domid).with_backend(backend);

@@ -124,7 +124,7 @@ fn locate_xen(
             None => Located::NotRunning(format!("domain {domid} has no QEMU device model (PV?)")),
         });
     }
-    let lock_path = xenlock::path(root, domid, &domain.uuid, xenlock::Kind::Qmp)?;
+    let lock_path = xenlock::path(root, &config.xen_lib_dir, domid, &domain.uuid, xenlock::Kind::Qmp)?;
     let qmp_lock =
         xenlock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::new(format!("VM {}: {e}", vm.name)))?;
     let mut r = match open(&path, shown, Some(domid), deadline, Duration::MAX) {
