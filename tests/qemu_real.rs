@@ -617,3 +617,30 @@ fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
         assert_eq!(a, b, "reply to {cmd}");
     }
 }
+
+#[test]
+fn xen_xl_attached_device_is_left_alone_then_cleaned_out_of_both_on_unplug() {
+    // `xl usbdev-attach` put 3:7 (sysfs 3-1.2) on libxl's controller: QEMU has it, libxl
+    // records it. The tool has no record of it (state empty).
+    let r = rig("q-xen-xl", &config_xen("win10", "hubs = [\"3-1\"]"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    xs.usbctrl(9, 0, 3, 15);
+    xs.set("/libxl/9/device/vusb/0/port/1", "3-1.2");
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    q9.holding(&[(1, 3, 7, "1.2")]);
+    // sync (routed, present) leaves xl's device where it is, and lists it as xl's.
+    r.sync();
+    let mut c = q9.qmp();
+    assert!(c.has_peripheral("xenusb-3-7", "usb-host"), "xl's device was touched");
+    drop(c);
+    let vm = state_vm(&r.root, "win10").expect("state");
+    assert_eq!(vm["devices"][0]["origin"], json!("xl"), "{vm}");
+    // Unplugged: gone from QEMU and libxl's entry emptied, together.
+    std::fs::remove_file(r.root.state_path()).unwrap(); // also without our record of it
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    let mut c = q9.qmp();
+    assert!(!c.has_peripheral("xenusb-3-7", "usb-host"), "still in QEMU");
+    assert_eq!(xs.get("/libxl/9/device/vusb/0/port/1").as_deref(), Some(""), "{}", xs.dump("/libxl/9"));
+}
