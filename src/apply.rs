@@ -135,7 +135,13 @@ fn try_once(
             *hostdevice = None;
             Ok(Tried::Again)
         }
-        Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
+        // StaleView: QEMU says our view is old. Backend: libxl's books say
+        // the port was taken meanwhile (`xl usbdev-attach` records its port
+        // before it waits for the QMP lock we hold). Either way: re-read both.
+        Err(e)
+            if !*retried
+                && (e.refusal() == Some(Refusal::StaleView) || matches!(e, crate::session::OpError::Backend(_))) =>
+        {
             *retried = true;
             log::info!("VM {}: {e}; re-reading QEMU's devices", vm.name);
             reread(s)?;

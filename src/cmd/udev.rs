@@ -62,9 +62,11 @@ fn xl_unplugged(ctx: &Ctx, state: &mut State, at: BusAddr, busid: &str) -> Resul
         let cached = state.vms.get(&vm.name).and_then(|v| v.domid);
         let Some(dom) = crate::xen::find_domain(&mut xs, &vm.name, cached).map_err(xs_err)? else { continue };
         let books = crate::xen::read_vusb(&mut xs, crate::xenstore::Tx::NONE, dom.domid).map_err(xs_err)?;
-        let Some((devid, port)) = books.iter().filter(|c| c.is_devicemodel()).find_map(|c| {
-            c.ports.iter().position(|b| b == busid).map(|i| (c.devid, i as u8 + 1))
-        }) else {
+        let Some((devid, port)) = books
+            .iter()
+            .filter(|c| c.is_devicemodel())
+            .find_map(|c| c.ports.iter().position(|b| b == busid).map(|i| (c.devid, i as u8 + 1)))
+        else {
             continue;
         };
         log::info!("{busid} ({at}) was unplugged; libxl records it on xenusb-{devid} port {port} of VM {}", vm.name);
