@@ -227,11 +227,12 @@ impl<S: BufRead + Write> Session<S> {
 
     /// Send one change with the backend's hooks around it.
     fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
-        self.backend.before(&op).map_err(OpError::Backend)?;
         if self.dry_run {
-            println!("would {op} in VM {}", self.vm);
-            return self.backend.after(&op, Ok(())).map_err(OpError::Backend);
+            // Nothing is written anywhere: not to QEMU, not to the backend's records.
+            println!("would {op} in VM {} (and keep {}'s records of it)", self.vm, self.backend.name());
+            return Ok(());
         }
+        self.backend.before(&op).map_err(OpError::Backend)?;
         let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
         let res = self.client.execute(command, Some(args)).map(drop);
         let after = self.backend.after(&op, res.as_ref().map(|_| ()));
@@ -334,11 +335,12 @@ mod tests {
 
     #[test]
     fn a_veto_sends_nothing_and_dry_run_sends_nothing() {
-        let (mut s, _) = session("", Some("xenusb-1-2"));
+        let (mut s, log) = session("", Some("xenusb-1-2"));
         let e = s.add_device(rec(1, 2), None).unwrap_err();
         assert!(matches!(e, OpError::Backend(_)), "{e}");
         s.dry_run = true;
         s.add_device(rec(1, 4), None).unwrap();
+        assert_eq!(log.lock().unwrap().len(), 1, "dry run ran the backend's hooks: {:?}", log.lock().unwrap());
         assert_eq!(s.view().devices.len(), 1);
         let sent = String::from_utf8(s.client.into_inner().1).unwrap();
         assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");

@@ -644,3 +644,32 @@ fn xen_xl_attached_device_is_left_alone_then_cleaned_out_of_both_on_unplug() {
     assert!(!c.has_peripheral("xenusb-3-7", "usb-host"), "still in QEMU");
     assert_eq!(xs.get("/libxl/9/device/vusb/0/port/1").as_deref(), Some(""), "{}", xs.dump("/libxl/9"));
 }
+
+#[test]
+fn xen_device_of_ours_removed_with_xl_usbdev_detach_is_held_out_until_unplugged() {
+    let r = rig("q-xen-xldetach", &config_xen("win10", "hubs = [\"3-1\"]"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    xs.usbctrl(9, 0, 3, 15);
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    q9.holding(&[]);
+    let _ = r.root.run(&["sync"]); // learns this QEMU (its usb-host attempt fails here: no USB)
+                                   // Our record of 3:7 on xenusb-0 port 1, as after a successful attach; then `xl
+                                   // usbdev-detach hvm 0 1` emptied libxl's entry and device_del'ed it from QEMU.
+    let mut st = r.root.state().expect("state");
+    st["vms"]["win10"]["devices"] = json!([{"id": "xenusb-3-7", "bus": 3, "addr": 7, "controller": "xenusb-0",
+        "port": 1, "port-path": "3-1.2", "usb-id": "046d:c52b", "origin": "rule"}]);
+    std::fs::write(r.root.state_path(), serde_json::to_string_pretty(&st).unwrap()).unwrap();
+    let run = r.root.run(&["sync"]);
+    run.ok();
+    assert!(run.stderr.contains("detached outside this tool"), "{}", run.stderr);
+    let st = r.root.state().unwrap();
+    assert_eq!(st["held-out"], json!([{"bus": 3, "addr": 7, "vm": "win10"}]), "{st}");
+    let mut c = q9.qmp();
+    assert!(!c.has_peripheral("xenusb-3-7", "usb-host"), "sync put it back");
+    drop(c);
+    // Unplugged: the hold ends.
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(r.root.state().unwrap().get("held-out").is_none(), "{:?}", r.root.state_text());
+}
