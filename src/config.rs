@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/auto-usb-attach.toml";
+/// libxl's XEN_LIB_DIR on Debian and upstream: its lock files live there.
+pub const DEFAULT_XEN_LIB_DIR: &str = "/var/lib/xen";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -216,7 +218,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     Ok(Config {
         state_dir: raw.state_dir.unwrap_or_else(|| "/run/auto-usb-attach".into()),
         xen_run_dir: raw.xen_run_dir.unwrap_or_else(|| "/run/xen".into()),
-        xen_lib_dir: raw.xen_lib_dir.unwrap_or_else(|| crate::xenlock::XEN_LIB_DIR.into()),
+        xen_lib_dir: raw.xen_lib_dir.unwrap_or_else(|| DEFAULT_XEN_LIB_DIR.into()),
         timeout: Duration::from_secs_f64(timeout),
         log_file: raw.log_file,
         vms,

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// libxl's XEN_LIB_DIR on Debian and upstream's default.
-pub const XEN_LIB_DIR: &str = "/var/lib/xen";
+pub const XEN_LIB_DIR: &str = crate::config::DEFAULT_XEN_LIB_DIR;
 
 /// Which of libxl's locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
