@@ -99,13 +99,15 @@ impl Backend for PlainQemu {
 /// - removal: the entry emptied (no lock, as libxl), then `device_del`;
 ///   restored if QEMU refuses.
 ///
-/// Lock order (the same as libxl's, so no cycle with `xl`): the caller
-/// already holds our state lock and libxl's qmp-socket-lock for this domain
-/// (`qmp_lock`, taken before connecting); the domain-userdata-lock is taken
-/// last and only around one xenstore transaction. libxl takes the
-/// userdata lock only around its own xenstore/JSON work and never waits for
-/// the QMP lock while holding it; nothing of libxl's waits on our state
-/// lock. Every wait is bounded by the invocation's deadline anyway.
+/// Lock order: the caller already holds our state lock and libxl's
+/// qmp-socket-lock for this domain (`qmp_lock`, taken before connecting);
+/// the domain-userdata-lock is taken last and only around one xenstore
+/// transaction. No cycle with `xl`: libxl takes the userdata lock with a
+/// blocking flock inside a synchronous section (libxl_usb.c's
+/// `*_add_xenstore`) and releases it before it asks for the QMP lock, which
+/// it takes asynchronously (`libxl__ev_slowlock`), so it never waits for the
+/// QMP lock while holding the userdata lock; and nothing of libxl's waits on
+/// our state lock. Every wait is bounded by the invocation's deadline anyway.
 pub struct Xen {
     pub domid: u32,
     pub uuid: String,
