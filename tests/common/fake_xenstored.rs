@@ -5,7 +5,8 @@
 //! tests/fixtures/xenstored-4.17-transcript.txt: every reply echoes the
 //! request's type, req_id and tx_id; WRITE/MKDIR/RM/SET_PERMS/TRANSACTION_END
 //! answer "OK\0"; READ answers the bare value; DIRECTORY the NUL-terminated
-//! child names; TRANSACTION_START the id as "N\0"; errors are type 16 with
+//! child names (in name order; the real one keeps creation order, which the
+//! tool does not rely on); TRANSACTION_START the id as "N\0"; errors are type 16 with
 //! the errno name ("ENOENT\0"); missing parents are created by WRITE/MKDIR;
 //! RM of a missing node whose parent exists is OK. Transactions are not
 //! isolated (one client at a time here); a test can make the next commit

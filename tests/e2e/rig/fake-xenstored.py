@@ -10,7 +10,8 @@ It answers in the exact wire format of the real xenstored 4.17 recorded in
 tests/fixtures/xenstored-4.17-transcript.txt: 16-byte header (type, req_id, tx_id, len,
 little-endian u32) echoing the request's type, req_id and tx_id; WRITE, MKDIR, RM,
 SET_PERMS and TRANSACTION_END answer "OK\\0"; READ the bare value; DIRECTORY the
-NUL-terminated child names; TRANSACTION_START the id as "N\\0"; errors are type 16 with
+NUL-terminated child names (in name order; the real one keeps creation order, which the tool
+does not rely on); TRANSACTION_START the id as "N\\0"; errors are type 16 with
 the errno name ("ENOENT\\0"); WRITE/MKDIR create missing parents; RM of a missing node whose
 parent exists is OK; a payload over 4096 bytes closes the connection.  Transactions are
 applied at once (no isolation, no EAGAIN): the rig never has two writers at one instant
