@@ -89,6 +89,7 @@ demo: build
 # Figures, not pass/fail: udev event latency and lock contention on real QEMU.
 bench:
 	$(CARGO) bench --locked --bench events
+	$(CARGO) bench --locked --bench xen_cost
 
 # Does not build: run `make` first (as your user), then `sudo make install`.
 install:

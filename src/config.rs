@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/auto-usb-attach.toml";
+/// libxl's XEN_LIB_DIR on Debian and upstream: its lock files live there.
+pub const DEFAULT_XEN_LIB_DIR: &str = "/var/lib/xen";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub xen_run_dir: PathBuf,
+    /// libxl's XEN_LIB_DIR, where its lock files live (`userdata-l.<domid>.<uuid>.<lock>`).
+    pub xen_lib_dir: PathBuf,
     pub timeout: Duration,
     pub log_file: Option<PathBuf>,
     pub vms: Vec<VmConfig>,
@@ -134,6 +138,7 @@ impl DeviceRule {
 struct RawConfig {
     state_dir: Option<PathBuf>,
     xen_run_dir: Option<PathBuf>,
+    xen_lib_dir: Option<PathBuf>,
     timeout: Option<Number>,
     log_file: Option<PathBuf>,
     #[serde(default)]
@@ -188,7 +193,12 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     if !(timeout > 0.0 && timeout <= 120.0) {
         return Err(err("timeout", format!("must be more than 0 and at most 120 seconds (got {timeout})")));
     }
-    for (key, p) in [("state-dir", &raw.state_dir), ("xen-run-dir", &raw.xen_run_dir), ("log-file", &raw.log_file)] {
+    for (key, p) in [
+        ("state-dir", &raw.state_dir),
+        ("xen-run-dir", &raw.xen_run_dir),
+        ("xen-lib-dir", &raw.xen_lib_dir),
+        ("log-file", &raw.log_file),
+    ] {
         if let Some(p) = p {
             if !p.is_absolute() {
                 return Err(err(key, format!("must be an absolute path (got {:?})", p)));
@@ -208,6 +218,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     Ok(Config {
         state_dir: raw.state_dir.unwrap_or_else(|| "/run/auto-usb-attach".into()),
         xen_run_dir: raw.xen_run_dir.unwrap_or_else(|| "/run/xen".into()),
+        xen_lib_dir: raw.xen_lib_dir.unwrap_or_else(|| DEFAULT_XEN_LIB_DIR.into()),
         timeout: Duration::from_secs_f64(timeout),
         log_file: raw.log_file,
         vms,

@@ -10,7 +10,7 @@
 use crate::backend::{Backend, Op};
 use crate::error::Error;
 use crate::qmp::{Conn, Qmp, QmpError, QmpResult, Refusal};
-use crate::state::{Attached, Controller, VmState};
+use crate::state::{Attached, Controller, Origin, VmState};
 use crate::types::BusAddr;
 use crate::vm;
 use serde_json::{json, Value};
@@ -59,15 +59,35 @@ pub struct Session<S = Conn> {
     pub instance: String,
     pub domid: Option<u32>,
     view: VmState,
+    /// Declared after `client`, so dropped after it: a Xen backend holds
+    /// libxl's QMP lock, which must outlive the socket.
     backend: Box<dyn Backend>,
     pub dry_run: bool,
+    /// What the backend records that QEMU does not hold yet (Xen: libxl is
+    /// adding these controllers right now): the VM is not ready for us.
+    pub pending: Vec<String>,
+    /// Devices of ours (rule/manual) the previous view of this same QEMU
+    /// had, that QEMU no longer holds and the backend says were removed by
+    /// hand (Xen: `xl usbdev-detach` emptied libxl's entry).
+    pub removed_by_hand: Vec<Attached>,
 }
 
 impl<S: BufRead + Write> Session<S> {
     pub fn new(vm: &str, client: Qmp<S>, socket: PathBuf, instance: String, domid: Option<u32>) -> Self {
         let backend: Box<dyn Backend> = Box::new(crate::backend::PlainQemu);
         let view = VmState::default();
-        Session { vm: vm.into(), client, socket, instance, domid, view, backend, dry_run: false }
+        Session {
+            vm: vm.into(),
+            client,
+            socket,
+            instance,
+            domid,
+            view,
+            backend,
+            dry_run: false,
+            pending: Vec::new(),
+            removed_by_hand: Vec::new(),
+        }
     }
 
     pub fn with_backend(mut self, backend: Box<dyn Backend>) -> Self {
@@ -103,7 +123,13 @@ impl<S: BufRead + Write> Session<S> {
         match self.known(cached) {
             Some(c) => {
                 self.view = c.clone();
-                Ok(())
+                self.pending = self.amend()?;
+                if self.pending.is_empty() {
+                    return Ok(());
+                }
+                // The backend records controllers our cached view lacks: ask QEMU.
+                let old = self.view.clone();
+                self.reread(&old)
             }
             None => self.reread(&VmState::default()),
         }
@@ -123,7 +149,30 @@ impl<S: BufRead + Write> Session<S> {
         v.instance = self.instance.clone();
         v.domid = self.domid;
         self.view = v;
+        self.pending = self.amend()?;
+        self.removed_by_hand.clear();
+        let gone: Vec<Attached> = old
+            .devices
+            .iter()
+            .filter(|d| matches!(d.origin, Origin::Rule | Origin::Manual))
+            .filter(|d| !self.view.devices.iter().any(|n| n.id == d.id))
+            .cloned()
+            .collect();
+        for d in gone {
+            if self.backend.removed_by_hand(&d).map_err(|e| QmpError::Io(e.to_string()))? {
+                self.removed_by_hand.push(d);
+            }
+        }
         Ok(())
+    }
+
+    fn amend(&mut self) -> QmpResult<Vec<String>> {
+        self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))
+    }
+
+    /// The backend's own records (Xen: libxl's), for `check`.
+    pub fn records(&mut self) -> Option<crate::error::Result<Vec<crate::xen::VusbCtrl>>> {
+        self.backend.records()
     }
 
     /// What QEMU holds right now, without touching the view.
@@ -166,7 +215,8 @@ impl<S: BufRead + Write> Session<S> {
     /// `device_del`; Ok(false) when QEMU did not have it (gone counts as done).
     pub fn del_device(&mut self, at: BusAddr) -> Result<bool, OpError> {
         let id = at.device_id();
-        let found = match self.change(Op::DelDevice { id: id.clone(), at }, json!({ "id": id })) {
+        let place = self.view.devices.iter().find(|d| d.id == id).map(|d| (d.controller.clone(), d.port));
+        let found = match self.change(Op::DelDevice { id: id.clone(), at, place }, json!({ "id": id })) {
             Ok(()) => true,
             Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => false,
             Err(e) => return Err(e),
@@ -206,7 +256,6 @@ impl<S: BufRead + Write> Session<S> {
 mod tests {
     use super::*;
     use crate::error::Result;
-    use crate::state::Origin;
     use std::io::{Cursor, Read};
     use std::sync::{Arc, Mutex};
 
@@ -307,6 +356,7 @@ mod tests {
         s.dry_run = true;
         log.lock().unwrap().clear();
         s.add_device(rec(1, 4), None).unwrap();
+        assert_eq!(log.lock().unwrap().len(), 1, "dry run ran the backend's hooks: {:?}", log.lock().unwrap());
         assert_eq!(s.view().devices.len(), 1);
         // A dry run asks the backend what it would write; its hooks (which write) never run.
         assert_eq!(*log.lock().unwrap(), ["describe device_add xenusb-1-4 (usb-host 1:4) on xenusb-0 port 1"]);

@@ -186,6 +186,21 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
         match ctx.connect(&state, vm, true) {
             Ok(Some(mut r)) => match r.read_qemu() {
                 Ok(v) => {
+                    // A Xen domain: libxl's books beside QEMU's view.
+                    match r.records() {
+                        Some(Ok(books)) => {
+                            report.push(
+                                Kind::Ok,
+                                subject.clone(),
+                                format!("libxl records {}", crate::xen::describe(&books)),
+                            );
+                            for d in crate::xen::disagreements(&v, &books) {
+                                report.push(Kind::Problem, subject.clone(), format!("libxl and QEMU disagree: {d}"));
+                            }
+                        }
+                        Some(Err(e)) => report.push(Kind::Problem, subject.clone(), e.to_string()),
+                        None => {}
+                    }
                     let ctrls: Vec<String> = v.controllers.iter().map(|c| format!("{} ({})", c.id, c.driver)).collect();
                     let devs: Vec<String> =
                         v.devices.iter().map(|d| format!("{} on {} port {}", d.id, d.controller, d.port)).collect();

@@ -82,6 +82,9 @@ fn name_cell(d: &HostDevice) -> String {
 
 fn text_row(state: &State, (d, at, route): &Row<'_>) -> String {
     let attached = match at {
+        Some((vm, a)) if a.origin == crate::state::Origin::Xl => {
+            format!("{vm} {} port {} ({}, by xl)", a.controller, a.port, a.id)
+        }
         Some((vm, a)) => format!("{vm} {} port {} ({})", a.controller, a.port, a.id),
         None if d.is_some_and(|d| state.is_held_out(d.bus, d.addr)) => "- (detached by hand)".into(),
         None => match route {

@@ -7,10 +7,9 @@ use crate::ctx::{qmp_err, Ctx};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::session::Session;
-use crate::state::{Origin, State, VmState};
+use crate::state::{HeldOut, Origin, State, VmState};
 use crate::step::Step;
 use crate::vm::{self, Located};
-use std::path::PathBuf;
 
 pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     if let Some(n) = only {
@@ -24,7 +23,7 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
         let host = host::scan(&ctx.root)?;
         // "Keep it out until unplugged": unplugged now, so the intent ends.
         state.held_out.retain(|h| host.iter().any(|d| (d.bus, d.addr) == (h.bus, h.addr)));
-        let mut sessions = connect_all(ctx, state, &targets)?;
+        let mut sessions = connect_all(ctx, state, &targets, &host)?;
         let elsewhere: Vec<(u16, u16)> = state
             .vms
             .iter()
@@ -54,14 +53,17 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
 /// A session per running target VM, its view read from QEMU (sync always
 /// reads QEMU; state only lends who asked for what). A VM that is not
 /// running loses its records: its QEMU, and all we had added, are gone.
-fn connect_all(ctx: &Ctx, state: &mut State, targets: &[usize]) -> Result<Vec<(usize, Session)>> {
+fn connect_all(
+    ctx: &Ctx,
+    state: &mut State,
+    targets: &[usize],
+    host: &[host::HostDevice],
+) -> Result<Vec<(usize, Session)>> {
     let mut sessions: Vec<(usize, Session)> = Vec::new();
     for &i in targets {
         let vm = &ctx.config.vms[i];
-        // Sessions this sync already holds would look busy to a Xen name scan.
-        let held: Vec<PathBuf> = sessions.iter().map(|(_, s)| s.socket.clone()).collect();
         let domid = state.vms.get(&vm.name).and_then(|v| v.domid);
-        let Some(mut s) = ctx.connect_hinted(vm, domid, &held, true)? else {
+        let Some(mut s) = ctx.connect_hinted(vm, domid, true)? else {
             if let Some(v) = state.vms.get_mut(&vm.name) {
                 v.controllers.clear();
                 v.devices.clear();
@@ -75,6 +77,27 @@ fn connect_all(ctx: &Ctx, state: &mut State, targets: &[usize]) -> Result<Vec<(u
         }
         let old = s.known(state.vms.get(&vm.name)).cloned().unwrap_or_default();
         s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+        if !s.pending.is_empty() {
+            log::info!(
+                "VM {}: libxl is still adding {}; leaving it for the next trigger",
+                vm.name,
+                s.pending.join(", ")
+            );
+            continue;
+        }
+        // Ours, removed with `xl usbdev-detach`: detached by hand, kept out
+        // until it is unplugged (as `detach` does).
+        for d in std::mem::take(&mut s.removed_by_hand) {
+            if host.iter().any(|h| (h.bus, h.addr) == (d.bus, d.addr)) && !state.is_held_out(d.bus, d.addr) {
+                log::info!(
+                    "VM {}: {} ({}) was detached outside this tool (xl usbdev-detach?); keeping it out until it is unplugged",
+                    vm.name,
+                    d.id,
+                    d.at()
+                );
+                state.held_out.push(HeldOut { bus: d.bus, addr: d.addr, vm: vm.name.clone() });
+            }
+        }
         sessions.push((i, s));
     }
     Ok(sessions)
@@ -118,23 +141,31 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<()> {
         let vm = &ctx.config.vms[i];
         loop {
             let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
-            match vm::locate(&ctx.root, &ctx.config, vm, cached, &[], &ctx.deadline)? {
+            let why = match vm::locate(&ctx.root, &ctx.config, vm, cached, &ctx.deadline)? {
+                Located::Running(r) if r.xen.is_none() => break,
                 Located::Running(r) => {
-                    // Drop the connection first: libxl needs the socket meanwhile.
-                    let socket = r.socket.clone();
-                    ctx.settle_xen(vm, &socket, || drop(r));
-                    break;
-                }
-                Located::NotRunning(_) => break,
-                Located::NotReady(why) => {
-                    if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
-                        log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
+                    // Ready when QEMU holds every controller libxl records
+                    // (libxl writes them before its device_add). Dropping the
+                    // session lets go of the socket and libxl's lock.
+                    let mut s = ctx.session(vm, *r);
+                    if !s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e))? {
+                        break; // a probe QEMU: connect_all says so and leaves it
+                    }
+                    s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+                    if s.pending.is_empty() {
                         break;
                     }
-                    log::debug!("VM {} not ready ({why}); retrying", vm.name);
-                    std::thread::sleep(crate::timing::sync_retry());
+                    format!("libxl is still adding {}", s.pending.join(", "))
                 }
+                Located::NotRunning(_) => break,
+                Located::NotReady(why) => why,
+            };
+            if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
+                log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
+                break;
             }
+            log::debug!("VM {} not ready ({why}); retrying", vm.name);
+            std::thread::sleep(crate::timing::sync_retry());
         }
     }
     Ok(())
