@@ -1,6 +1,8 @@
 # auto-usb-attach -- build, test, install.
 #   make                 build the release binary
-#   make test            unit + integration tests (real QEMU), then the real-stack e2e suite
+#   make test            everything CI runs: unit + integration tests (real QEMU), staged installs,
+#                        the real-stack e2e suite, the real-systemd tier, the real-Xen tier and a
+#                        short soak (SOAK_CI_STEPS steps)
 #   make unit            cargo tests only
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
@@ -11,7 +13,7 @@
 #                        (SEED=n STEPS=n; SOAK_ARGS=--quiet etc.)
 #   make storm           32 devices at once into one VM on the real-kernel rig
 #   make bench           event latency / lock contention figures (real QEMU)
-#   sudo make install    binary, udev rule, systemd sync units, man pages, example config
+#   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config
 #                        (never overwrites a config; enables the units when systemd runs)
 #   sudo make uninstall  removes what install put there, except the config
 #
@@ -28,6 +30,9 @@ SYSCONFDIR ?= /etc
 UDEVDIR ?= $(shell pkg-config --variable=udevdir udev 2>/dev/null || echo /lib/udev)
 SYSTEMDUNITDIR ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
 XENRUNDIR ?= /run/xen
+BASHCOMPDIR ?= $(shell pkg-config --variable=completionsdir bash-completion 2>/dev/null || echo $(PREFIX)/share/bash-completion/completions)
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 DOCDIR ?= $(PREFIX)/share/doc/auto-usb-attach
 # The paths written in the shipped rule and units.
 DEF_SBINDIR = /usr/local/sbin
@@ -48,7 +53,7 @@ CARGO ?= cargo
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-install test-systemd e2e test-xen demo soak storm bench install uninstall clean
+.PHONY: all build test unit test-install test-systemd e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -70,7 +75,12 @@ test-systemd: build
 test-xen: build
 	tests/xen/run --bin $(BIN)
 
-test: unit test-install e2e test-systemd
+test: unit test-install e2e test-systemd test-xen soak-ci
+
+# CI's soak: a fixed seed, so a failure names a reproducible step (`make soak SEED=7 STEPS=...`).
+SOAK_CI_STEPS ?= 200
+soak-ci: build
+	tests/soak/run --bin $(BIN) --seed 7 --steps $(SOAK_CI_STEPS) --quiet
 
 SEED ?= 1
 STEPS ?= 300
@@ -86,6 +96,7 @@ demo: build
 # Figures, not pass/fail: udev event latency and lock contention on real QEMU.
 bench:
 	$(CARGO) bench --locked --bench events
+	$(CARGO) bench --locked --bench xen_cost
 
 # Does not build: run `make` first (as your user), then `sudo make install`.
 install:
@@ -97,6 +108,12 @@ install:
 	for u in $(UNITS); do $(call install-text,systemd/$$u,$(DESTDIR)$(SYSTEMDUNITDIR)/$$u) || exit 1; done
 	install -D -m 0644 man/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8
 	install -D -m 0644 man/auto-usb-attach.toml.5 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5
+	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	$(BIN) completions bash > $(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach
+	$(BIN) completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach
+	$(BIN) completions fish > $(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
+		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
 	install -d $(DESTDIR)$(DOCDIR)
 	install -m 0644 examples/auto-usb-attach.toml README.md CHANGELOG.md LICENSE $(DESTDIR)$(DOCDIR)/
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml ]; then \
@@ -113,6 +130,8 @@ uninstall:
 		systemctl disable --now auto-usb-attach-sync.path auto-usb-attach-sync.timer || true; fi
 	rm -f $(DESTDIR)$(SBINDIR)/auto-usb-attach $(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules \
 		$(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5 \
+		$(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
+		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish \
 		$(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS)) \
 		$(addprefix $(DESTDIR)$(DOCDIR)/,auto-usb-attach.toml README.md CHANGELOG.md LICENSE)
 	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true

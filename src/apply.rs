@@ -34,21 +34,18 @@ pub fn attach(
 ) -> Result<()> {
     let Some(mut s) = ctx.connect(state, vm, quiet)? else { return Ok(()) };
     s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-    let needs_controller = plan::place(vm, s.view(), dev.speed_class()).is_ok_and(|p| p.new_controller.is_some());
-    if needs_controller && !s.view().devices.iter().any(|d| d.at() == dev.at()) {
-        // Let go of the socket while libxl may still be adding its own controllers.
-        let (socket, domid) = (s.socket.clone(), s.domid);
-        let mut conn = Some(s);
-        if ctx.settle_xen(vm, &socket, || drop(conn.take())) {
-            let old = state.vms.get(&vm.name).cloned();
-            // Straight back to the domain just found, not a rescan of every socket.
-            let Some(again) = ctx.connect_hinted(vm, domid, &[], quiet)? else { return Ok(()) };
-            s = again;
-            let old = s.known(old.as_ref()).cloned().unwrap_or_default();
-            s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-        } else {
-            s = conn.take().expect("kept when not settling");
+    if !s.pending.is_empty() {
+        // libxl has written these controllers' records and not yet added
+        // them to QEMU: it is building the domain (or running `xl
+        // usbctrl-attach`). Creating or using controllers now could take an
+        // id libxl is about to use; the path unit's sync comes after.
+        let why = format!("libxl is still adding {} (domain starting?)", s.pending.join(", "));
+        drop(s);
+        if quiet {
+            log::info!("VM {} is not ready ({why}); leaving {} to sync", vm.name, dev.at());
+            return Ok(());
         }
+        return Err(Error::new(format!("VM {} is not ready: {why}", vm.name)));
     }
     let result = attach_on(&mut s, vm, dev, origin, hostdevice, &ctx.deadline);
     // Saved even on failure: a controller created before a failed device_add is real.
@@ -122,6 +119,8 @@ fn try_once(
     let reread = |s: &mut Session| s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
         match s.add_controller(c) {
+            // A dry run printed what it would send; the log only records real changes.
+            Ok(()) if s.dry_run => {}
             Ok(()) => log::info!("VM {}: created USB controller {} ({})", vm.name, c.id, c.driver),
             Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
                 *retried = true;
@@ -144,7 +143,9 @@ fn try_once(
     };
     match s.add_device(rec, *hostdevice) {
         Ok(()) => {
-            log_attached(vm, dev, p, deadline);
+            if !s.dry_run {
+                log_attached(vm, dev, p, deadline);
+            }
             Ok(Tried::Done)
         }
         // QEMU before 5.1 has no hostdevice property: fall back to hostbus/hostaddr.
@@ -153,7 +154,13 @@ fn try_once(
             *hostdevice = None;
             Ok(Tried::Again)
         }
-        Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
+        // StaleView: QEMU says our view is old. Backend: libxl's books say
+        // the port was taken meanwhile (`xl usbdev-attach` records its port
+        // before it waits for the QMP lock we hold). Either way: re-read both.
+        Err(e)
+            if !*retried
+                && (e.refusal() == Some(Refusal::StaleView) || matches!(e, crate::session::OpError::Backend(_))) =>
+        {
             *retried = true;
             log::info!("VM {}: {e}; re-reading QEMU's devices", vm.name);
             reread(s)?;
@@ -212,6 +219,7 @@ pub fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Re
     let id = at.device_id();
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {
+        true if s.dry_run => {}
         true => log::info!("detached {id} ({at}) from VM {}", vm.name),
         false if !quiet => log::info!("{id} was not in VM {}", vm.name),
         false => {}

@@ -12,7 +12,7 @@
 
 use crate::error::Result;
 use crate::qmp::QmpError;
-use crate::state::{Attached, Controller};
+use crate::state::{Attached, Controller, VmState};
 use crate::types::BusAddr;
 use std::fmt;
 
@@ -26,9 +26,11 @@ pub enum Op {
         dev: Attached,
         hostdevice: Option<String>,
     },
+    /// `place`: the controller and port the view has it on, if known.
     DelDevice {
         id: String,
         at: BusAddr,
+        place: Option<(String, u8)>,
     },
 }
 
@@ -39,7 +41,7 @@ impl fmt::Display for Op {
             Op::AddDevice { dev, .. } => {
                 write!(f, "device_add {} (usb-host {}) on {} port {}", dev.id, dev.at(), dev.controller, dev.port)
             }
-            Op::DelDevice { id, at } => write!(f, "device_del {id} ({at})"),
+            Op::DelDevice { id, at, .. } => write!(f, "device_del {id} ({at})"),
         }
     }
 }
@@ -57,6 +59,28 @@ pub trait Backend {
     fn after(&mut self, _op: &Op, _outcome: std::result::Result<(), &QmpError>) -> Result<()> {
         Ok(())
     }
+    /// For `--dry-run`: what `before` and `after` would write for `op`
+    /// (e.g. xenstore paths and values), one line each, writing nothing.
+    /// The session prints these around the QMP command it would send.
+    fn describe(&self, _op: &Op) -> Vec<String> {
+        Vec::new()
+    }
+    /// Fold the backend's own records into a view just read from QEMU (Xen:
+    /// ports libxl records as used are taken; xl's devices are marked).
+    /// Returns what the backend records that QEMU does not hold yet (Xen:
+    /// controllers libxl is adding right now): the VM is not ready.
+    fn amend(&mut self, _view: &mut VmState) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+    /// `d`, ours, is gone from the same QEMU: did someone remove it by hand
+    /// (Xen: `xl usbdev-detach` leaves libxl's entry empty)?
+    fn removed_by_hand(&mut self, _d: &Attached) -> Result<bool> {
+        Ok(false)
+    }
+    /// The backend's own records, where it keeps any (Xen: libxl's).
+    fn records(&mut self) -> Option<Result<Vec<crate::xen::VusbCtrl>>> {
+        None
+    }
 }
 
 /// A QEMU/KVM VM with its own QMP socket: QEMU is the only record.
@@ -69,15 +93,220 @@ impl Backend for PlainQemu {
     }
 }
 
-/// A Xen domain's device model. libxl keeps USB records in xenstore beside
-/// QEMU; the Xen backend's bookkeeping goes in these hooks.
-#[derive(Debug)]
+/// A Xen domain's device model, whose USB records libxl keeps in xenstore
+/// (`crate::xen`). The hooks keep them exactly as libxl does:
+///
+/// - new controller: its full records (`xen::write_ctrl`) in one
+///   transaction under libxl's domain-userdata-lock, before `device_add`;
+///   removed again if QEMU refuses;
+/// - new device: its port entry (sysfs bus id) in a transaction under the
+///   domain-userdata-lock, before `device_add`; emptied if QEMU refuses. A
+///   port libxl records as used by another device vetoes the change;
+/// - removal: the entry emptied (no lock, as libxl), then `device_del`;
+///   restored if QEMU refuses.
+///
+/// Lock order: the caller already holds our state lock and libxl's
+/// qmp-socket-lock for this domain (`qmp_lock`, taken before connecting);
+/// the domain-userdata-lock is taken last and only around one xenstore
+/// transaction. No cycle with `xl`: libxl takes the userdata lock with a
+/// blocking flock inside a synchronous section (libxl_usb.c's
+/// `*_add_xenstore`) and releases it before it asks for the QMP lock, which
+/// it takes asynchronously (`libxl__ev_slowlock`), so it never waits for the
+/// QMP lock while holding the userdata lock; and nothing of libxl's waits on
+/// our state lock. Every wait is bounded by the invocation's deadline anyway.
 pub struct Xen {
-    pub domid: Option<u32>,
+    pub domid: u32,
+    pub uuid: String,
+    pub xs: crate::xenstore::Client,
+    pub root: crate::root::Root,
+    pub lib_dir: std::path::PathBuf,
+    pub deadline: crate::deadline::Deadline,
+    /// libxl's qmp-socket-lock, held for as long as the session's socket is
+    /// open: `Session` declares its QMP client before its backend, so the
+    /// socket is closed before this is released.
+    pub qmp_lock: Option<crate::xenlock::XenLock>,
+    /// What `before` changed, for `after` to undo: (node, old value).
+    undo: Option<(String, Vec<u8>)>,
+}
+
+impl Xen {
+    pub fn new(
+        link: crate::vm::XenLink,
+        root: crate::root::Root,
+        lib_dir: std::path::PathBuf,
+        deadline: crate::deadline::Deadline,
+    ) -> Xen {
+        Xen {
+            domid: link.domain.domid,
+            uuid: link.domain.uuid,
+            xs: link.xs,
+            root,
+            lib_dir,
+            deadline,
+            qmp_lock: Some(link.qmp_lock),
+            undo: None,
+        }
+    }
+
+    fn userdata_lock(&self) -> Result<crate::xenlock::XenLock> {
+        let p = crate::xenlock::path(
+            &self.root,
+            &self.lib_dir,
+            self.domid,
+            &self.uuid,
+            crate::xenlock::Kind::DomainUserdata,
+        )?;
+        crate::xenlock::XenLock::acquire(&p, &self.deadline)
+    }
+
+    fn xs_err(&self, e: crate::xenstore::XsError) -> crate::error::Error {
+        crate::error::Error::new(format!("Xen domain {}: libxl's records: {e}", self.domid))
+    }
+
+    /// libxl's records of this domain's USB controllers.
+    pub fn books(&mut self) -> Result<Vec<crate::xen::VusbCtrl>> {
+        let domid = self.domid;
+        crate::xen::read_vusb(&mut self.xs, crate::xenstore::Tx::NONE, domid).map_err(|e| self.xs_err(e))
+    }
+
+    fn add_device(&mut self, dev: &Attached) -> Result<()> {
+        let Some(devid) = crate::xen::devid_of(&dev.controller) else { return Ok(()) };
+        let node = crate::xen::port_path(self.domid, devid, dev.port);
+        let busid = dev.port_path.clone();
+        let _lock = self.userdata_lock()?;
+        let deadline = self.deadline;
+        let res = self.xs.transaction(&deadline, |xs, tx| {
+            match xs.read_opt(tx, &node)? {
+                // A controller libxl has no record of (not libxl's books).
+                None => Ok(false),
+                Some(v) if v.is_empty() || v == busid => {
+                    xs.write(tx, &node, busid.as_bytes())?;
+                    Ok(true)
+                }
+                Some(v) => Err(crate::xenstore::XsError::Xenstored {
+                    errno: "EBUSY".into(),
+                    what: format!("libxl records port {} of {} as used by {v}", dev.port, dev.controller),
+                }),
+            }
+        });
+        match res {
+            Ok(true) => {
+                log::debug!("xenstore: {node} = {busid:?}");
+                self.undo = Some((node, Vec::new()));
+                Ok(())
+            }
+            Ok(false) => {
+                log::warn!(
+                    "Xen domain {}: libxl has no record of {}; xl will not see {}",
+                    self.domid,
+                    dev.controller,
+                    dev.id
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.xs_err(e)),
+        }
+    }
 }
 
 impl Backend for Xen {
     fn name(&self) -> &'static str {
         "xen"
+    }
+
+    fn before(&mut self, op: &Op) -> Result<()> {
+        self.undo = None;
+        match op {
+            Op::AddController(c) => {
+                let _lock = self.userdata_lock()?;
+                let (domid, deadline) = (self.domid, self.deadline);
+                self.xs
+                    .transaction(&deadline, |xs, tx| crate::xen::write_ctrl(xs, tx, domid, c))
+                    .map_err(|e| self.xs_err(e))?;
+                let devid = crate::xen::devid_of(&c.id).unwrap_or_default();
+                self.undo = Some((crate::xen::ctrl_dir(domid, devid), Vec::new()));
+                Ok(())
+            }
+            Op::AddDevice { dev, .. } => self.add_device(dev),
+            Op::DelDevice { place: Some((ctrl, port)), .. } => {
+                let Some(devid) = crate::xen::devid_of(ctrl) else { return Ok(()) };
+                let node = crate::xen::port_path(self.domid, devid, *port);
+                let tx = crate::xenstore::Tx::NONE;
+                let old = match self.xs.read(tx, &node) {
+                    Ok(v) => v,
+                    Err(e) if e.is_enoent() => return Ok(()),
+                    Err(e) => return Err(self.xs_err(e)),
+                };
+                // libxl__device_usbdev_remove_xenstore: a plain write, no lock.
+                self.xs.write(tx, &node, b"").map_err(|e| self.xs_err(e))?;
+                self.undo = Some((node, old));
+                Ok(())
+            }
+            Op::DelDevice { place: None, .. } => Ok(()),
+        }
+    }
+
+    fn after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
+        let Some((node, old)) = self.undo.take() else { return Ok(()) };
+        let Err(e) = outcome else { return Ok(()) };
+        let tx = crate::xenstore::Tx::NONE;
+        match op {
+            Op::AddController(_) => {
+                let _lock = self.userdata_lock()?;
+                self.xs.rm(tx, &node).map_err(|e| self.xs_err(e))
+            }
+            // Gone from QEMU already: the entry stays empty.
+            Op::DelDevice { .. } if e.refusal() == Some(crate::qmp::Refusal::DeviceNotFound) => Ok(()),
+            _ => self.xs.write(tx, &node, &old).map_err(|e| self.xs_err(e)),
+        }
+    }
+
+    /// The xenstore writes `before` would make (a dry run makes none).
+    fn describe(&self, op: &Op) -> Vec<String> {
+        let domid = self.domid;
+        match op {
+            Op::AddController(c) => {
+                let Some(devid) = crate::xen::devid_of(&c.id) else { return Vec::new() };
+                let n = c.ports.max(c.usb3_ports);
+                let ver = crate::xen::usb_ver(&c.driver).map(|v| v.to_string()).unwrap_or_default();
+                vec![format!(
+                    "write xenstore {} = {{type = \"devicemodel\", usb-ver = \"{ver}\", num-ports = \"{n}\", \
+                     port/1..{n} = \"\"}} (under libxl's domain-userdata-lock)",
+                    crate::xen::ctrl_dir(domid, devid)
+                )]
+            }
+            Op::AddDevice { dev, .. } => match crate::xen::devid_of(&dev.controller) {
+                Some(devid) => vec![format!(
+                    "write xenstore {} = {:?} if libxl records {} (under libxl's domain-userdata-lock)",
+                    crate::xen::port_path(domid, devid, dev.port),
+                    dev.port_path,
+                    dev.controller
+                )],
+                None => Vec::new(),
+            },
+            Op::DelDevice { place: Some((ctrl, port)), .. } => match crate::xen::devid_of(ctrl) {
+                Some(devid) => vec![format!("write xenstore {} = \"\"", crate::xen::port_path(domid, devid, *port))],
+                None => Vec::new(),
+            },
+            Op::DelDevice { place: None, .. } => Vec::new(),
+        }
+    }
+
+    fn amend(&mut self, view: &mut VmState) -> Result<Vec<String>> {
+        let books = self.books()?;
+        Ok(crate::xen::fold_into(view, &books))
+    }
+
+    fn removed_by_hand(&mut self, d: &Attached) -> Result<bool> {
+        let Some(devid) = crate::xen::devid_of(&d.controller) else { return Ok(false) };
+        let node = crate::xen::port_path(self.domid, devid, d.port);
+        match self.xs.read_opt(crate::xenstore::Tx::NONE, &node) {
+            Ok(v) => Ok(v.is_some_and(|v| v.is_empty())),
+            Err(e) => Err(self.xs_err(e)),
+        }
+    }
+
+    fn records(&mut self) -> Option<Result<Vec<crate::xen::VusbCtrl>>> {
+        Some(self.books())
     }
 }

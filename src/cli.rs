@@ -1,23 +1,32 @@
 //! Command-line surface. Parsing only; `cmd` does the work.
+//!
+//! Global options sit under their own help heading; `--root` (tests and the
+//! demo re-home every OS path with it) is hidden but works, as does its
+//! environment variable.
 
+use crate::selector::{Selector, FORMS};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+
+const GLOBAL: &str = "Global options";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "auto-usb-attach",
     version,
-    about = "Attach host USB devices to Xen and QEMU/KVM guests over QMP, driven by udev"
+    about = "Attach host USB devices to Xen and QEMU/KVM guests over QMP, driven by udev",
+    after_help = "A DEVICE is BUS:ADDR as lsusb shows it (3:7), a port path (1-4.2, stays the same when the \
+                  device is replugged into the same socket) or VENDOR:PRODUCT[:SERIAL] (046d:c52b)."
 )]
 pub struct Cli {
-    /// Resolve every OS path (config, state, /sys, /dev, sockets) under DIR.
-    #[arg(long, global = true, value_name = "DIR", env = "AUTO_USB_ATTACH_ROOT")]
+    /// Resolve every OS path (config, state, /sys, /dev, sockets) under DIR (tests and demos).
+    #[arg(long, global = true, hide = true, value_name = "DIR", env = "AUTO_USB_ATTACH_ROOT")]
     pub root: Option<PathBuf>,
-    /// Config file.
-    #[arg(long, global = true, value_name = "FILE", default_value = crate::config::DEFAULT_PATH)]
+    /// The config file.
+    #[arg(long, global = true, value_name = "FILE", default_value = crate::config::DEFAULT_PATH, help_heading = GLOBAL)]
     pub config: PathBuf,
     /// More logging (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -26,58 +35,182 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Handle one udev event (run by the udev rule; reads ACTION, BUSNUM, DEVNUM, DEVPATH, ... from the environment).
-    Udev,
+    Udev {
+        #[command(flatten)]
+        dry: DryRun,
+    },
     /// Attach a host device to a VM by hand.
+    #[command(override_usage = "auto-usb-attach attach [OPTIONS] <DEVICE | --bus <N> --addr <N>>")]
     Attach {
         #[command(flatten)]
-        dev: BusAddr,
+        dev: DeviceArgs,
         /// The VM (default: the one the config routes the device to, or the only one).
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        #[command(flatten)]
+        dry: DryRun,
     },
-    /// Detach a device from its VM by hand.
+    /// Detach a device from its VM by hand (kept out until it is unplugged, if a rule wants it).
+    #[command(override_usage = "auto-usb-attach detach [OPTIONS] <DEVICE | --bus <N> --addr <N> | --id <ID>>")]
     Detach {
         #[command(flatten)]
         target: DetachTarget,
         /// Only look in this VM.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        #[command(flatten)]
+        dry: DryRun,
     },
     /// Make every running VM hold exactly what the config routes to it
     /// (cold-plugged devices, after a VM restart, after missed unplugs).
     Sync {
         /// Only this VM.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        #[command(flatten)]
+        dry: DryRun,
     },
     /// Check the config, its permissions, the installed rule and units, and each VM.
-    Check,
-    /// List host USB devices and where each is attached.
-    List {
-        /// Machine-readable output.
+    Check {
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// List host USB devices and where each is attached.
+    List {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// Whether this command changes VMs or state (and so needs root).
+    pub fn changes_things(&self) -> bool {
+        matches!(self, Command::Udev { .. } | Command::Attach { .. } | Command::Detach { .. } | Command::Sync { .. })
+    }
+
+    pub fn dry_run(&self) -> bool {
+        match self {
+            Command::Udev { dry }
+            | Command::Attach { dry, .. }
+            | Command::Detach { dry, .. }
+            | Command::Sync { dry, .. } => dry.dry_run,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
-pub struct BusAddr {
-    /// Host USB bus number (lsusb's "Bus").
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=999))]
-    pub bus: u16,
-    /// Host USB device address (lsusb's "Device").
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=127))]
-    pub addr: u16,
+pub struct DryRun {
+    /// Print the QMP commands it would send, and change nothing (no VM, no state).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct DeviceArgs {
+    #[arg(value_name = "DEVICE", help = format!("The device: {FORMS}"), conflicts_with_all = ["bus", "addr"])]
+    pub device: Option<Selector>,
+    /// Host USB bus number (lsusb's "Bus"); with --addr.
+    #[arg(long, value_name = "N", requires = "addr", value_parser = clap::value_parser!(u16).range(1..=999))]
+    pub bus: Option<u16>,
+    /// Host USB device address (lsusb's "Device"); with --bus.
+    #[arg(long, value_name = "N", requires = "bus", value_parser = clap::value_parser!(u16).range(1..=127))]
+    pub addr: Option<u16>,
+}
+
+impl DeviceArgs {
+    /// The selector given, as the positional or as --bus/--addr.
+    pub fn selector(&self) -> Option<Selector> {
+        match (&self.device, self.bus, self.addr) {
+            (Some(s), _, _) => Some(s.clone()),
+            (None, Some(b), Some(a)) => Some(Selector::BusAddr(crate::types::BusAddr::new(b, a))),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = true)]
 pub struct DetachTarget {
-    #[arg(long, requires = "addr", conflicts_with = "id", value_parser = clap::value_parser!(u16).range(1..=999))]
+    #[arg(value_name = "DEVICE", help = format!("The device: {FORMS}"), conflicts_with_all = ["bus", "addr", "id"])]
+    pub device: Option<Selector>,
+    /// Host USB bus number (lsusb's "Bus"); with --addr.
+    #[arg(long, value_name = "N", requires = "addr", conflicts_with = "id", value_parser = clap::value_parser!(u16).range(1..=999))]
     pub bus: Option<u16>,
-    #[arg(long, requires = "bus", conflicts_with = "id", value_parser = clap::value_parser!(u16).range(1..=127))]
+    /// Host USB device address (lsusb's "Device"); with --bus.
+    #[arg(long, value_name = "N", requires = "bus", conflicts_with = "id", value_parser = clap::value_parser!(u16).range(1..=127))]
     pub addr: Option<u16>,
-    /// QEMU device id, e.g. xenusb-3-7.
-    #[arg(long)]
+    /// The QEMU device id, e.g. xenusb-3-7 (for a device already gone from the host).
+    #[arg(long, value_name = "ID")]
     pub id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("auto-usb-attach").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn devices_by_selector_or_bus_and_addr() {
+        let Command::Attach { dev, .. } = parse(&["attach", "1-4.2"]).unwrap().command else { panic!() };
+        assert_eq!(dev.selector(), Some(Selector::Port("1-4.2".into())));
+        let Command::Attach { dev, dry, .. } =
+            parse(&["attach", "--bus", "3", "--addr", "7", "--dry-run"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(dev.selector(), Some("3:7".parse().unwrap()));
+        assert!(dry.dry_run);
+        for bad in [
+            &["attach"][..],
+            &["attach", "--bus", "3"],
+            &["attach", "3:7", "--bus", "3", "--addr", "7"],
+            &["attach", "3:x"],
+            &["detach"],
+            &["detach", "--addr", "7"],
+            &["detach", "3:7", "--id", "xenusb-3-7"],
+            &["detach", "--bus", "3", "--addr", "7", "--id", "xenusb-3-7"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?} parsed");
+        }
+        assert!(parse(&["detach", "--id", "xenusb-3-7"]).is_ok());
+        assert!(parse(&["detach", "046d:c52b:XYZ", "--dry-run"]).is_ok());
+    }
+
+    #[test]
+    fn every_argument_has_help_and_root_is_hidden() {
+        let cli = Cli::command();
+        let mut cmds = vec![&cli];
+        cmds.extend(cli.get_subcommands());
+        for c in cmds {
+            for a in c.get_arguments() {
+                if a.get_id() == "help" || a.get_id() == "version" {
+                    continue;
+                }
+                assert!(a.get_help().is_some(), "{} {} has no help", c.get_name(), a.get_id());
+            }
+        }
+        let help = cli.clone().render_help().to_string();
+        assert!(help.contains("Global options:") && !help.contains("--root"), "{help}");
+        assert!(parse(&["--root", "/tmp/x", "list"]).unwrap().root.is_some());
+    }
 }

@@ -13,11 +13,15 @@ pub const DEFAULT_PATH: &str = "/etc/auto-usb-attach.toml";
 /// Bounds of `timeout`, in seconds.
 pub const MIN_TIMEOUT: f64 = 0.1;
 pub const MAX_TIMEOUT: f64 = 120.0;
+/// libxl's XEN_LIB_DIR on Debian and upstream: its lock files live there.
+pub const DEFAULT_XEN_LIB_DIR: &str = "/var/lib/xen";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub xen_run_dir: PathBuf,
+    /// libxl's XEN_LIB_DIR, where its lock files live (`userdata-l.<domid>.<uuid>.<lock>`).
+    pub xen_lib_dir: PathBuf,
     pub timeout: Duration,
     pub log_file: Option<PathBuf>,
     pub vms: Vec<VmConfig>,
@@ -143,6 +147,7 @@ impl DeviceRule {
 struct RawConfig {
     state_dir: Option<PathBuf>,
     xen_run_dir: Option<PathBuf>,
+    xen_lib_dir: Option<PathBuf>,
     /// A TOML integer or float; anything else is named in our own words
     /// (an untagged enum's error would name the Rust type).
     timeout: Option<toml::Value>,
@@ -194,7 +199,12 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
         return Err(err("timeout", format!("must be {MIN_TIMEOUT} to {MAX_TIMEOUT} seconds (got {timeout})")));
     }
-    for (key, p) in [("state-dir", &raw.state_dir), ("xen-run-dir", &raw.xen_run_dir), ("log-file", &raw.log_file)] {
+    for (key, p) in [
+        ("state-dir", &raw.state_dir),
+        ("xen-run-dir", &raw.xen_run_dir),
+        ("xen-lib-dir", &raw.xen_lib_dir),
+        ("log-file", &raw.log_file),
+    ] {
         if let Some(p) = p {
             if !p.is_absolute() {
                 return Err(err(key, format!("must be an absolute path (got {:?})", p)));
@@ -214,6 +224,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     Ok(Config {
         state_dir: raw.state_dir.unwrap_or_else(|| "/run/auto-usb-attach".into()),
         xen_run_dir: raw.xen_run_dir.unwrap_or_else(|| "/run/xen".into()),
+        xen_lib_dir: raw.xen_lib_dir.unwrap_or_else(|| DEFAULT_XEN_LIB_DIR.into()),
         timeout: Duration::from_secs_f64(timeout),
         log_file: raw.log_file,
         vms,

@@ -13,7 +13,7 @@ use crate::root::Root;
 use crate::session::Session;
 use crate::state::State;
 use crate::vm::{self, Located, Running};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct Ctx {
     pub root: Root,
@@ -37,7 +37,8 @@ impl Ctx {
         let mut state = State::load(&dir)?;
         let before = state.clone();
         let out = f(&mut state);
-        if state != before {
+        // A dry run reads and plans but leaves state as it found it.
+        if state != before && !self.dry_run {
             if let Err(save) = state.save(&dir) {
                 // Both outcomes in one line. The file keeps its last good
                 // contents, which the next event reconciles with QEMU (a
@@ -68,22 +69,16 @@ impl Ctx {
     /// Connect to `vm`; `None` when it is not running (logged when `quiet`,
     /// an error otherwise). The session's view is not loaded yet.
     pub fn connect(&self, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Session>> {
-        self.connect_hinted(vm, state.vms.get(&vm.name).and_then(|v| v.domid), &[], quiet)
+        self.connect_hinted(vm, state.vms.get(&vm.name).and_then(|v| v.domid), quiet)
     }
 
-    /// `connect`, trying Xen domain `domid` first and skipping the sockets
-    /// in `held` (ours already, during sync).
-    pub fn connect_hinted(
-        &self,
-        vm: &VmConfig,
-        domid: Option<u32>,
-        held: &[PathBuf],
-        quiet: bool,
-    ) -> Result<Option<Session>> {
-        match vm::locate(&self.root, &self.config, vm, domid, held, &self.deadline)? {
+    /// `connect`, trying Xen domain `domid` first.
+    pub fn connect_hinted(&self, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Session>> {
+        match vm::locate(&self.root, &self.config, vm, domid, &self.deadline)? {
             Located::Running(r) => Ok(Some(self.session(vm, *r))),
             Located::NotRunning(why) | Located::NotReady(why) if quiet => {
-                log::info!("VM {} is not running ({why}); nothing to do", vm.name);
+                // Routine for the timer's syncs: debug, not 720 lines a day.
+                log::debug!("VM {} is not running ({why}); nothing to do", vm.name);
                 Ok(None)
             }
             Located::NotRunning(why) | Located::NotReady(why) => {
@@ -92,38 +87,17 @@ impl Ctx {
         }
     }
 
-    fn session(&self, vm: &VmConfig, r: Running) -> Session {
-        let backend: Box<dyn Backend> = match vm.qmp {
-            Some(_) => Box::new(PlainQemu),
-            None => Box::new(Xen { domid: r.domid }),
+    /// A session over `r`: the Xen backend when `r` came through xenstore
+    /// (a `qmp = ...` VM never does), else plain QEMU.
+    pub fn session(&self, vm: &VmConfig, r: Running) -> Session {
+        let Running { client, socket, instance, domid, xen } = r;
+        let backend: Box<dyn Backend> = match xen {
+            Some(link) => Box::new(Xen::new(link, self.root.clone(), self.config.xen_lib_dir.clone(), self.deadline)),
+            None => Box::new(PlainQemu),
         };
-        let mut s = Session::new(&vm.name, r.client, r.socket, r.instance, r.domid).with_backend(backend);
+        let mut s = Session::new(&vm.name, client, socket, instance, domid).with_backend(backend);
         s.dry_run = self.dry_run;
         s
-    }
-
-    /// Waits until a Xen VM's socket is `timing::xen_settle()` old, calling
-    /// `before_wait` first (to let go of the QMP socket); true if it waited.
-    pub fn settle_xen(&self, vm: &VmConfig, socket: &Path, before_wait: impl FnOnce()) -> bool {
-        let settle = crate::timing::xen_settle();
-        if vm.qmp.is_some() {
-            return false;
-        }
-        let age = std::fs::metadata(self.root.path(socket))
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .unwrap_or(settle);
-        let Some(wait) = settle.checked_sub(age) else { return false };
-        let wait = self.deadline.capped("", wait).unwrap_or_default();
-        before_wait();
-        log::info!(
-            "VM {}: its QEMU started {} ms ago; letting libxl add its own controllers first",
-            vm.name,
-            age.as_millis()
-        );
-        std::thread::sleep(wait);
-        true
     }
 }
 

@@ -5,7 +5,8 @@
 //! Layering, bottom up (a module only uses modules above it in this list):
 //! values (`types`, `controller`, `config`, `state`, `host`), infrastructure
 //! (`root`, `deadline`, `timing`, `lock`, `log`, `qmp`), pure policy (`plan`,
-//! `events`, `sync`, producing `step::Step`s), the one writer to a VM
+//! `events`, `sync`, producing `step::Step`s), Xen's books (`xenstore`,
+//! `xenlock`, `xen`: libxl's records and locks), the one writer to a VM
 //! (`session` with its `backend`), finding a VM (`vm`), the invocation's
 //! context (`ctx`), step execution (`apply`) and the commands (`cmd`).
 
@@ -25,7 +26,9 @@ pub mod lock;
 pub mod log;
 pub mod plan;
 pub mod qmp;
+pub mod report;
 pub mod root;
+pub mod selector;
 pub mod session;
 pub mod state;
 pub mod step;
@@ -33,5 +36,6 @@ pub mod sync;
 pub mod timing;
 pub mod types;
 pub mod vm;
+pub mod xen;
 pub mod xenlock;
 pub mod xenstore;

@@ -10,7 +10,7 @@
 use crate::backend::{Backend, Op};
 use crate::error::Error;
 use crate::qmp::{Conn, Qmp, QmpError, QmpResult, Refusal};
-use crate::state::{Attached, Controller, VmState};
+use crate::state::{Attached, Controller, Origin, VmState};
 use crate::types::BusAddr;
 use crate::vm;
 use serde_json::{json, Value};
@@ -59,15 +59,35 @@ pub struct Session<S = Conn> {
     pub instance: String,
     pub domid: Option<u32>,
     view: VmState,
+    /// Declared after `client`, so dropped after it: a Xen backend holds
+    /// libxl's QMP lock, which must outlive the socket.
     backend: Box<dyn Backend>,
     pub dry_run: bool,
+    /// What the backend records that QEMU does not hold yet (Xen: libxl is
+    /// adding these controllers right now): the VM is not ready for us.
+    pub pending: Vec<String>,
+    /// Devices of ours (rule/manual) the previous view of this same QEMU
+    /// had, that QEMU no longer holds and the backend says were removed by
+    /// hand (Xen: `xl usbdev-detach` emptied libxl's entry).
+    pub removed_by_hand: Vec<Attached>,
 }
 
 impl<S: BufRead + Write> Session<S> {
     pub fn new(vm: &str, client: Qmp<S>, socket: PathBuf, instance: String, domid: Option<u32>) -> Self {
         let backend: Box<dyn Backend> = Box::new(crate::backend::PlainQemu);
         let view = VmState::default();
-        Session { vm: vm.into(), client, socket, instance, domid, view, backend, dry_run: false }
+        Session {
+            vm: vm.into(),
+            client,
+            socket,
+            instance,
+            domid,
+            view,
+            backend,
+            dry_run: false,
+            pending: Vec::new(),
+            removed_by_hand: Vec::new(),
+        }
     }
 
     pub fn with_backend(mut self, backend: Box<dyn Backend>) -> Self {
@@ -103,7 +123,13 @@ impl<S: BufRead + Write> Session<S> {
         match self.known(cached) {
             Some(c) => {
                 self.view = c.clone();
-                Ok(())
+                self.pending = self.amend()?;
+                if self.pending.is_empty() {
+                    return Ok(());
+                }
+                // The backend records controllers our cached view lacks: ask QEMU.
+                let old = self.view.clone();
+                self.reread(&old)
             }
             None => self.reread(&VmState::default()),
         }
@@ -123,7 +149,30 @@ impl<S: BufRead + Write> Session<S> {
         v.instance = self.instance.clone();
         v.domid = self.domid;
         self.view = v;
+        self.pending = self.amend()?;
+        self.removed_by_hand.clear();
+        let gone: Vec<Attached> = old
+            .devices
+            .iter()
+            .filter(|d| matches!(d.origin, Origin::Rule | Origin::Manual))
+            .filter(|d| !self.view.devices.iter().any(|n| n.id == d.id))
+            .cloned()
+            .collect();
+        for d in gone {
+            if self.backend.removed_by_hand(&d).map_err(|e| QmpError::Io(e.to_string()))? {
+                self.removed_by_hand.push(d);
+            }
+        }
         Ok(())
+    }
+
+    fn amend(&mut self) -> QmpResult<Vec<String>> {
+        self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))
+    }
+
+    /// The backend's own records (Xen: libxl's), for `check`.
+    pub fn records(&mut self) -> Option<crate::error::Result<Vec<crate::xen::VusbCtrl>>> {
+        self.backend.records()
     }
 
     /// What QEMU holds right now, without touching the view.
@@ -166,13 +215,22 @@ impl<S: BufRead + Write> Session<S> {
     /// `device_del`; Ok(false) when QEMU did not have it (gone counts as done).
     pub fn del_device(&mut self, at: BusAddr) -> Result<bool, OpError> {
         let id = at.device_id();
-        let found = match self.change(Op::DelDevice { id: id.clone(), at }, json!({ "id": id })) {
+        let place = self.view.devices.iter().find(|d| d.id == id).map(|d| (d.controller.clone(), d.port));
+        let found = match self.change(Op::DelDevice { id: id.clone(), at, place }, json!({ "id": id })) {
             Ok(()) => true,
             Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => false,
             Err(e) => return Err(e),
         };
         self.view.devices.retain(|d| d.id != id);
         Ok(found)
+    }
+
+    fn command(op: &Op) -> &'static str {
+        if matches!(op, Op::DelDevice { .. }) {
+            "device_del"
+        } else {
+            "device_add"
+        }
     }
 
     /// Send one change with the backend's hooks around it.
@@ -188,13 +246,17 @@ impl<S: BufRead + Write> Session<S> {
     }
 
     fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
-        self.backend.before(&op).map_err(OpError::Backend)?;
         if self.dry_run {
-            println!("would {op} in VM {}", self.vm);
-            return self.backend.after(&op, Ok(())).map_err(OpError::Backend);
+            // The backend's hooks write (xenstore for Xen): a dry run only
+            // says what would be sent, with QEMU's arguments.
+            for line in self.backend.describe(&op) {
+                println!("would {line} ({} bookkeeping) in VM {}", self.backend.name(), self.vm);
+            }
+            println!("would {op} in VM {}: {}", self.vm, json!({ "execute": Self::command(&op), "arguments": args }));
+            return Ok(());
         }
-        let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
-        let res = self.client.execute(command, Some(args)).map(drop);
+        self.backend.before(&op).map_err(OpError::Backend)?;
+        let res = self.client.execute(Self::command(&op), Some(args)).map(drop);
         let after = self.backend.after(&op, res.as_ref().map(|_| ()));
         res?;
         after.map_err(OpError::Backend)
@@ -205,7 +267,6 @@ impl<S: BufRead + Write> Session<S> {
 mod tests {
     use super::*;
     use crate::error::Result;
-    use crate::state::Origin;
     use std::io::{Cursor, Read};
     use std::sync::{Arc, Mutex};
 
@@ -249,6 +310,10 @@ mod tests {
         fn after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
             self.0.lock().unwrap().push(format!("after {op}: {}", if outcome.is_ok() { "ok" } else { "failed" }));
             Ok(())
+        }
+        fn describe(&self, op: &Op) -> Vec<String> {
+            self.0.lock().unwrap().push(format!("describe {op}"));
+            Vec::new()
         }
     }
 
@@ -297,12 +362,16 @@ mod tests {
 
     #[test]
     fn a_veto_sends_nothing_and_dry_run_sends_nothing() {
-        let (mut s, _) = session("", Some("xenusb-1-2"));
+        let (mut s, log) = session("", Some("xenusb-1-2"));
         let e = s.add_device(rec(1, 2), None).unwrap_err();
         assert!(matches!(e, OpError::Backend(_)), "{e}");
         s.dry_run = true;
+        log.lock().unwrap().clear();
         s.add_device(rec(1, 4), None).unwrap();
+        assert_eq!(log.lock().unwrap().len(), 1, "dry run ran the backend's hooks: {:?}", log.lock().unwrap());
         assert_eq!(s.view().devices.len(), 1);
+        // A dry run asks the backend what it would write; its hooks (which write) never run.
+        assert_eq!(*log.lock().unwrap(), ["describe device_add xenusb-1-4 (usb-host 1:4) on xenusb-0 port 1"]);
         let sent = String::from_utf8(s.client.into_inner().1).unwrap();
         assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");
     }

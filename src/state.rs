@@ -74,6 +74,9 @@ pub enum Origin {
     Manual,
     /// Found in QEMU when rebuilding; we do not know who asked for it.
     Found,
+    /// Found in QEMU and recorded by libxl (`xl usbdev-attach`): xl's, left
+    /// alone while plugged in, cleaned out of QEMU and xenstore on unplug.
+    Xl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //!
 //! Each value can be overridden for one invocation with an environment
 //! variable holding milliseconds (`AUTO_USB_ATTACH_<NAME>_MS`, e.g.
-//! `AUTO_USB_ATTACH_XEN_SETTLE_MS=500`). Tests use that; nothing else should.
+//! `AUTO_USB_ATTACH_SYNC_RETRY_MS=50`). Tests use that; nothing else should.
 
 use std::time::Duration;
 
@@ -12,21 +12,13 @@ fn ms(name: &str, default: u64) -> Duration {
     Duration::from_millis(v.unwrap_or(default))
 }
 
-/// libxl adds the controllers a domain's config asks for (`xenusb-N`) over
-/// QMP right after its QEMU starts; creating ours first would make libxl's
-/// device_add fail ("Duplicate device ID") and the domain with it. So before
-/// creating a controller in a Xen VM whose socket is this new, we wait.
-pub fn xen_settle() -> Duration {
-    ms("XEN_SETTLE", 3000)
-}
-
 /// How long `sync` waits between tries for a QEMU that is still starting.
 pub fn sync_retry() -> Duration {
     ms("SYNC_RETRY", 250)
 }
 
-/// While scanning Xen sockets for a name, a busy unrelated domain must not
-/// eat the whole budget.
+/// How long `sync` waits for one VM's QMP greeting before it skips that VM
+/// as busy: one busy VM must not eat the others' budget.
 pub fn scan_greeting_cap() -> Duration {
     ms("SCAN_GREETING_CAP", 2000)
 }

@@ -1,9 +1,10 @@
 //! Finding a VM's QEMU and reading what it really holds.
 //!
-//! A VM is either an explicit QMP socket (plain QEMU/KVM) or a Xen domain
-//! name: libxl puts domain N's socket at `<xen-run-dir>/qmp-libxl-N` and
-//! starts QEMU with `-name <domain>`, so QMP `query-name` identifies it
-//! without linking libxl or xenstore. The domid is cached in state.
+//! A VM is either an explicit QMP socket (plain QEMU/KVM, never touching
+//! xenstore) or a Xen domain name: xenstore gives its domid
+//! (`/local/domain/<domid>/name`), libxl puts its device model's socket at
+//! `<xen-run-dir>/qmp-libxl-<domid>`, and every connection to it is made
+//! under libxl's qmp-socket-lock. The domid is cached in state.
 
 use crate::config::{Config, VmConfig};
 use crate::controller::ControllerKind;
@@ -13,6 +14,7 @@ use crate::plan::{parse_controller_id, parse_device_id};
 use crate::qmp::{self, Client, Qmp, QmpError, QmpResult};
 use crate::root::Root;
 use crate::state::{Attached, Controller, Origin, VmState};
+use crate::{xen, xenlock, xenstore};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::os::unix::fs::MetadataExt;
@@ -21,12 +23,23 @@ use std::time::Duration;
 
 pub const XEN_SOCKET_PREFIX: &str = "qmp-libxl-";
 
+/// What a session to a Xen domain carries besides QMP: the domain, a
+/// xenstore connection, and libxl's QMP lock (held while the socket is open).
+pub struct XenLink {
+    pub domain: xen::Domain,
+    pub xs: xenstore::Client,
+    pub qmp_lock: xenlock::XenLock,
+}
+
 pub struct Running {
     pub client: Client,
     /// The socket as the config knows it (not under --root): kept in state.
     pub socket: PathBuf,
     pub instance: String,
     pub domid: Option<u32>,
+    /// Declared after `client`: dropped after it, so the socket is closed
+    /// before libxl's lock is released.
+    pub xen: Option<XenLink>,
 }
 
 pub enum Located {
@@ -55,18 +68,15 @@ fn open(path: &Path, shown: PathBuf, domid: Option<u32>, deadline: &Deadline, ca
     let instance = instance_of(path).unwrap_or_default();
     let client = qmp::connect(path, deadline, cap)?;
     log::debug!("{}: {}", path.display(), client.greeting);
-    Ok(Running { client, socket: shown, instance, domid })
+    Ok(Running { client, socket: shown, instance, domid, xen: None })
 }
 
-/// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names;
-/// `held` are sockets this process already holds (another VM's, during
-/// `sync`): scanning them would only find them busy.
+/// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names.
 pub fn locate(
     root: &Root,
     config: &Config,
     vm: &VmConfig,
     cached_domid: Option<u32>,
-    held: &[PathBuf],
     deadline: &Deadline,
 ) -> Result<Located> {
     let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
@@ -81,72 +91,49 @@ pub fn locate(
             Err(e) => Err(ctx(e, &path)),
         };
     }
-    locate_xen(root, config, vm, cached_domid, held, deadline)
+    locate_xen(root, config, vm, cached_domid, deadline)
 }
 
-/// A Xen domain by name: ask each `qmp-libxl-<domid>` socket its name.
+/// A Xen domain by name, through xenstore (never by asking sockets: a
+/// socket is libxl's, and a busy one would cost us our budget): name ->
+/// domid -> `<xen-run-dir>/qmp-libxl-<domid>`, connected to under libxl's
+/// qmp-socket-lock for that domain (held until the session ends).
 fn locate_xen(
     root: &Root,
     config: &Config,
     vm: &VmConfig,
     cached_domid: Option<u32>,
-    held: &[PathBuf],
     deadline: &Deadline,
 ) -> Result<Located> {
-    let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
-    let dir = root.path(&config.xen_run_dir);
-    let mut domids: Vec<u32> = match std::fs::read_dir(&dir) {
-        Ok(rd) => {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix(XEN_SOCKET_PREFIX)?.parse().ok()).collect()
-        }
-        Err(_) => Vec::new(),
+    let mut xs = xenstore::connect(root, deadline).map_err(|e| {
+        Error::new(format!("VM {}: cannot reach xenstored (is this a Xen dom0 with xenstored running?): {e}", vm.name))
+    })?;
+    let found = xen::find_domain(&mut xs, &vm.name, cached_domid)
+        .map_err(|e| Error::new(format!("VM {}: looking up its domain in xenstore: {e}", vm.name)))?;
+    let Some(domain) = found else {
+        return Ok(Located::NotRunning(format!("xenstore has no domain named {}", vm.name)));
     };
-    // Cached domid first, then newest first: a rebooted domain gets a higher id.
-    domids.sort_by_key(|d| (Some(*d) != cached_domid, std::cmp::Reverse(*d)));
-    let mut busy = Vec::new();
-    let mut starting = Vec::new();
-    for domid in domids {
-        let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
-        if held.contains(&shown) {
-            continue;
-        }
-        let path = root.path(&shown);
-        let mut r = match open(&path, shown.clone(), Some(domid), deadline, crate::timing::scan_greeting_cap()) {
-            Ok(r) => r,
-            Err(e) if not_running(&e) => {
-                starting.push(path.display().to_string());
-                continue;
-            }
-            Err(QmpError::Timeout(m)) => {
-                log::debug!("{}: {m}", path.display());
-                busy.push(path.display().to_string());
-                deadline.remaining(&format!("looking for Xen domain {}", vm.name))?;
-                continue;
-            }
-            Err(e) => {
-                log::warn!("{}: {e}", path.display());
-                continue;
-            }
-        };
-        let name = r.client.execute("query-name", None).map_err(|e| ctx(e, &path))?;
-        match name.get("name").and_then(Value::as_str) {
-            Some(n) if n == vm.name => return Ok(Located::Running(Box::new(r))),
-            Some(_) => {}
-            // libxl always passes -name to a domain's device model.
-            None => starting.push(format!("{} (unnamed QEMU: libxl's probe?)", path.display())),
-        }
+    let domid = domain.domid;
+    let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
+    let path = root.path(&shown);
+    if !path.exists() {
+        // libxl records a device model before it starts it.
+        let dm = xs.read_opt(xenstore::Tx::NONE, &format!("/libxl/{domid}/dm-version")).ok().flatten();
+        return Ok(match dm {
+            Some(_) => Located::NotReady(format!("domain {domid} has no QMP socket at {} yet", path.display())),
+            None => Located::NotRunning(format!("domain {domid} has no QEMU device model (PV?)")),
+        });
     }
-    if !busy.is_empty() {
-        return Err(Error::new(format!(
-            "VM {}: cannot tell whether it is running: QMP socket busy (another client connected?): {}",
-            vm.name,
-            busy.join(", ")
-        )));
-    }
-    if !starting.is_empty() {
-        return Ok(Located::NotReady(format!("no QEMU named {} yet; starting: {}", vm.name, starting.join(", "))));
-    }
-    Ok(Located::NotRunning(format!("no Xen domain named {} has a QMP socket in {}", vm.name, dir.display())))
+    let lock_path = xenlock::path(root, &config.xen_lib_dir, domid, &domain.uuid, xenlock::Kind::Qmp)?;
+    let qmp_lock =
+        xenlock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::new(format!("VM {}: {e}", vm.name)))?;
+    let mut r = match open(&path, shown, Some(domid), deadline, Duration::MAX) {
+        Ok(r) => r,
+        Err(e) if not_running(&e) => return Ok(Located::NotReady(e.to_string())),
+        Err(e) => return Err(Error::new(format!("VM {}: QMP {}: {e}", vm.name, path.display()))),
+    };
+    r.xen = Some(XenLink { domain, xs, qmp_lock });
+    Ok(Located::Running(Box::new(r)))
 }
 
 fn qom_get<S: BufRead + Write>(q: &mut Qmp<S>, path: &str, prop: &str) -> QmpResult<Value> {

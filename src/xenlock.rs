@@ -18,9 +18,6 @@
 //! holds while it writes a usbctrl's or usbdev's xenstore records together
 //! with the domain's saved JSON config).
 
-// The Xen backend (issue 9) is the user; until it lands only the tests are.
-#![allow(dead_code)]
-
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::root::Root;
@@ -31,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// libxl's XEN_LIB_DIR on Debian and upstream's default.
-pub const XEN_LIB_DIR: &str = "/var/lib/xen";
+pub const XEN_LIB_DIR: &str = crate::config::DEFAULT_XEN_LIB_DIR;
 
 /// Which of libxl's locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +53,7 @@ impl Kind {
 
 /// libxl__userdata_path(domid, userid, "l"): `<XEN_LIB_DIR>/userdata-l.<domid>.<uuid>.<userid>`,
 /// resolved under `root`. `uuid` is the domain's, as in `/local/domain/<domid>/vm` = `/vm/<uuid>`.
-pub fn path(root: &Root, domid: u32, uuid: &str, kind: Kind) -> Result<PathBuf> {
+pub fn path(root: &Root, lib_dir: &Path, domid: u32, uuid: &str, kind: Kind) -> Result<PathBuf> {
     let ok =
         uuid.len() == 36
             && uuid.bytes().enumerate().all(|(i, c)| {
@@ -69,7 +66,7 @@ pub fn path(root: &Root, domid: u32, uuid: &str, kind: Kind) -> Result<PathBuf> 
     if !ok {
         return Err(Error::new(format!("domain {domid}: bad uuid {uuid:?}")));
     }
-    Ok(root.path(format!("{XEN_LIB_DIR}/userdata-l.{domid}.{uuid}.{}", kind.userid())))
+    Ok(root.path(lib_dir.join(format!("userdata-l.{domid}.{uuid}.{}", kind.userid()))))
 }
 
 /// A held libxl lock. Dropping it releases it the way libxl does.
@@ -167,19 +164,19 @@ mod tests {
     fn paths_are_libxls() {
         let r = Root::new("/tmp/r");
         assert_eq!(
-            path(&r, 7, UUID, Kind::Qmp).unwrap(),
+            path(&r, Path::new(XEN_LIB_DIR), 7, UUID, Kind::Qmp).unwrap(),
             PathBuf::from(format!("/tmp/r/var/lib/xen/userdata-l.7.{UUID}.qmp-socket-lock"))
         );
-        assert!(path(&r, 7, UUID, Kind::DeviceChanges)
+        assert!(path(&r, Path::new(XEN_LIB_DIR), 7, UUID, Kind::DeviceChanges)
             .unwrap()
             .ends_with(format!("userdata-l.7.{UUID}.libxl-device-changes-lock")));
-        assert!(path(&r, 7, UUID, Kind::DomainUserdata)
+        assert!(path(&r, Path::new(XEN_LIB_DIR), 7, UUID, Kind::DomainUserdata)
             .unwrap()
             .ends_with(format!("userdata-l.7.{UUID}.domain-userdata-lock")));
         for bad in
             ["", "../../etc/passwd", "6e0f4c3a-1b2d-4e5f-8a9b-0c1d2e3f4a5", "6e0f4c3a/1b2d-4e5f-8a9b-0c1d2e3f4a5b"]
         {
-            let e = path(&r, 7, bad, Kind::Qmp).unwrap_err().to_string();
+            let e = path(&r, Path::new(XEN_LIB_DIR), 7, bad, Kind::Qmp).unwrap_err().to_string();
             assert!(e.contains("bad uuid"), "{e}");
         }
     }

@@ -14,9 +14,6 @@
 //! UNIX socket (or /dev/xen/xenbus) under `--root`, with every read and write
 //! bounded by the invocation's deadline.
 
-// The Xen backend (issue 9) is the user; until it lands only the tests are.
-#![allow(dead_code)]
-
 use crate::deadline::Deadline;
 use crate::root::Root;
 use std::fmt;

@@ -184,12 +184,13 @@ fn detach_removes_a_placed_device_from_qemu() {
 }
 
 #[test]
-fn detach_of_an_unknown_device_is_a_noop() {
+fn detach_of_an_unknown_device_fails_and_changes_nothing() {
     let r = explicit("q-detach-unknown");
     let q = r.qemu("win10", QMP);
     q.holding(&[(3, 3, 7, "1.2")]);
-    r.root.run(&["detach", "--bus", "3", "--addr", "9"]).ok();
-    r.root.run(&["detach", "--id", "xenusb-5-1"]).ok();
+    r.root.run(&["detach", "--bus", "3", "--addr", "9"]).fails(1, &["3:9 (xenusb-3-9) is not attached to any VM"]);
+    r.root.run(&["detach", "--id", "xenusb-5-1"]).fails(1, &["5:1 (xenusb-5-1) is not attached to any VM"]);
+    r.root.run(&["detach", "3:9"]).fails(1, &["is not attached to any VM"]);
     let mut c = q.qmp();
     let mut p = c.peripherals();
     p.sort();
@@ -287,6 +288,12 @@ fn vm_not_running_attach_fails_naming_the_vm_and_udev_add_is_quiet() {
 #[test]
 fn xen_vm_not_running_attach_fails_naming_the_vm() {
     let r = rig("q-xen-off", &config_xen("win10", "devices = [\"046d:c52b\"]"));
+    // No xenstored at all: one clear line.
+    let run = r.attach();
+    run.fails(1, &["win10", "cannot reach xenstored"]);
+    assert_eq!(run.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1, "{}", run.stderr);
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(7, "other");
     r.attach().fails(1, &["win10"]);
     r.root.udev(&r.dev.udev_env("add")).ok();
     // Only another domain running.
@@ -315,6 +322,9 @@ fn busy_socket_fails_with_busy_within_the_budget() {
 #[test]
 fn xen_name_lookup_acts_on_the_named_domain() {
     let r = rig("q-xen", &config_xen("win10", ""));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(7, "other");
+    xs.domain(9, "win10");
     let q7 = r.qemu("other", "/run/xen/qmp-libxl-7");
     let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
     q7.age(60);
@@ -342,6 +352,9 @@ fn xen_name_lookup_acts_on_the_named_domain() {
 fn xen_name_lookup_skips_newer_and_dead_domains() {
     // win10 is the oldest domid; a newer unrelated domain and a dead socket exist.
     let r = rig("q-xen-skip", &config_xen("win10", ""));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(7, "win10");
+    xs.domain(9, "other");
     let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
     let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
     q7.age(60);
@@ -360,13 +373,16 @@ fn xen_name_lookup_skips_newer_and_dead_domains() {
 #[test]
 fn xen_name_lookup_gets_past_a_busy_unrelated_domain() {
     let r = rig("q-xen-held", &config_xen("win10", ""));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(7, "win10");
+    xs.domain(9, "other");
     let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
     let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
-    q7.age(60);
-    q9.age(60);
     let _holder = q9.qmp(); // e.g. libxl talking to domain 9
     let run = r.attach();
     assert_usb_host_error(&run);
+    // Found through xenstore: domain 9's socket is never knocked on.
+    assert!(run.elapsed < Duration::from_secs(2), "took {:?}", run.elapsed);
     let mut c7 = q7.qmp();
     assert!(c7.has_peripheral("xenusb-0", "nec-usb-xhci"));
 }
@@ -415,12 +431,17 @@ fn vm_gone_remove_event_and_detach_drop_the_record() {
 fn xen_reboot_gets_a_new_domid_and_the_tool_follows() {
     // xl reboot: domain 7 destroyed (stale socket left), win10 comes back as domain 8.
     let r = rig("q-xen-reboot", &config_xen("win10", ""));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(7, "win10");
     let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
     q7.age(600);
     q7.holding(&[(3, 3, 7, "1.2")]);
     r.sync();
     assert_eq!(state_vm(&r.root, "win10").expect("setup")["domid"], json!(7));
     q7.kill();
+    xs.destroy(7);
+    xs.domain(7, "other"); // the old domid reused by another domain: not win10's
+    xs.domain(8, "win10");
     let q8 = r.qemu("win10", "/run/xen/qmp-libxl-8");
     q8.age(60); // up long enough that the tool need not wait for libxl's own controllers
 
@@ -439,22 +460,66 @@ fn xen_reboot_gets_a_new_domid_and_the_tool_follows() {
 }
 
 #[test]
-fn xen_settle_does_not_rescan_a_busy_unrelated_domain() {
-    // Before creating a controller in a Xen domain whose socket is under 3 s old, the
-    // tool lets go of the socket, sleeps until it is 3 s old, then reconnects. It must
-    // go straight back to the domid it found, not rescan every qmp-libxl-*: a busy
-    // unrelated newer domain would cost its 2 s greeting cap twice (2 s + ~1 s settle
-    // + 2 s = ~5 s, more than this 4.5 s budget), while one scan fits with 1.5 s spare.
-    let r = rig("q-xen-settle", "timeout = 4.5\n\n[[vm]]\nname = \"win10\"\n");
-    let q7 = r.qemu("win10", "/run/xen/qmp-libxl-7");
-    let q9 = r.qemu("other", "/run/xen/qmp-libxl-9");
-    q9.age(60);
-    let _holder = q9.qmp(); // libxl busy with domain 9
-    set_mtime_ago(&q7.sock, 0); // win10's QEMU has just started: the tool will settle
+fn xen_bookkeeping_is_libxls_and_libxls_ports_are_respected() {
+    let r = rig("q-xen-books", &config_xen("win10", "ports = 4"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    // A controller the tool creates gets libxl's full records, before QEMU's
+    // device_add; the device's port entry is written, then emptied again when
+    // QEMU refuses the usb-host (no USB here).
+    assert_usb_host_error(&r.attach());
+    let mut c = q9.qmp();
+    assert!(c.has_peripheral("xenusb-0", "nec-usb-xhci"));
+    drop(c);
+    let b = "/libxl/9/device/vusb/0";
+    assert_eq!(xs.get(&format!("{b}/type")).as_deref(), Some("devicemodel"), "{}", xs.dump("/libxl/9"));
+    assert_eq!(xs.get(&format!("{b}/usb-ver")).as_deref(), Some("3"));
+    assert_eq!(xs.get(&format!("{b}/num-ports")).as_deref(), Some("4"));
+    assert_eq!(xs.get(&format!("{b}/port/5")), None);
+    for p in 1..=4 {
+        assert_eq!(xs.get(&format!("{b}/port/{p}")).as_deref(), Some(""), "{}", xs.dump(b));
+    }
+    assert_eq!(xs.store.lock().unwrap().perms.get(b).map(String::as_str), Some("n0\0"));
+    let log = xs.store.lock().unwrap().log.clone();
+    let wrote = log.iter().position(|l| l == &format!("WRITE {b}/port/1")).expect("port entry written");
+    assert!(log[wrote + 1..].iter().any(|l| l == &format!("WRITE {b}/port/1")), "not emptied on failure: {log:?}");
+    // libxl's lock files are released (unlinked) before the tool exits.
+    let left: Vec<_> = std::fs::read_dir(r.root.p("/var/lib/xen")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "lock files left: {left:?}");
+
+    // A port libxl records as used (xl is attaching there) is never taken.
+    xs.set(&format!("{b}/port/1"), "1-9");
     let run = r.attach();
     assert_usb_host_error(&run);
-    let mut c7 = q7.qmp();
-    assert!(c7.has_peripheral("xenusb-0", "nec-usb-xhci"));
+    let log = xs.store.lock().unwrap().log.clone();
+    assert!(log.iter().any(|l| l == &format!("WRITE {b}/port/2")), "not placed on port 2: {log:?}");
+    assert_eq!(xs.get(&format!("{b}/port/1")).as_deref(), Some("1-9"));
+}
+
+#[test]
+fn xen_controller_libxl_is_still_adding_means_not_ready() {
+    // libxl writes a controller's records before its device_add: records
+    // without the controller in QEMU mean libxl is building the domain.
+    let r = rig("q-xen-pending", &config_xen("win10", "devices = [\"046d:c52b\"]"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    xs.usbctrl(9, 0, 2, 6);
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    let run = r.attach();
+    run.fails(1, &["win10", "not ready", "libxl is still adding xenusb-0"]);
+    let mut c = q9.qmp();
+    assert_eq!(c.peripherals(), vec![], "touched a domain libxl is building");
+    // libxl's device_add lands: now the tool uses libxl's controller.
+    c.cmd("device_add", json!({"driver": "usb-ehci", "id": "xenusb-0"}));
+    drop(c);
+    // (A full-speed device: not on an EHCI, so a new controller, whose
+    // devid is the next free in both xenstore and QEMU.)
+    assert_usb_host_error(&r.attach());
+    let mut c = q9.qmp();
+    assert!(c.has_peripheral("xenusb-1", "nec-usb-xhci"), "{:?}", c.peripherals());
+    assert_eq!(xs.get("/libxl/9/device/vusb/1/usb-ver").as_deref(), Some("3"), "{}", xs.dump("/libxl/9"));
+    assert_eq!(xs.get("/libxl/9/device/vusb/0/usb-ver").as_deref(), Some("2"));
 }
 
 #[test]
@@ -552,4 +617,82 @@ fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
         }
         assert_eq!(a, b, "reply to {cmd}");
     }
+}
+
+#[test]
+fn xen_xl_attached_device_is_left_alone_then_cleaned_out_of_both_on_unplug() {
+    // `xl usbdev-attach` put 3:7 (sysfs 3-1.2) on libxl's controller: QEMU has it, libxl
+    // records it. The tool has no record of it (state empty).
+    let r = rig("q-xen-xl", &config_xen("win10", "hubs = [\"3-1\"]"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    xs.usbctrl(9, 0, 3, 15);
+    xs.set("/libxl/9/device/vusb/0/port/1", "3-1.2");
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    q9.holding(&[(1, 3, 7, "1.2")]);
+    // sync (routed, present) leaves xl's device where it is, and lists it as xl's.
+    r.sync();
+    let mut c = q9.qmp();
+    assert!(c.has_peripheral("xenusb-3-7", "usb-host"), "xl's device was touched");
+    drop(c);
+    let vm = state_vm(&r.root, "win10").expect("state");
+    assert_eq!(vm["devices"][0]["origin"], json!("xl"), "{vm}");
+    // Unplugged: gone from QEMU and libxl's entry emptied, together.
+    std::fs::remove_file(r.root.state_path()).unwrap(); // also without our record of it
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    let mut c = q9.qmp();
+    assert!(!c.has_peripheral("xenusb-3-7", "usb-host"), "still in QEMU");
+    assert_eq!(xs.get("/libxl/9/device/vusb/0/port/1").as_deref(), Some(""), "{}", xs.dump("/libxl/9"));
+}
+
+#[test]
+fn xen_device_of_ours_removed_with_xl_usbdev_detach_is_held_out_until_unplugged() {
+    let r = rig("q-xen-xldetach", &config_xen("win10", "hubs = [\"3-1\"]"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    xs.usbctrl(9, 0, 3, 15);
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    q9.holding(&[]);
+    let _ = r.root.run(&["sync"]); // learns this QEMU (its usb-host attempt fails here: no USB)
+                                   // Our record of 3:7 on xenusb-0 port 1, as after a successful attach; then `xl
+                                   // usbdev-detach hvm 0 1` emptied libxl's entry and device_del'ed it from QEMU.
+    let mut st = r.root.state().expect("state");
+    st["vms"]["win10"]["devices"] = json!([{"id": "xenusb-3-7", "bus": 3, "addr": 7, "controller": "xenusb-0",
+        "port": 1, "port-path": "3-1.2", "usb-id": "046d:c52b", "origin": "rule"}]);
+    std::fs::write(r.root.state_path(), serde_json::to_string_pretty(&st).unwrap()).unwrap();
+    let run = r.root.run(&["sync"]);
+    run.ok();
+    assert!(run.stderr.contains("detached outside this tool"), "{}", run.stderr);
+    let st = r.root.state().unwrap();
+    assert_eq!(st["held-out"], json!([{"bus": 3, "addr": 7, "vm": "win10"}]), "{st}");
+    let mut c = q9.qmp();
+    assert!(!c.has_peripheral("xenusb-3-7", "usb-host"), "sync put it back");
+    drop(c);
+    // Unplugged: the hold ends.
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(r.root.state().unwrap().get("held-out").is_none(), "{:?}", r.root.state_text());
+}
+
+#[test]
+fn xen_dry_run_prints_libxls_records_and_writes_nothing() {
+    let r = rig("q-xen-dry", &config_xen("win10", "ports = 4"));
+    let xs = FakeXenstored::start(&r.root);
+    xs.domain(9, "win10");
+    let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");
+    let before = xs.dump("/libxl/9");
+    let run = r.root.run(&["attach", "--bus", "3", "--addr", "7", "--vm", "win10", "--dry-run"]);
+    run.ok();
+    let b = "/libxl/9/device/vusb/0";
+    // The controller's full records, then the device's port entry, each before QEMU's device_add.
+    let ctrl = run.stdout.find(&format!("write xenstore {b} = {{type = \"devicemodel\", usb-ver = \"3\""));
+    let port = run.stdout.find(&format!("write xenstore {b}/port/1 = \"3-1.2\""));
+    let add = run.stdout.find("would device_add xenusb-3-7");
+    assert!(ctrl.is_some() && port.is_some() && add.is_some(), "{}", run.dump());
+    assert!(ctrl < port && port < add, "order: {}", run.dump());
+    assert_eq!(xs.dump("/libxl/9"), before, "a dry run wrote to xenstore");
+    assert!(!xs.store.lock().unwrap().log.iter().any(|l| l.starts_with("WRITE") || l.starts_with("MKDIR")));
+    let mut c = q9.qmp();
+    assert!(c.peripherals().is_empty(), "a dry run changed QEMU");
 }

@@ -2,6 +2,7 @@
 //! line each: config and its permissions, rule overlaps, installed udev rule
 //! and systemd units, each VM's QMP socket and what it holds, and which
 //! present host devices each VM would get. Exit 1 if anything is wrong.
+//! The findings are collected as a `report::Report` and printed from it.
 
 use crate::config::{Config, HubRule};
 use crate::ctx::Ctx;
@@ -9,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::host;
 use crate::lock::LockGuard;
 use crate::plan;
+use crate::report::{Kind, Report};
 use crate::state::State;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -88,83 +90,142 @@ pub fn overlaps(c: &Config) -> Vec<String> {
 }
 
 /// The udev rule and systemd units: where each is installed, or a problem.
-fn installed(root: &crate::root::Root, problems: &mut Vec<String>) {
+fn installed(root: &crate::root::Root, report: &mut Report) {
     match RULE_DIRS.iter().map(|d| Path::new(d).join(RULE_FILE)).find(|p| root.path(p).exists()) {
-        Some(p) => println!("udev rule: {}", p.display()),
-        None => problems.push(format!("udev rule {RULE_FILE} is not installed (looked in {})", RULE_DIRS.join(", "))),
+        Some(p) => report.push(Kind::Ok, "udev rule", p.display().to_string()),
+        None => report.push(
+            Kind::Problem,
+            "udev rule",
+            format!("{RULE_FILE} is not installed (looked in {})", RULE_DIRS.join(", ")),
+        ),
     }
     let mut missing = Vec::new();
     for unit in UNITS {
         match UNIT_DIRS.iter().map(|d| Path::new(d).join(unit)).find(|p| root.path(p).exists()) {
-            Some(p) => println!("systemd unit: {}", p.display()),
+            Some(p) => report.push(Kind::Ok, "systemd unit", p.display().to_string()),
             None => missing.push(*unit),
         }
     }
     if !missing.is_empty() {
-        problems.push(format!(
-            "systemd units not installed ({}): devices plugged before a VM starts or reboots wait for the next plug",
-            missing.join(", ")
-        ));
+        report.push(
+            Kind::Problem,
+            "systemd units",
+            format!(
+                "not installed ({}): devices plugged before a VM starts or reboots wait for the next plug",
+                missing.join(", ")
+            ),
+        );
     }
 }
 
-pub fn check(ctx: &Ctx, config_shown: &Path) -> Result<()> {
-    let mut problems: Vec<String> = Vec::new();
+/// Prints the report (text or JSON) on stdout and nothing else; exit 1 if
+/// anything is wrong. Without root the VMs cannot be looked at (the lock
+/// and the QMP sockets are root's): they are reported as not checked.
+pub fn check(ctx: &Ctx, config_shown: &Path, as_json: bool) -> Result<()> {
+    let report = gather(ctx, config_shown)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report.json()).expect("serialises"));
+    } else {
+        print!("{}", report.text());
+    }
+    match report.count(Kind::Problem) {
+        0 => Ok(()),
+        n => Err(Error::new(format!("check found {n} problem(s)"))),
+    }
+}
+
+fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
+    let mut report = Report::default();
     let root = &ctx.root;
-    println!("config {}: ok, {} VM(s)", config_shown.display(), ctx.config.vms.len());
+    let is_root = nix::unistd::geteuid().is_root();
+    report.push(Kind::Ok, "config", format!("{}: {} VM(s)", config_shown.display(), ctx.config.vms.len()));
     if let Some(why) = writable_by_others(&root.path(config_shown)) {
-        problems.push(format!("config {} is {why}", config_shown.display()));
+        report.push(Kind::Problem, "config", format!("{} is {why}", config_shown.display()));
     }
     let state_dir = root.path(&ctx.config.state_dir);
     if let Some(why) = writable_by_others(&state_dir) {
-        problems.push(format!("state dir {} is {why}", ctx.config.state_dir.display()));
+        report.push(Kind::Problem, "state dir", format!("{} is {why}", ctx.config.state_dir.display()));
     }
     for w in overlaps(&ctx.config) {
-        println!("warning: {w}");
+        report.push(Kind::Warning, "rules", w);
     }
-    installed(root, &mut problems);
+    installed(root, &mut report);
 
     let host = host::scan(root)?;
-    // QMP serves one client at a time: don't race our own udev events.
-    let _lock = LockGuard::acquire(&state_dir, &ctx.deadline)?;
-    let state = State::load(&state_dir).unwrap_or_default();
-    for (i, vm) in ctx.config.vms.iter().enumerate() {
-        let wanted: Vec<String> = host
+    let wanted = |i: usize| -> String {
+        let w: Vec<String> = host
             .iter()
             .filter(|d| plan::route(&ctx.config, d) == Some(i))
-            .map(|d| format!("{}:{} {} ({})", d.bus, d.addr, d.port_path, d.id_string()))
+            .map(|d| format!("{} {} ({})", d.at(), d.port_path, d.id_string()))
             .collect();
-        let would = if wanted.is_empty() { "no present device".into() } else { wanted.join(", ") };
+        if w.is_empty() {
+            "no present device".into()
+        } else {
+            w.join(", ")
+        }
+    };
+    // QMP serves one client at a time: don't race our own udev events.
+    let lock = match LockGuard::acquire(&state_dir, &ctx.deadline) {
+        Ok(l) => l,
+        Err(e) if !is_root => {
+            for (i, vm) in ctx.config.vms.iter().enumerate() {
+                report.push(
+                    Kind::NotChecked,
+                    format!("VM {}", vm.name),
+                    format!("not root, cannot take the state lock ({e}); would get: {}", wanted(i)),
+                );
+            }
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    let state = State::load(&state_dir).unwrap_or_default();
+    for (i, vm) in ctx.config.vms.iter().enumerate() {
+        let subject = format!("VM {}", vm.name);
+        let would = wanted(i);
         match ctx.connect(&state, vm, true) {
             Ok(Some(mut r)) => match r.read_qemu() {
                 Ok(v) => {
+                    // A Xen domain: libxl's books beside QEMU's view.
+                    match r.records() {
+                        Some(Ok(books)) => {
+                            report.push(
+                                Kind::Ok,
+                                subject.clone(),
+                                format!("libxl records {}", crate::xen::describe(&books)),
+                            );
+                            for d in crate::xen::disagreements(&v, &books) {
+                                report.push(Kind::Problem, subject.clone(), format!("libxl and QEMU disagree: {d}"));
+                            }
+                        }
+                        Some(Err(e)) => report.push(Kind::Problem, subject.clone(), e.to_string()),
+                        None => {}
+                    }
                     let ctrls: Vec<String> = v.controllers.iter().map(|c| format!("{} ({})", c.id, c.driver)).collect();
                     let devs: Vec<String> =
                         v.devices.iter().map(|d| format!("{} on {} port {}", d.id, d.controller, d.port)).collect();
-                    println!(
-                        "VM {}: running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
-                        vm.name,
-                        r.socket.display(),
-                        if ctrls.is_empty() { "none".into() } else { ctrls.join(", ") },
-                        if devs.is_empty() { "none".into() } else { devs.join(", ") },
+                    report.push(
+                        Kind::Ok,
+                        subject,
+                        format!(
+                            "running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
+                            r.socket.display(),
+                            if ctrls.is_empty() { "none".into() } else { ctrls.join(", ") },
+                            if devs.is_empty() { "none".into() } else { devs.join(", ") },
+                        ),
                     );
                 }
-                Err(e) => problems.push(format!("VM {}: QMP {}: {e}", vm.name, r.socket.display())),
+                Err(e) => report.push(Kind::Problem, subject, format!("QMP {}: {e}", r.socket.display())),
             },
-            Ok(None) => println!("VM {}: not running; would get: {would}", vm.name),
-            Err(e) => problems.push(e.to_string()),
+            Ok(None) => report.push(Kind::Ok, subject, format!("not running; would get: {would}")),
+            Err(e) if !is_root && e.to_string().contains("ermission denied") => {
+                report.push(Kind::NotChecked, subject, format!("not root: {e}; would get: {would}"))
+            }
+            Err(e) => report.push(Kind::Problem, subject, e.to_string()),
         }
     }
-    for p in &problems {
-        println!("problem: {p}");
-    }
-    match problems.len() {
-        0 => {
-            println!("ok");
-            Ok(())
-        }
-        n => Err(Error::new(format!("check found {n} problem(s)"))),
-    }
+    drop(lock);
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -3,17 +3,21 @@
 //! event or sync does not put it straight back.
 
 use crate::apply;
-use crate::cli::DetachTarget;
+use crate::cli::{DetachTarget, DeviceArgs};
 use crate::config::VmConfig;
 use crate::ctx::Ctx;
 use crate::error::{Context, Error, Result};
 use crate::host;
 use crate::plan;
+use crate::selector::Selector;
 use crate::state::{HeldOut, Origin};
 use crate::types::BusAddr;
 
-pub fn attach(ctx: &Ctx, bus: u16, addr: u16, vm_name: Option<&str>) -> Result<()> {
-    let dev = host::find(&ctx.root, bus, addr)?;
+pub fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Result<()> {
+    let sel = args.selector().ok_or_else(|| Error::new("name a device, or give --bus and --addr"))?;
+    let host = host::scan(&ctx.root)?;
+    let dev = sel.resolve(&host)?.clone();
+    let (bus, addr) = (dev.bus, dev.addr);
     if dev.is_root_hub() || dev.is_hub() {
         crate::bail!(
             "{bus}:{addr} ({}) is a hub; hubs are never passed (plug devices behind it instead)",
@@ -43,16 +47,20 @@ pub fn attach(ctx: &Ctx, bus: u16, addr: u16, vm_name: Option<&str>) -> Result<(
 }
 
 pub fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> {
-    let at = match (&t.id, t.bus, t.addr) {
-        (Some(id), _, _) => BusAddr::from_device_id(id)
+    let at = match (&t.id, &t.device, t.bus, t.addr) {
+        (Some(id), _, _, _) => BusAddr::from_device_id(id)
             .ok_or_else(|| Error::new(format!("--id {id:?} is not a device id like xenusb-3-7")))?,
-        (None, Some(b), Some(a)) => BusAddr::new(b, a),
-        _ => crate::bail!("give --bus and --addr, or --id"),
+        // A bus:addr needs no host device (it may be gone already).
+        (None, Some(Selector::BusAddr(at)), _, _) => *at,
+        (None, Some(sel), _, _) => sel.resolve(&host::scan(&ctx.root)?)?.at(),
+        (None, None, Some(b), Some(a)) => BusAddr::new(b, a),
+        _ => crate::bail!("name a device, or give --bus and --addr, or --id"),
     };
     if let Some(n) = vm_name {
         ctx.config.vm(n)?;
     }
     ctx.with_state(|state| {
+        let recorded = state.find(at.bus, at.addr).is_some();
         let candidates: Vec<&VmConfig> = match (vm_name, state.find(at.bus, at.addr)) {
             (Some(n), _) => vec![ctx.config.vm(n)?],
             (None, Some((owner, _))) => vec![ctx.config.vm(owner)?],
@@ -67,7 +75,9 @@ pub fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> 
             }
         }
         match done_in {
-            None => log::info!("{} is not attached to any VM", at.device_id()),
+            // A stale record (its QEMU restarted or gone) was dropped: done.
+            None if recorded => log::info!("{} was no longer attached; record dropped", at.device_id()),
+            None => crate::bail!("{at} ({}) is not attached to any VM", at.device_id()),
             Some(vm) => {
                 // A rule would put it straight back on the next event or sync:
                 // remember the admin's choice until it is unplugged.

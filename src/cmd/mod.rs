@@ -22,6 +22,12 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cmd, "auto-usb-attach", &mut std::io::stdout());
+        return Ok(());
+    }
+    require_root(&cli)?;
     let root = Root::new(cli.root.clone().unwrap_or_else(|| "/".into()));
     crate::log::init(&root, cli.verbose);
     let config_path = root.path(&cli.config);
@@ -39,7 +45,7 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
     }
     // Whoever can write the config or state decides what VMs get: refuse to
     // act on them (check reports it; list only reads).
-    if !matches!(cli.command, Command::List { .. } | Command::Check) {
+    if cli.command.changes_things() {
         // Parents included, through symlinks; the state dir itself must not
         // be a symlink nor a sticky shared dir like /tmp.
         for (what, shown, is_dir) in [("config", &cli.config, false), ("state dir", &config.state_dir, true)] {
@@ -48,13 +54,31 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
             }
         }
     }
-    let ctx = Ctx { deadline: Deadline::starting_at(started, config.timeout), root, config, dry_run: false };
+    let dry_run = cli.command.dry_run();
+    let ctx = Ctx { deadline: Deadline::starting_at(started, config.timeout), root, config, dry_run };
     match cli.command {
-        Command::Udev => udev::udev(&ctx, &std::env::vars().collect()),
-        Command::Attach { dev, vm } => manual::attach(&ctx, dev.bus, dev.addr, vm.as_deref()),
-        Command::Detach { target, vm } => manual::detach(&ctx, &target, vm.as_deref()),
+        Command::Udev { .. } => udev::udev(&ctx, &std::env::vars().collect()),
+        Command::Attach { dev, vm, .. } => manual::attach(&ctx, &dev, vm.as_deref()),
+        Command::Detach { target, vm, .. } => manual::detach(&ctx, &target, vm.as_deref()),
         Command::List { json } => list::list(&ctx, json),
-        Command::Sync { vm } => sync::sync(&ctx, vm.as_deref()),
-        Command::Check => check::check(&ctx, &cli.config),
+        Command::Sync { vm, .. } => sync::sync(&ctx, vm.as_deref()),
+        Command::Check { json } => check::check(&ctx, &cli.config, json),
+        Command::Completions { .. } => Ok(()),
     }
+}
+
+/// Commands that change VMs or state need root: say so up front instead
+/// of failing later on the lock or a socket with "Permission denied".
+///
+/// Under `--root DIR` (tests, the demo) every path lives under DIR, so the
+/// kernel's own permission checks on those files are what matter, and the
+/// check is skipped. That opens no hole: this check is for a clear message,
+/// not a barrier; the barrier is the modes of the state dir, the lock and
+/// the QMP sockets, which `--root` cannot change for a user who could not
+/// already write them.
+fn require_root(cli: &Cli) -> Result<()> {
+    if cli.command.changes_things() && cli.root.is_none() && !nix::unistd::geteuid().is_root() {
+        crate::bail!("must be run as root (it talks to VMs over QMP and keeps state under the lock)");
+    }
+    Ok(())
 }

@@ -7,10 +7,9 @@ use crate::ctx::{qmp_err, Ctx};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::session::Session;
-use crate::state::{Origin, State, VmState};
+use crate::state::{HeldOut, Origin, State, VmState};
 use crate::step::Step;
 use crate::vm::{self, Located};
-use std::path::PathBuf;
 
 pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     if let Some(n) = only {
@@ -29,7 +28,7 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
         let host = host::scan(&ctx.root)?;
         // "Keep it out until unplugged": unplugged now, so the intent ends.
         state.held_out.retain(|h| host.iter().any(|d| (d.bus, d.addr) == (h.bus, h.addr)));
-        let mut sessions = connect_all(ctx, state, &targets, &mut skipped)?;
+        let mut sessions = connect_all(ctx, state, &targets, &host, &mut skipped)?;
         let elsewhere: Vec<(u16, u16)> = state
             .vms
             .iter()
@@ -44,7 +43,7 @@ pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
             let touched =
                 steps.iter().any(|s| matches!(s, Step::Attach { vm, .. } | Step::Detach { vm, .. } if *vm == i));
             if !touched {
-                log::info!("VM {name}: in sync ({} device(s) attached); nothing to do", s.view().devices.len());
+                log::debug!("VM {name}: in sync ({} device(s) attached); nothing to do", s.view().devices.len());
             }
             state.vms.insert(name.clone(), s.into_view());
         }
@@ -67,15 +66,14 @@ fn connect_all(
     ctx: &Ctx,
     state: &mut State,
     targets: &[usize],
+    host: &[host::HostDevice],
     skipped: &mut Vec<(usize, Error)>,
 ) -> Result<Vec<(usize, Session)>> {
     let mut sessions: Vec<(usize, Session)> = Vec::new();
     for &i in targets {
         let vm = &ctx.config.vms[i];
-        // Sessions this sync already holds would look busy to a Xen name scan.
-        let held: Vec<PathBuf> = sessions.iter().map(|(_, s)| s.socket.clone()).collect();
         let domid = state.vms.get(&vm.name).and_then(|v| v.domid);
-        let connected = match ctx.connect_hinted(vm, domid, &held, true) {
+        let connected = match ctx.connect_hinted(vm, domid, true) {
             Ok(c) => c,
             // Busy or failing: this VM waits for the next sync; the others go on.
             Err(e) => {
@@ -100,15 +98,40 @@ fn connect_all(
             Ok(pci)
         });
         match ready {
-            Ok(true) => sessions.push((i, s)),
+            Ok(true) => {}
             Ok(false) => {
-                log::info!("VM {}: QEMU has no PCI bus yet (a probe QEMU?); leaving it for the next trigger", vm.name)
+                log::info!("VM {}: QEMU has no PCI bus yet (a probe QEMU?); leaving it for the next trigger", vm.name);
+                continue;
             }
+            // Busy or failing: this VM waits for the next sync; the others go on.
             Err(e) => {
                 log::warn!("skipping VM {} this time: {e}", vm.name);
                 skipped.push((i, e));
+                continue;
             }
         }
+        if !s.pending.is_empty() {
+            log::info!(
+                "VM {}: libxl is still adding {}; leaving it for the next trigger",
+                vm.name,
+                s.pending.join(", ")
+            );
+            continue;
+        }
+        // Ours, removed with `xl usbdev-detach`: detached by hand, kept out
+        // until it is unplugged (as `detach` does).
+        for d in std::mem::take(&mut s.removed_by_hand) {
+            if host.iter().any(|h| (h.bus, h.addr) == (d.bus, d.addr)) && !state.is_held_out(d.bus, d.addr) {
+                log::info!(
+                    "VM {}: {} ({}) was detached outside this tool (xl usbdev-detach?); keeping it out until it is unplugged",
+                    vm.name,
+                    d.id,
+                    d.at()
+                );
+                state.held_out.push(HeldOut { bus: d.bus, addr: d.addr, vm: vm.name.clone() });
+            }
+        }
+        sessions.push((i, s));
     }
     Ok(sessions)
 }
@@ -122,7 +145,9 @@ fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<
             Step::Detach { vm, id, at, why } => {
                 let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
                 let cfg = &ctx.config.vms[*vm];
-                log::info!("VM {}: detaching {id}: {why}", cfg.name);
+                if !s.dry_run {
+                    log::info!("VM {}: detaching {id}: {why}", cfg.name);
+                }
                 apply::detach_on(s, cfg, *at, false).map(drop)
             }
             Step::Attach { vm, dev, .. } => {
@@ -146,8 +171,9 @@ fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<
 /// finishes the job. Returns the VMs to leave out this time: a busy QMP
 /// socket (another client) or any other failure to reach a VM is logged as
 /// a warning and skipped, and the other VMs are still synced; the timer's
-/// next run retries. Each VM gets at most `timing::scan_greeting_cap()` to
-/// greet, so one busy VM cannot eat the others' budget.
+/// next run retries. An explicit socket gets at most
+/// `timing::scan_greeting_cap()` to greet, so one busy VM cannot eat the
+/// others' budget.
 fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>> {
     let mut skipped = Vec::new();
     for &i in targets {
@@ -155,43 +181,58 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
         loop {
             let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
             let left = ctx.deadline.remaining(&format!("waiting for VM {}", vm.name))?;
-            // An explicit socket's greeting is capped here; a Xen name scan
-            // caps each socket's greeting itself and must go on to the next
-            // socket after a busy unrelated one, so it keeps the budget.
             let probe = match vm.qmp {
                 Some(_) => crate::deadline::Deadline::after(left.min(crate::timing::scan_greeting_cap())),
                 None => ctx.deadline,
             };
-            match vm::locate(&ctx.root, &ctx.config, vm, cached, &[], &probe) {
+            // Ok(None): ready, or not running; Ok(Some(why)): not ready yet.
+            let step = || -> Result<Option<String>> {
+                Ok(match vm::locate(&ctx.root, &ctx.config, vm, cached, &probe)? {
+                    Located::Running(r) if r.xen.is_none() => None,
+                    Located::Running(r) => {
+                        // Ready when QEMU holds every controller libxl records
+                        // (libxl writes them before its device_add). Dropping the
+                        // session lets go of the socket and libxl's lock.
+                        let mut s = ctx.session(vm, *r);
+                        if !s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e))? {
+                            return Ok(None); // a probe QEMU: connect_all says so and leaves it
+                        }
+                        s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+                        if s.pending.is_empty() {
+                            None
+                        } else {
+                            Some(format!("libxl is still adding {}", s.pending.join(", ")))
+                        }
+                    }
+                    Located::NotRunning(_) => None,
+                    Located::NotReady(why) => match stale_socket_age(ctx, vm) {
+                        Some(age) => {
+                            log::info!(
+                                "VM {} is not running ({why}; its socket is {} s old: left by a QEMU that died)",
+                                vm.name,
+                                age.as_secs()
+                            );
+                            None
+                        }
+                        None => Some(why),
+                    },
+                })
+            };
+            let why = match step() {
+                Ok(None) => break,
+                Ok(Some(why)) => why,
                 Err(e) => {
                     log::warn!("skipping VM {} this time: {e}", vm.name);
                     skipped.push((i, e));
                     break;
                 }
-                Ok(Located::Running(r)) => {
-                    // Drop the connection first: libxl needs the socket meanwhile.
-                    let socket = r.socket.clone();
-                    ctx.settle_xen(vm, &socket, || drop(r));
-                    break;
-                }
-                Ok(Located::NotRunning(_)) => break,
-                Ok(Located::NotReady(why)) => {
-                    if let Some(age) = stale_socket_age(ctx, vm) {
-                        log::info!(
-                            "VM {} is not running ({why}; its socket is {} s old: left by a QEMU that died)",
-                            vm.name,
-                            age.as_secs()
-                        );
-                        break;
-                    }
-                    if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
-                        log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
-                        break;
-                    }
-                    log::debug!("VM {} not ready ({why}); retrying", vm.name);
-                    std::thread::sleep(crate::timing::sync_retry());
-                }
+            };
+            if ctx.deadline.remaining("")? < ctx.config.timeout / 3 {
+                log::info!("VM {} is not ready ({why}); leaving it for the next trigger", vm.name);
+                break;
             }
+            log::debug!("VM {} not ready ({why}); retrying", vm.name);
+            std::thread::sleep(crate::timing::sync_retry());
         }
     }
     Ok(skipped)

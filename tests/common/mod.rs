@@ -14,6 +14,7 @@
 
 mod fake_qmp;
 mod fake_qmp_model;
+mod fake_xenstored;
 mod qemu;
 mod qmp_client;
 mod root;
@@ -23,6 +24,7 @@ mod sysfs;
 
 pub use fake_qmp::*;
 pub use fake_qmp_model::*;
+pub use fake_xenstored::*;
 pub use qemu::*;
 pub use qmp_client::*;
 pub use root::*;

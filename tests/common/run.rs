@@ -55,7 +55,7 @@ pub(crate) fn run_cmd(mut c: Command, root: &str) -> Run {
 }
 
 impl Run {
-    fn dump(&self) -> String {
+    pub fn dump(&self) -> String {
         format!(
             "command: {}\nexit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.args, self.code, self.stdout, self.stderr

@@ -28,6 +28,9 @@ PATHUNIT_STATUS = PREFIX + "/pathunit.status"
 # hand rewrites them as `make install` does for non-default paths.
 SUBST_DEFAULTS = ("-e 's|/usr/local/sbin/auto-usb-attach|%s/sbin/auto-usb-attach|g' "
                   "-e 's|/etc/auto-usb-attach.toml|%s/etc/auto-usb-attach.toml|g'" % (PREFIX, PREFIX))
+XS_SOCK = "/run/xenstored/socket"        # rig/fake-xenstored.py: the domains' names, libxl's records
+XS_LOG = PREFIX + "/xenstored.log"
+XEN_LIB = "/run/xen-lib"                  # the config's xen-lib-dir (the guest's /var is read-only)
 QEMU_PID_DIR = "/run/e2e-qemu"            # inner QEMUs' pidfiles (not in XEN_RUN: the watcher sees that)
 
 
@@ -193,10 +196,33 @@ class Env:
                     % (PREFIX, src, CONF_G, PREFIX, CONF_G, PREFIX, CONF_G))
         return text
 
+    # ---- xenstore (rig/fake-xenstored.py stands in for xenstored) ---------------------------
+    def start_xenstored(self, timeout=30):
+        """Serve xenstore on XS_SOCK; the domains are registered in it as libxl would."""
+        self.gcheck("mkdir -p %(lib)s && setsid /usr/bin/python3 %(g)s/fake-xenstored.py serve %(s)s %(log)s "
+                    "</dev/null >>%(log)s 2>&1 &" % dict(lib=XEN_LIB, g=GUEST_RIG, s=XS_SOCK, log=XS_LOG))
+        deadline = time.time() + timeout
+        while self.g("test -S %s" % XS_SOCK)[0] != 0:
+            if time.time() > deadline:
+                raise RigError("fake xenstored did not start in %ss: %s" % (timeout, self.g("cat " + XS_LOG)[1]))
+            time.sleep(0.2)
+
+    def xs(self, *args):
+        return self.gcheck("/usr/bin/python3 %s/fake-xenstored.py %s %s"
+                           % (GUEST_RIG, XS_SOCK, " ".join(shlex.quote(str(a)) for a in args)))
+
+    def xs_dump(self, path):
+        rc, out = self.g("/usr/bin/python3 %s/fake-xenstored.py %s dump %s" % (GUEST_RIG, XS_SOCK, path))
+        return out if rc == 0 else ""
+
     # ---- inner QEMUs (stand-ins for Xen domains) ------------------------------------------
     def start_vm(self, name, domid):
         sock = "%s/qmp-libxl-%d" % (XEN_RUN, domid)
         t0 = time.time()
+        # As libxl: the domain is in xenstore before its device model starts.
+        self.xs("write", "/local/domain/%d/name" % domid, name)
+        self.xs("write", "/local/domain/%d/vm" % domid, "/vm/00000000-0000-4000-8000-%012d" % domid)
+        self.xs("write", "/libxl/%d/dm-version" % domid, "qemu_xen")
         self.gcheck("mkdir -p %s %s && qemu-system-x86_64 -M pc -nodefaults -display none -S -accel tcg -m 64 "
                     "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/qemu-%d.pid"
                     % (XEN_RUN, QEMU_PID_DIR, shlex.quote(name), sock, QEMU_PID_DIR, domid), timeout=60)
@@ -217,6 +243,8 @@ class Env:
                          "i=$((i+1)); [ $i -gt %(n)d ] && { echo still alive; exit 1; }; sleep 0.1; done; "
                          "rm -f %(s)s %(f)s" % dict(f=pidf, n=timeout * 10, s=self.sock(domid)), timeout=timeout + 10)
         check(rc == 0, "could not stop %s's QEMU (domid %d): %s" % (name, domid, out.strip()))
+        self.xs("rm", "/local/domain/%d" % domid)
+        self.xs("rm", "/libxl/%d" % domid)
         return domid
 
     def sock(self, domid):

@@ -13,7 +13,7 @@ from qmp import QMP  # noqa: E402
 GUEST_RIG = "/tmp/rig"           # where the work dir is mounted inside the guest
 GUEST_FILES = ("build-initramfs.sh", "initramfs-init", "guest-init.sh", "guest-agent.py",
                "qmp.py", "gqmp.py", "start-outer.sh", "98-e2e-log.rules",
-               "99-zz-e2e-done.rules", "pathunit.py")
+               "99-zz-e2e-done.rules", "pathunit.py", "fake-xenstored.py")
 PR_SET_PDEATHSIG = 1
 
 

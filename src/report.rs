@@ -1,0 +1,107 @@
+//! `check`'s report as data: each finding is an item with a kind, so the
+//! command prints it as text or as JSON from one source, and nothing else
+//! (log lines go to the log sinks, never into the report on stdout).
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Looked at, fine.
+    Ok,
+    /// Worth knowing; not wrong.
+    Warning,
+    /// Wrong: `check` exits 1.
+    Problem,
+    /// Could not be looked at (not root): neither fine nor wrong.
+    NotChecked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub kind: Kind,
+    /// What it is about: "config", "udev rule", "VM win10", ...
+    pub subject: String,
+    pub text: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub items: Vec<Item>,
+}
+
+impl Report {
+    pub fn push(&mut self, kind: Kind, subject: impl Into<String>, text: impl Into<String>) {
+        self.items.push(Item { kind, subject: subject.into(), text: text.into() });
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        self.items.iter().filter(|i| i.kind == kind).count()
+    }
+
+    /// The last line: ok, or how many problems, and what was not checked.
+    pub fn summary(&self) -> String {
+        let (p, w, n) = (self.count(Kind::Problem), self.count(Kind::Warning), self.count(Kind::NotChecked));
+        let mut s = if p == 0 { "ok".to_string() } else { format!("{p} problem(s)") };
+        if w > 0 {
+            s.push_str(&format!(", {w} warning(s)"));
+        }
+        if n > 0 {
+            s.push_str(&format!(", {n} item(s) not checked (run as root to check them)"));
+        }
+        s
+    }
+
+    /// One line per item, then the summary.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for i in &self.items {
+            let tag = match i.kind {
+                Kind::Ok => "",
+                Kind::Warning => "warning: ",
+                Kind::Problem => "problem: ",
+                Kind::NotChecked => "not checked: ",
+            };
+            out.push_str(&format!("{tag}{}: {}\n", i.subject, i.text));
+        }
+        out.push_str(&self.summary());
+        out.push('\n');
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "items": self.items,
+            "problems": self.count(Kind::Problem),
+            "warnings": self.count(Kind::Warning),
+            "not-checked": self.count(Kind::NotChecked),
+            "ok": self.count(Kind::Problem) == 0,
+            "summary": self.summary(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_json_say_the_same() {
+        let mut r = Report::default();
+        r.push(Kind::Ok, "config", "/etc/x.toml: 1 VM(s)");
+        assert_eq!(r.text(), "config: /etc/x.toml: 1 VM(s)\nok\n");
+        r.push(Kind::NotChecked, "VMs", "needs root");
+        r.push(Kind::Problem, "udev rule", "not installed");
+        let t = r.text();
+        assert!(t.contains("not checked: VMs: needs root\nproblem: udev rule: not installed\n"), "{t}");
+        assert!(t.ends_with("1 problem(s), 1 item(s) not checked (run as root to check them)\n"), "{t}");
+        let j = r.json();
+        assert_eq!(
+            (j["problems"].as_u64(), j["not-checked"].as_u64(), j["ok"].as_bool()),
+            (Some(1), Some(1), Some(false))
+        );
+        assert_eq!(j["items"][1]["kind"], "not-checked");
+        assert_eq!(j["items"][2]["subject"], "udev rule");
+    }
+}

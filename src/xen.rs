@@ -1,0 +1,477 @@
+//! libxl's books in xenstore, read and kept the way libxl keeps them
+//! (tools/libs/light/libxl_usb.c), so `xl usb-list` is truthful about what
+//! the tool holds and `xl usbdev-attach` never collides with it.
+//!
+//! - A domain is found by name: `/local/domain/<domid>/name`; its uuid is
+//!   `/local/domain/<domid>/vm` = `/vm/<uuid>` (libxl's lock files carry it).
+//! - A devicemodel USB controller `<devid>` (QEMU id `xenusb-<devid>`) is
+//!   recorded under `/libxl/<domid>/device/vusb/<devid>/`: `type` =
+//!   "devicemodel", `usb-ver`, `num-ports`, and `port/1..N`, each "" when
+//!   free or the host device's sysfs bus id ("1-2") when used. libxl makes
+//!   the controller node with permissions "n0" (dom0 owns it, nobody else
+//!   reads it); everything below inherits that.
+//!
+//! Generic over the xenstore stream so every function here is unit-tested
+//! on in-memory replies; the Xen backend (`backend::Xen`) calls them.
+
+use crate::state::{Controller, Origin, VmState};
+use crate::xenstore::{Tx, Xs, XsError, XsResult};
+use std::io::{Read, Write};
+
+/// A running domain as xenstore names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Domain {
+    pub domid: u32,
+    pub uuid: String,
+}
+
+/// What libxl records about one USB controller of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VusbCtrl {
+    pub devid: u32,
+    /// "devicemodel" (QEMU's), "pv" or "qusb" (backends this tool never uses).
+    pub kind: String,
+    pub usb_ver: String,
+    /// `ports[i]` is port i+1's entry: "" free, else a sysfs bus id.
+    pub ports: Vec<String>,
+}
+
+impl VusbCtrl {
+    pub fn qemu_id(&self) -> String {
+        format!("xenusb-{}", self.devid)
+    }
+    pub fn is_devicemodel(&self) -> bool {
+        self.kind == "devicemodel"
+    }
+}
+
+pub fn vusb_dir(domid: u32) -> String {
+    format!("/libxl/{domid}/device/vusb")
+}
+
+pub fn ctrl_dir(domid: u32, devid: u32) -> String {
+    format!("{}/{devid}", vusb_dir(domid))
+}
+
+pub fn port_path(domid: u32, devid: u32, port: u8) -> String {
+    format!("{}/port/{port}", ctrl_dir(domid, devid))
+}
+
+/// libxl's `usb-ver` for the controller drivers it creates (libxl_usb.c:
+/// version 1 piix3-usb-uhci, 2 usb-ehci, 3 nec-usb-xhci).
+pub fn usb_ver(driver: &str) -> Option<u8> {
+    match driver {
+        "piix3-usb-uhci" => Some(1),
+        "usb-ehci" => Some(2),
+        "nec-usb-xhci" => Some(3),
+        _ => None,
+    }
+}
+
+/// `xenusb-<devid>` -> devid.
+pub fn devid_of(qemu_id: &str) -> Option<u32> {
+    crate::plan::parse_controller_id(qemu_id)
+}
+
+/// Domain `name`: the cached domid first (one read), else every domain's
+/// name. A cached domid that now has another name, or none, is logged and
+/// passed over.
+pub fn find_domain<S: Read + Write>(xs: &mut Xs<S>, name: &str, cached: Option<u32>) -> XsResult<Option<Domain>> {
+    if let Some(d) = cached {
+        match xs.read_opt(Tx::NONE, &format!("/local/domain/{d}/name"))? {
+            Some(n) if n == name => return Ok(Some(Domain { domid: d, uuid: uuid_of(xs, d)? })),
+            Some(n) => log::info!("Xen domain {d} is now named {n:?}, not {name}; looking {name} up again"),
+            None => log::info!("Xen domain {d} (was {name}) is gone; looking {name} up again"),
+        }
+    }
+    let ids = match xs.directory(Tx::NONE, "/local/domain") {
+        Ok(ids) => ids,
+        Err(e) if e.is_enoent() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for id in ids.iter().filter_map(|i| i.parse::<u32>().ok()).filter(|i| Some(*i) != cached) {
+        // A domain dying meanwhile has no name any more: not ours.
+        if xs.read_opt(Tx::NONE, &format!("/local/domain/{id}/name"))?.as_deref() == Some(name) {
+            return Ok(Some(Domain { domid: id, uuid: uuid_of(xs, id)? }));
+        }
+    }
+    Ok(None)
+}
+
+fn uuid_of<S: Read + Write>(xs: &mut Xs<S>, domid: u32) -> XsResult<String> {
+    let path = format!("/local/domain/{domid}/vm");
+    let vm = xs.read_opt(Tx::NONE, &path)?.unwrap_or_default();
+    match vm.strip_prefix("/vm/") {
+        Some(u) if !u.is_empty() => Ok(u.to_string()),
+        _ => Err(XsError::Protocol(format!("{path} is {vm:?}, not /vm/<uuid>"))),
+    }
+}
+
+/// Every USB controller libxl records for `domid` (none: empty).
+pub fn read_vusb<S: Read + Write>(xs: &mut Xs<S>, tx: Tx, domid: u32) -> XsResult<Vec<VusbCtrl>> {
+    let dir = vusb_dir(domid);
+    let ids = match xs.directory(tx, &dir) {
+        Ok(ids) => ids,
+        Err(e) if e.is_enoent() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for devid in ids.iter().filter_map(|i| i.parse::<u32>().ok()) {
+        let base = ctrl_dir(domid, devid);
+        let kind = xs.read_opt(tx, &format!("{base}/type"))?.unwrap_or_default();
+        let usb_ver = xs.read_opt(tx, &format!("{base}/usb-ver"))?.unwrap_or_default();
+        let n: u8 = xs.read_opt(tx, &format!("{base}/num-ports"))?.and_then(|n| n.parse().ok()).unwrap_or(0);
+        let mut ports = Vec::with_capacity(n as usize);
+        for p in 1..=n {
+            ports.push(xs.read_opt(tx, &port_path(domid, devid, p))?.unwrap_or_default());
+        }
+        out.push(VusbCtrl { devid, kind, usb_ver, ports });
+    }
+    out.sort_by_key(|c| c.devid);
+    Ok(out)
+}
+
+/// libxl's records for a devicemodel controller the tool creates, all
+/// ports free. Fails (EEXIST) if libxl already records that devid.
+pub fn write_ctrl<S: Read + Write>(xs: &mut Xs<S>, tx: Tx, domid: u32, c: &Controller) -> XsResult<()> {
+    let devid = devid_of(&c.id).ok_or_else(|| XsError::Protocol(format!("{} is not a xenusb-<devid> id", c.id)))?;
+    let ver = usb_ver(&c.driver).ok_or_else(|| XsError::Protocol(format!("libxl has no usb-ver for {}", c.driver)))?;
+    let base = ctrl_dir(domid, devid);
+    if xs.read_opt(tx, &base)?.is_some() {
+        return Err(XsError::Xenstored { errno: "EEXIST".into(), what: format!("{base}: libxl already records it") });
+    }
+    let n = c.ports.max(c.usb3_ports);
+    xs.mkdir(tx, &base)?;
+    // libxl: libxl__xs_mknod(..., noperm = n0); the rest inherit.
+    xs.set_perms(tx, &base, &["n0"])?;
+    xs.write(tx, &format!("{base}/type"), b"devicemodel")?;
+    xs.write(tx, &format!("{base}/usb-ver"), ver.to_string().as_bytes())?;
+    xs.write(tx, &format!("{base}/num-ports"), n.to_string().as_bytes())?;
+    xs.write(tx, &format!("{base}/port"), b"")?;
+    for p in 1..=n {
+        xs.write(tx, &port_path(domid, devid, p), b"")?;
+    }
+    Ok(())
+}
+
+/// What the planner must know from libxl's books, folded into a view read
+/// from QEMU: a port libxl records as used is taken (a device of ours on
+/// it, or a foreign port); a `usb-host` device QEMU holds that libxl
+/// records and we did not ask for is xl's. Returns the controllers libxl
+/// records that QEMU does not hold (yet): libxl writes a controller's
+/// records before its device_add, so such a controller means libxl is
+/// adding it right now (domain start, `xl usbctrl-attach`).
+pub fn fold_into(view: &mut VmState, books: &[VusbCtrl]) -> Vec<String> {
+    let mut pending = Vec::new();
+    for c in books.iter().filter(|c| c.is_devicemodel()) {
+        let id = c.qemu_id();
+        if !view.controllers.iter().any(|q| q.id == id) {
+            pending.push(id);
+            continue;
+        }
+        for (i, busid) in c.ports.iter().enumerate() {
+            let port = i as u8 + 1;
+            if busid.is_empty() {
+                continue;
+            }
+            match view.devices.iter_mut().find(|d| d.controller == id && d.port == port) {
+                Some(d) => {
+                    if d.origin == Origin::Found {
+                        d.origin = Origin::Xl;
+                    }
+                    if d.port_path.is_empty() {
+                        d.port_path = busid.clone();
+                    }
+                }
+                None => {
+                    let f = format!("{id}:{port}");
+                    if !view.foreign_ports.contains(&f) {
+                        view.foreign_ports.push(f);
+                    }
+                }
+            }
+        }
+    }
+    pending
+}
+
+/// Where libxl's books and QEMU disagree, one line each (for `check`).
+pub fn disagreements(qemu: &VmState, books: &[VusbCtrl]) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in books.iter().filter(|c| c.is_devicemodel()) {
+        let id = c.qemu_id();
+        if !qemu.controllers.iter().any(|q| q.id == id) {
+            out.push(format!("libxl records controller {id} (usb-ver {}), QEMU has none", c.usb_ver));
+            continue;
+        }
+        for (i, busid) in c.ports.iter().enumerate() {
+            let port = i as u8 + 1;
+            let dev = qemu.devices.iter().find(|d| d.controller == id && d.port == port);
+            let other = qemu.foreign_ports.contains(&format!("{id}:{port}"));
+            match (busid.is_empty(), dev, other) {
+                (false, None, false) => {
+                    out.push(format!("libxl records {busid} on {id} port {port}, QEMU has nothing there"))
+                }
+                (true, Some(d), _) => out.push(format!("QEMU has {} on {id} port {port}, libxl records it free", d.id)),
+                _ => {}
+            }
+        }
+    }
+    for q in &qemu.controllers {
+        if !books.iter().any(|c| c.qemu_id() == q.id) {
+            out.push(format!("QEMU has controller {} ({}), libxl has no record of it", q.id, q.driver));
+        }
+    }
+    out
+}
+
+/// One line per controller: libxl's view ("xenusb-0 usb-ver 2: 1=1-8 2=- ...").
+pub fn describe(books: &[VusbCtrl]) -> String {
+    if books.is_empty() {
+        return "no USB controllers".into();
+    }
+    books
+        .iter()
+        .map(|c| {
+            let ports: Vec<String> = c
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{}={}", i + 1, if b.is_empty() { "-" } else { b }))
+                .collect();
+            format!("xenusb-{} ({} usb-ver {}): {}", c.devid, c.kind, c.usb_ver, ports.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Attached;
+    use std::collections::BTreeMap;
+    use std::io::Cursor;
+
+    /// A tiny xenstored: answers READ/DIRECTORY/WRITE/MKDIR/SET_PERMS from a
+    /// map, in the wire format of tests/fixtures/xenstored-4.17-transcript.txt
+    /// (reply header echoes type and req_id; errors are XS_ERROR "ENOENT\0";
+    /// DIRECTORY lists NUL-terminated names; WRITE/MKDIR answer "OK\0").
+    struct Store {
+        nodes: BTreeMap<String, String>,
+        perms: BTreeMap<String, String>,
+        inbox: Vec<u8>,
+        out: Cursor<Vec<u8>>,
+    }
+
+    impl Store {
+        fn new(nodes: &[(&str, &str)]) -> Store {
+            let nodes = nodes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Store { nodes, perms: BTreeMap::new(), inbox: Vec::new(), out: Cursor::new(Vec::new()) }
+        }
+        fn answer(&mut self, ty: u32, rid: u32, body: &[u8]) {
+            let mut m = Vec::new();
+            for v in [ty, rid, 0, body.len() as u32] {
+                m.extend_from_slice(&v.to_le_bytes());
+            }
+            m.extend_from_slice(body);
+            let pos = self.out.position();
+            let mut buf = self.out.get_ref()[pos as usize..].to_vec();
+            buf.extend_from_slice(&m);
+            self.out = Cursor::new(buf);
+        }
+        fn handle(&mut self) {
+            while self.inbox.len() >= 16 {
+                let w = |i: usize| u32::from_le_bytes(self.inbox[i..i + 4].try_into().unwrap());
+                let (ty, rid, len) = (w(0), w(4), w(12) as usize);
+                if self.inbox.len() < 16 + len {
+                    return;
+                }
+                let body: Vec<u8> = self.inbox[16..16 + len].to_vec();
+                self.inbox.drain(..16 + len);
+                let nul = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+                let path = String::from_utf8_lossy(&body[..nul]).into_owned();
+                let rest = body.get(nul + 1..).unwrap_or(&[]).to_vec();
+                let enoent = |s: &mut Store| s.answer(16, rid, b"ENOENT\0");
+                match ty {
+                    2 => match self.nodes.get(&path).cloned() {
+                        Some(v) => self.answer(2, rid, v.as_bytes()),
+                        None => enoent(self),
+                    },
+                    1 => {
+                        if !self.nodes.contains_key(&path) {
+                            enoent(self);
+                            continue;
+                        }
+                        let pre = format!("{path}/");
+                        let mut kids: Vec<String> = self
+                            .nodes
+                            .keys()
+                            .filter_map(|k| k.strip_prefix(&pre))
+                            .filter(|k| !k.contains('/'))
+                            .map(str::to_string)
+                            .collect();
+                        kids.dedup();
+                        let mut b = Vec::new();
+                        for k in kids {
+                            b.extend_from_slice(k.as_bytes());
+                            b.push(0);
+                        }
+                        self.answer(1, rid, &b);
+                    }
+                    11 | 12 => {
+                        let v = if ty == 11 { String::from_utf8_lossy(&rest).into_owned() } else { String::new() };
+                        // xenstored creates missing parents (empty).
+                        let mut at = 0;
+                        while let Some(i) = path[at + 1..].find('/') {
+                            at += i + 1;
+                            self.nodes.entry(path[..at].to_string()).or_default();
+                        }
+                        if ty == 11 || !self.nodes.contains_key(&path) {
+                            self.nodes.insert(path, v);
+                        }
+                        self.answer(ty, rid, b"OK\0");
+                    }
+                    14 => {
+                        self.perms.insert(path, String::from_utf8_lossy(&rest).into_owned());
+                        self.answer(14, rid, b"OK\0");
+                    }
+                    _ => self.answer(16, rid, b"EINVAL\0"),
+                }
+            }
+        }
+    }
+    impl Read for Store {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            self.out.read(b)
+        }
+    }
+    impl Write for Store {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.inbox.extend_from_slice(b);
+            self.handle();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const UUID: &str = "98ded3d9-cda0-4c20-bd6d-99adbfa050fc";
+
+    fn domains() -> Xs<Store> {
+        Xs::new(Store::new(&[
+            ("/local/domain", ""),
+            ("/local/domain/0", ""),
+            ("/local/domain/0/name", "Domain-0"),
+            ("/local/domain/3", ""),
+            ("/local/domain/3/name", "other"),
+            ("/local/domain/3/vm", "/vm/00000000-0000-0000-0000-000000000003"),
+            ("/local/domain/5", ""),
+            ("/local/domain/5/name", "hvm1"),
+            ("/local/domain/5/vm", &format!("/vm/{UUID}")),
+        ]))
+    }
+
+    #[test]
+    fn domains_are_found_by_name_and_a_stale_cached_domid_is_passed_over() {
+        let mut xs = domains();
+        assert_eq!(find_domain(&mut xs, "hvm1", None).unwrap(), Some(Domain { domid: 5, uuid: UUID.into() }));
+        assert_eq!(find_domain(&mut xs, "hvm1", Some(5)).unwrap().unwrap().domid, 5);
+        // domid 3 is another domain now; domid 9 is gone: both passed over
+        assert_eq!(find_domain(&mut xs, "hvm1", Some(3)).unwrap().unwrap().domid, 5);
+        assert_eq!(find_domain(&mut xs, "hvm1", Some(9)).unwrap().unwrap().domid, 5);
+        assert_eq!(find_domain(&mut xs, "nope", Some(5)).unwrap(), None);
+    }
+
+    fn books_of(xs: &mut Xs<Store>) -> Vec<VusbCtrl> {
+        read_vusb(xs, Tx::NONE, 5).unwrap()
+    }
+
+    #[test]
+    fn a_controller_is_recorded_as_libxl_records_it() {
+        // tests/fixtures/libxl-usb-xenstore.txt, "after usbctrl-attach version=2"
+        let mut xs = domains();
+        let c = Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 };
+        write_ctrl(&mut xs, Tx::NONE, 5, &c).unwrap();
+        let s = xs.into_inner();
+        let got: Vec<(String, String)> = s
+            .nodes
+            .iter()
+            .filter(|(k, _)| k.starts_with("/libxl/5/device/vusb/0"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut want = vec![
+            ("/libxl/5/device/vusb/0".to_string(), String::new()),
+            ("/libxl/5/device/vusb/0/num-ports".into(), "6".into()),
+            ("/libxl/5/device/vusb/0/port".into(), String::new()),
+            ("/libxl/5/device/vusb/0/type".into(), "devicemodel".into()),
+            ("/libxl/5/device/vusb/0/usb-ver".into(), "2".into()),
+        ];
+        for p in 1..=6 {
+            want.push((format!("/libxl/5/device/vusb/0/port/{p}"), String::new()));
+        }
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(s.perms.get("/libxl/5/device/vusb/0").map(String::as_str), Some("n0\0"));
+        // xhci: num-ports = max(p2, p3), usb-ver 3; and an existing devid is refused
+        let mut xs = Xs::new(s);
+        let x = Controller { id: "xenusb-1".into(), driver: "nec-usb-xhci".into(), ports: 8, usb3_ports: 8 };
+        write_ctrl(&mut xs, Tx::NONE, 5, &x).unwrap();
+        let b = books_of(&mut xs);
+        assert_eq!((b[1].usb_ver.as_str(), b[1].ports.len()), ("3", 8));
+        assert_eq!(write_ctrl(&mut xs, Tx::NONE, 5, &x).unwrap_err().errno(), Some("EEXIST"));
+    }
+
+    fn dev(id: &str, ctrl: &str, port: u8, origin: Origin) -> Attached {
+        let (bus, addr) = crate::plan::parse_device_id(id).unwrap();
+        Attached {
+            id: id.into(),
+            bus,
+            addr,
+            controller: ctrl.into(),
+            port,
+            port_path: String::new(),
+            usb_id: String::new(),
+            serial: String::new(),
+            origin,
+        }
+    }
+
+    #[test]
+    fn libxls_used_ports_are_taken_and_its_devices_are_xls() {
+        let ehci = Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 };
+        let mut view = VmState {
+            controllers: vec![ehci],
+            devices: vec![
+                dev("xenusb-1-2", "xenusb-0", 1, Origin::Found),
+                dev("xenusb-1-5", "xenusb-0", 3, Origin::Rule),
+            ],
+            ..Default::default()
+        };
+        let mut ports = vec![String::new(); 6];
+        ports[0] = "1-8".into(); // xl's device, QEMU has it
+        ports[1] = "1-9".into(); // libxl about to add one (written before its device_add)
+        ports[2] = "1-4.1".into(); // ours
+        let books = vec![
+            VusbCtrl { devid: 0, kind: "devicemodel".into(), usb_ver: "2".into(), ports },
+            VusbCtrl { devid: 1, kind: "devicemodel".into(), usb_ver: "3".into(), ports: vec![String::new(); 8] },
+        ];
+        let raw = view.clone();
+        let pending = fold_into(&mut view, &books);
+        assert_eq!(pending, ["xenusb-1"]);
+        assert_eq!(view.foreign_ports, ["xenusb-0:2"]);
+        assert_eq!((view.devices[0].origin, view.devices[0].port_path.as_str()), (Origin::Xl, "1-8"));
+        assert_eq!(view.devices[1].origin, Origin::Rule);
+        let d = disagreements(&raw, &books);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[0].contains("libxl records 1-9 on xenusb-0 port 2, QEMU has nothing there"), "{d:?}");
+        assert!(d[1].contains("libxl records controller xenusb-1"), "{d:?}");
+        // QEMU holding a device on a port libxl calls free, and a controller libxl never heard of
+        view.devices.push(dev("xenusb-1-7", "xenusb-0", 5, Origin::Rule));
+        view.controllers.push(Controller { id: "xenusb-2".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 });
+        let d = disagreements(&view, &books[..1]);
+        assert!(d.iter().any(|l| l.contains("QEMU has xenusb-1-7 on xenusb-0 port 5, libxl records it free")), "{d:?}");
+        assert!(d.iter().any(|l| l.contains("QEMU has controller xenusb-2")), "{d:?}");
+        assert!(describe(&books[..1]).starts_with("xenusb-0 (devicemodel usb-ver 2): 1=1-8 2=1-9 3=1-4.1 4=-"));
+    }
+}
