@@ -12,7 +12,6 @@ use crate::lock::LockGuard;
 use crate::plan;
 use crate::report::{Kind, Report};
 use crate::state::State;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 const RULE_DIRS: &[&str] = &[
@@ -31,22 +30,6 @@ const UNIT_DIRS: &[&str] = &[
 ];
 pub const RULE_FILE: &str = "99-xen-usb.rules";
 pub const UNITS: &[&str] = &["auto-usb-attach-sync.service", "auto-usb-attach-sync.path", "auto-usb-attach-sync.timer"];
-
-/// Config and state dir must not be writable by anyone but root (or the
-/// user running the tool): whoever can write them decides which host
-/// devices a VM gets.
-pub fn writable_by_others(path: &Path) -> Option<String> {
-    let m = std::fs::metadata(path).ok()?;
-    let mode = m.mode() & 0o7777;
-    let me = nix::unistd::geteuid().as_raw();
-    if m.uid() != 0 && m.uid() != me {
-        Some(format!("owned by uid {} (mode {mode:04o})", m.uid()))
-    } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        Some(format!("writable by group or others (mode {mode:04o})"))
-    } else {
-        None
-    }
-}
 
 /// Pairs of rules in different VMs that can match the same device. The
 /// first VM in config order wins; worth a warning, not an error.
@@ -139,11 +122,12 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
     let root = &ctx.root;
     let is_root = nix::unistd::geteuid().is_root();
     report.push(Kind::Ok, "config", format!("{}: {} VM(s)", config_shown.display(), ctx.config.vms.len()));
-    if let Some(why) = writable_by_others(&root.path(config_shown)) {
+    // The same rule every changing command refuses to run on (parents included).
+    if let Some(why) = crate::fsio::unsafe_path(&root.path(config_shown), false) {
         report.push(Kind::Problem, "config", format!("{} is {why}", config_shown.display()));
     }
     let state_dir = root.path(&ctx.config.state_dir);
-    if let Some(why) = writable_by_others(&state_dir) {
+    if let Some(why) = crate::fsio::unsafe_path(&state_dir, true) {
         report.push(Kind::Problem, "state dir", format!("{} is {why}", ctx.config.state_dir.display()));
     }
     for w in overlaps(&ctx.config) {
