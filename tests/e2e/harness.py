@@ -199,8 +199,9 @@ class Env:
     # ---- xenstore (rig/fake-xenstored.py stands in for xenstored) ---------------------------
     def start_xenstored(self, timeout=30):
         """Serve xenstore on XS_SOCK; the domains are registered in it as libxl would."""
-        self.gcheck("mkdir -p %(lib)s && setsid /usr/bin/python3 %(g)s/fake-xenstored.py serve %(s)s %(log)s "
-                    "</dev/null >>%(log)s 2>&1 &" % dict(lib=XEN_LIB, g=GUEST_RIG, s=XS_SOCK, log=XS_LOG))
+        self.gcheck("mkdir -p %(lib)s %(logdir)s && setsid /usr/bin/python3 %(g)s/fake-xenstored.py serve %(s)s %(log)s "
+                    "</dev/null >>%(log)s 2>&1 &" % dict(lib=XEN_LIB, logdir=os.path.dirname(XS_LOG), g=GUEST_RIG,
+                                                        s=XS_SOCK, log=XS_LOG))
         deadline = time.time() + timeout
         while self.g("test -S %s" % XS_SOCK)[0] != 0:
             if time.time() > deadline:
