@@ -305,6 +305,9 @@ class Env:
     def events(self):
         r = self.read("/run/events.log", "/run/events-done.log")
         ev_txt, done_txt = r["/run/events.log"] or "", r["/run/events-done.log"] or ""
+        # A line udev is appending right now may be read half-written: it is read whole on the
+        # next poll (each event's line is one O_APPEND write).
+        ev_txt = ev_txt[:ev_txt.rfind("\n") + 1]
         evs = [Event(l, i) for i, l in enumerate(ev_txt.splitlines()) if l.strip()]
         done = {}
         for l in done_txt.splitlines():
