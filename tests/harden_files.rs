@@ -14,15 +14,10 @@ use std::time::Duration;
 const QMP: &str = "/run/qemu/vm.qmp";
 
 fn rig(tag: &str) -> (TestRoot, FakeSysfs, UsbDev) {
-    let root = TestRoot::new(tag);
-    let sys = FakeSysfs::new(&root);
-    sys.root_hub(3);
-    let dev = UsbDev::new(3, 7, "3-1.2");
-    sys.device(&dev);
-    root.write_config(&format!(
-        "timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\n"
-    ));
-    (root, sys, dev)
+    receiver_at_3_7(
+        tag,
+        &format!("timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\n"),
+    )
 }
 
 fn mode(p: &Path) -> u32 {

@@ -13,13 +13,7 @@ use std::time::Duration;
 const QMP: &str = "/run/qemu/vm.qmp";
 
 fn rig(tag: &str, config: &str) -> (TestRoot, FakeSysfs, UsbDev) {
-    let root = TestRoot::new(tag);
-    let sys = FakeSysfs::new(&root);
-    sys.root_hub(3);
-    let dev = UsbDev::new(3, 7, "3-1.2");
-    sys.device(&dev);
-    root.write_config(config);
-    (root, sys, dev)
+    receiver_at_3_7(tag, config)
 }
 
 fn ids(q: &Qemu) -> Vec<String> {

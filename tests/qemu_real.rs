@@ -26,12 +26,7 @@ struct Rig {
 
 /// Sysfs with root hub usb3 and 046d:c52b at 3-1.2 (bus 3 addr 7); config `config`.
 fn rig(tag: &str, config: &str) -> Rig {
-    let root = TestRoot::new(tag);
-    let sys = FakeSysfs::new(&root);
-    sys.root_hub(3);
-    let dev = UsbDev::new(3, 7, "3-1.2");
-    sys.device(&dev);
-    root.write_config(config);
+    let (root, sys, dev) = receiver_at_3_7(tag, config);
     Rig { root, sys, dev }
 }
 

@@ -17,12 +17,7 @@ struct Rig {
 
 /// Config: VM win10 on an explicit QMP socket wants 046d:c52b and everything behind 1-4.
 fn rig(tag: &str, extra: &str) -> Rig {
-    let root = TestRoot::new(tag);
-    let sys = FakeSysfs::new(&root);
-    sys.root_hub(3);
-    let dev = UsbDev::new(3, 7, "3-1.2");
-    sys.device(&dev);
-    root.write_config(&format!(
+    let (root, sys, dev) = receiver_at_3_7(tag, &format!(
         "timeout = 5\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\nhubs = [\"1-4\"]\n{extra}\n"
     ));
     Rig { root, sys, dev }

@@ -212,3 +212,16 @@ impl FakeSysfs {
         let _ = std::fs::remove_file(self.root.join("sys/bus/usb/devices").join(format!("{}:1.0", d.port_path)));
     }
 }
+
+/// The fixture most tests start from: a temp root whose sysfs has root hub
+/// usb3 and a Logitech receiver (046d:c52b) at 3-1.2, bus 3 addr 7, and
+/// `config` as the config file.
+pub fn receiver_at_3_7(tag: &str, config: &str) -> (TestRoot, FakeSysfs, UsbDev) {
+    let root = TestRoot::new(tag);
+    let sys = FakeSysfs::new(&root);
+    sys.root_hub(3);
+    let dev = UsbDev::new(3, 7, "3-1.2");
+    sys.device(&dev);
+    root.write_config(config);
+    (root, sys, dev)
+}
