@@ -139,6 +139,39 @@ class XenEnv(Env):
                     out.append((name, domid, now))
         return out
 
+    def fault_report(self, name, old):
+        """What Xen, xl and the device model said about <name>'s unasked reboot (domid <old>):
+        xl's log (the shutdown reason), the tail of qemu-dm's log, and the hypervisor console's
+        lines for that domid (SeaBIOS prints there through port 0xe9; Xen logs triple faults
+        and crashes there)."""
+        _, xl = self.g("tail -n 15 /var/log/xen/xl-%s.log 2>&1" % name)
+        _, dm = self.g("tail -n 15 /var/log/xen/qemu-dm-%s.log 2>&1" % name)
+        hv = []
+        if old is not None:
+            pat = re.compile(r"\(d%d\)|\bd%dv\d|[Dd]omain %d\b|dom%d\b" % (old, old, old, old))
+            try:
+                with open(self.rig.serial_log, errors="replace") as f:
+                    hv = [ln.rstrip() for ln in f if pat.search(ln)][-25:]
+            except OSError as e:
+                hv = ["(serial log unreadable: %s)" % e]
+        return ("xl-%s.log:\n%s\nqemu-dm-%s.log:\n%s\nhypervisor console, domid %s:\n%s" % (
+            name, _indent(xl.strip()), name, _indent(dm.strip()), old, _indent("\n".join(hv))))
+
+    def outer_devices(self):
+        """ids of the devices plugged into the outer xHCI (what the harness plugged)."""
+        return set(d["name"] for d in self.rig.qmp("qom-list", path="/machine/peripheral")
+                   if d.get("type", "").startswith("child<") and d["name"] != "xhci")
+
+    def unplug_new(self, before):
+        """Unplug every outer device not in <before> (what a failed attempt left) and let dom0's
+        udev finish the remove events, so a retry starts from the same devices."""
+        gone = sorted(self.outer_devices() - set(before))
+        for dev in gone:
+            self.rig.unplug(dev, timeout=30)
+        if gone:
+            self.g("udevadm settle --timeout=60", 90)
+        return gone
+
     def recreate(self, name):
         """After a rig fault: the domain anew (destroyed first if it came back by itself)."""
         viewed = name in self.vms
