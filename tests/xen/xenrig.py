@@ -121,10 +121,40 @@ class XenEnv(Env):
             out = out + "(then, on a second try)\n" + out2
         check(rc == 0, "xl create %s failed (rc %d):\n%s" % (name, rc, _indent(out)))
         domid = int(out.strip().splitlines()[-1])
+        self.wait_booted(domid)
         v = self.view(domid, timeout=60)
         check(v.get("name") == name, "domain %d's QEMU answers query-name %r" % (domid, v.get("name")))
         (self.vms if viewed else self.others)[name] = domid
         return domid, time.time() - t0
+
+    # How long a domain's firmware may take to hand over to the boot sector: 5-20 s on an idle
+    # machine, minutes when other TCG VMs share the two cores (a bound, not a sleep).
+    BOOT_TIMEOUT = 300
+
+    def wait_booted(self, domid, timeout=None):
+        """Wait until domain <domid>'s firmware has handed over to the boot sector: SeaBIOS's
+        "Booting from 0000:7c00", which reaches the hypervisor console (guest_loglvl=all) as
+        "(d<domid>) ...". Until then hvmloader has assigned the PCI BARs but SeaBIOS is still
+        probing PCI and starting USB controllers; a controller hot-plugged into that window has
+        unassigned BARs when SeaBIOS enables it. The rig's guests spend tens of seconds there
+        under TCG, and guests rebooted by themselves in it (rig faults), so scenarios begin
+        after it. Returns the seconds waited."""
+        t0 = time.time()
+        mark = "(d%d) Booting from 0000:7c00" % domid
+        deadline = t0 + (timeout or self.BOOT_TIMEOUT)
+        pos = 0
+        while True:
+            with open(self.rig.serial_log, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            # Whole lines only: the console file is written as the guest prints.
+            cut = chunk.rfind(b"\n") + 1
+            if mark.encode() in chunk[:cut]:
+                return time.time() - t0
+            pos += cut
+            check(time.time() < deadline, "domain %d: firmware did not reach the boot sector within %ss "
+                  "(no %r on the hypervisor console)" % (domid, timeout or self.BOOT_TIMEOUT, mark))
+            time.sleep(0.2)
 
     def rebooted(self):
         """Domains that came back under a new domid without the harness asking: [(name, old, new)].
