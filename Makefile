@@ -1,8 +1,8 @@
 # auto-usb-attach -- build, test, install.
 #   make                 build the release binary
 #   make test            everything CI runs: unit + integration tests (real QEMU), staged installs,
-#                        the real-stack e2e suite, the real-systemd tier and a short soak
-#                        (SOAK_CI_STEPS steps); the real-Xen tier is `make test-xen`, not yet in CI
+#                        the real-stack e2e suite, the real-systemd tier, the real-Xen tier and
+#                        a short soak (SOAK_CI_STEPS steps)
 #   make unit            cargo tests only
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
@@ -75,7 +75,7 @@ test-systemd: build
 test-xen: build
 	tests/xen/run --bin $(BIN)
 
-test: unit test-install e2e test-systemd soak-ci
+test: unit test-install e2e test-systemd test-xen soak-ci
 
 # CI's soak: a fixed seed, so a failure names a reproducible step (`make soak SEED=7 STEPS=...`).
 SOAK_CI_STEPS ?= 200
