@@ -423,6 +423,19 @@ class Env:
     def tool(self, args, timeout=40):
         return self.g("%s --config %s %s" % (BIN_G, CONF_G, args), timeout)
 
+    def check_with_units_linked(self, timeout=60):
+        """`check` as on an installed host: the units (installed to UNIT_DIR_G, which systemd
+        does not search) linked into /run/systemd/system for the one run, then removed again
+        (and the directory, if this made it). Returns (rc, output)."""
+        _, made = self.g("test -d /run/systemd/system || echo made")
+        self.gcheck("mkdir -p /run/systemd/system && " + " && ".join(
+            "ln -sf %s/%s /run/systemd/system/%s" % (UNIT_DIR_G, u, u) for u in UNITS))
+        try:
+            return self.tool("check 2>&1", timeout)
+        finally:
+            self.g("rm -f %s; %s" % (" ".join("/run/systemd/system/" + u for u in UNITS),
+                                     "rmdir /run/systemd/system 2>/dev/null; true" if "made" in made else "true"))
+
     def state(self):
         out = self.read(STATE_DIR + "/state.json")[STATE_DIR + "/state.json"]
         if out is None:
