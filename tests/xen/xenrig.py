@@ -127,8 +127,8 @@ class XenEnv(Env):
         (self.vms if viewed else self.others)[name] = domid
         return domid, time.time() - t0
 
-    # How long a domain's firmware may take to hand over to the boot sector: 5-20 s on an idle
-    # machine, minutes when other TCG VMs share the two cores (a bound, not a sleep).
+    # How long a domain's firmware may take to hand over to the boot sector: tens of seconds
+    # under TCG, minutes when other TCG VMs share the two cores (a bound, not a sleep).
     BOOT_TIMEOUT = 300
 
     def wait_booted(self, domid, timeout=None):
