@@ -137,8 +137,8 @@ class XenEnv(Env):
         "(d<domid>) ...". Until then hvmloader has assigned the PCI BARs but SeaBIOS is still
         probing PCI and starting USB controllers; a controller hot-plugged into that window has
         unassigned BARs when SeaBIOS enables it. The rig's guests spend tens of seconds there
-        under TCG, and guests rebooted by themselves in it (rig faults), so scenarios begin
-        after it. Returns the seconds waited."""
+        under TCG, and the two self-reboots seen (rig faults) came soon after creation, so
+        scenarios begin after it. Returns the seconds waited."""
         t0 = time.time()
         mark = "(d%d) Booting from 0000:7c00" % domid
         deadline = t0 + (timeout or self.BOOT_TIMEOUT)
