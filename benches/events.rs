@@ -7,28 +7,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{Qemu, TestRoot, BIN};
+use common::{remove_env, Qemu, TestRoot, BIN};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PER_VM: u32 = 12;
 const VMS: [(&str, u32); 2] = [("a", 1), ("b", 2)];
-
-fn env(bus: u32, addr: u32) -> Vec<(String, String)> {
-    [
-        ("ACTION", "remove".to_string()),
-        ("SUBSYSTEM", "usb".into()),
-        ("DEVTYPE", "usb_device".into()),
-        ("BUSNUM", format!("{bus:03}")),
-        ("DEVNUM", format!("{addr:03}")),
-        ("DEVPATH", format!("/devices/pci0000:00/0000:00:04.0/usb{bus}/{bus}-{}", addr - 9)),
-        ("PRODUCT", "627/1/0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
 
 /// Put PER_VM usb-host devices into each VM and the matching records into
 /// state (instance left empty: the first event per VM rebuilds from QEMU,
@@ -63,7 +48,7 @@ fn populate(root: &TestRoot, qemus: &[Qemu]) {
 fn spawn(root: &TestRoot, bus: u32, addr: u32) -> std::process::Child {
     Command::new(BIN)
         .env_clear()
-        .envs(env(bus, addr))
+        .envs(remove_env(bus, addr))
         .args(["--root", root.root_str(), "udev"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -140,7 +125,7 @@ fn main() {
     let mut times = Vec::new();
     for (bus, addr) in events() {
         let t = Instant::now();
-        let mut e = env(bus, addr);
+        let mut e = remove_env(bus, addr);
         e[0].1 = "bind".into();
         e.push(("TYPE".into(), "9/0/0".into())); // a hub: never passed
         Command::new(BIN).env_clear().envs(e).args(["--root", root.root_str(), "udev"]).status().unwrap();

@@ -10,28 +10,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{FakeXenstored, Qemu, TestRoot, BIN};
+use common::{remove_env, FakeXenstored, Qemu, TestRoot, BIN};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const N: u32 = 15;
 const BUS: u32 = 1;
-
-fn env(addr: u32) -> Vec<(String, String)> {
-    [
-        ("ACTION", "remove".to_string()),
-        ("SUBSYSTEM", "usb".into()),
-        ("DEVTYPE", "usb_device".into()),
-        ("BUSNUM", format!("{BUS:03}")),
-        ("DEVNUM", format!("{addr:03}")),
-        ("DEVPATH", format!("/devices/pci0000:00/0000:00:04.0/usb{BUS}/{BUS}-{}", addr - 9)),
-        ("PRODUCT", "627/1/0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
 
 /// N usb-host devices in QEMU, our records in state, and (Xen) libxl's.
 fn populate(root: &TestRoot, q: &Qemu, socket: &str, xs: Option<&FakeXenstored>) {
@@ -74,7 +59,7 @@ fn run(root: &TestRoot) -> Vec<Duration> {
             let t = Instant::now();
             let st = Command::new(BIN)
                 .env_clear()
-                .envs(env(10 + i))
+                .envs(remove_env(BUS, 10 + i))
                 .args(["--root", root.root_str(), "udev"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -129,6 +129,24 @@ impl UsbDev {
     }
 }
 
+/// The smallest `remove` environment udev gives for the device at `bus`:`addr`
+/// (no ids: sysfs is already gone), with a DEVPATH under a port derived from
+/// the address. What the benches replay in bulk: no FakeSysfs needed.
+pub fn remove_env(bus: u32, addr: u32) -> Vec<(String, String)> {
+    [
+        ("ACTION", "remove".to_string()),
+        ("SUBSYSTEM", "usb".into()),
+        ("DEVTYPE", "usb_device".into()),
+        ("BUSNUM", format!("{bus:03}")),
+        ("DEVNUM", format!("{addr:03}")),
+        ("DEVPATH", format!("/devices/pci0000:00/0000:00:04.0/usb{bus}/{bus}-{}", addr - 9)),
+        ("PRODUCT", "627/1/0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Builds `<root>/sys`: device dirs under `/sys/devices/pci.../usbB/...` with the
 /// attribute files the kernel has, and `/sys/bus/usb/devices/<name>` relative symlinks.
 pub struct FakeSysfs {
