@@ -118,10 +118,20 @@ fn try_once(
 ) -> Result<Tried> {
     let reread = |s: &mut Session| s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
-        match s.add_controller(c) {
+        let room = s.pci_room().map_err(|e| qmp_err(vm, "reading its PCI slots (qom-list)", e))?;
+        let has_usb = s.view().controllers.iter().any(|c| c.kind().is_some());
+        let home = plan::controller_home(&vm.name, &room, c, has_usb)
+            .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
+        match s.add_controller(c, home.as_deref()) {
             // A dry run printed what it would send; the log only records real changes.
             Ok(()) if s.dry_run => {}
-            Ok(()) => log::info!("VM {}: created USB controller {} ({})", vm.name, c.id, c.driver),
+            Ok(()) => log::info!(
+                "VM {}: created USB controller {} ({}){}",
+                vm.name,
+                c.id,
+                c.driver,
+                home.as_deref().map(|b| format!(" on PCI bus {b}")).unwrap_or_default()
+            ),
             Err(e) if !*retried && e.refusal() == Some(Refusal::StaleView) => {
                 *retried = true;
                 reread(s)?;

@@ -37,10 +37,29 @@ pub enum UsbVersion {
     V3,
 }
 
+/// Who owns a VM, and so how the tool changes it (`backend = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A QEMU/KVM VM with its own QMP socket (`qmp = ...`).
+    Qemu,
+    /// A Xen HVM domain found by name, with libxl's records kept.
+    Xen,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Xen => "xen",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmConfig {
     pub name: String,
-    /// Explicit QMP socket (plain QEMU/KVM). None: a Xen domain found by name.
+    pub backend: BackendKind,
+    /// Explicit QMP socket (backend qemu); None for a Xen domain, found by name.
     pub qmp: Option<PathBuf>,
     pub usb_version: UsbVersion,
     /// xhci: p2 = p3 = ports, so `ports` devices of any speed. uhci/ehci: fixed 2/6.
@@ -160,6 +179,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawVm {
     name: String,
+    backend: Option<String>,
     qmp: Option<PathBuf>,
     usb_version: Option<i64>,
     ports: Option<i64>,
@@ -246,6 +266,19 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
             return Err(err(&vkey("qmp"), format!("must be an absolute path (got {q:?})")));
         }
     }
+    // Files from before `backend` existed: a `qmp` socket is QEMU, none is Xen.
+    let backend = match (v.backend.as_deref(), &v.qmp) {
+        (None, Some(_)) | (Some("qemu"), Some(_)) => BackendKind::Qemu,
+        (None, None) | (Some("xen"), None) => BackendKind::Xen,
+        (Some("qemu"), None) => return Err(err(&vkey("qmp"), "backend \"qemu\" needs the VM's QMP socket".into())),
+        (Some("xen"), Some(_)) => {
+            return Err(err(&vkey("qmp"), "backend \"xen\" finds the domain's socket itself; remove qmp".into()))
+        }
+        (Some("libvirt"), _) => {
+            return Err(err(&vkey("backend"), "\"libvirt\" is not supported by this build yet; use qemu or xen".into()))
+        }
+        (Some(b), _) => return Err(err(&vkey("backend"), format!("must be \"qemu\" or \"xen\" (got {b:?})"))),
+    };
     let usb_version = match v.usb_version.unwrap_or(3) {
         1 => UsbVersion::V1,
         2 => UsbVersion::V2,
@@ -262,9 +295,10 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
             return Err(err(&vkey("ports"), "only applies to usb-version 3 (uhci has 2 ports, ehci 6)".into()))
         }
     };
+    // 0: only the VM's own controllers (and, on Xen, libxl's) are used.
     let max_controllers = match v.max_controllers.unwrap_or(2) {
-        n @ 1..=8 => n as u8,
-        n => return Err(err(&vkey("max-controllers"), format!("must be 1..8 (got {n})"))),
+        n @ 0..=8 => n as u8,
+        n => return Err(err(&vkey("max-controllers"), format!("must be 0..8 (got {n})"))),
     };
     let hubs = v
         .hubs
@@ -276,7 +310,7 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
         .iter()
         .map(|d| DeviceRule::parse(d).map_err(|e| err(&vkey("devices"), e.to_string())))
         .collect::<Result<Vec<_>>>()?;
-    Ok(VmConfig { name: v.name, qmp: v.qmp, usb_version, ports, max_controllers, hubs, devices })
+    Ok(VmConfig { name: v.name, backend, qmp: v.qmp, usb_version, ports, max_controllers, hubs, devices })
 }
 
 /// Read and parse the config at `path` (already resolved under the root);
@@ -381,7 +415,11 @@ usb-version = 2
         bad("[[vm]]\nname = \"a\"\nports = 16\n", &["ports", "1..15"]);
         bad("[[vm]]\nname = \"a\"\nports = 0\n", &["ports"]);
         bad("[[vm]]\nname = \"a\"\nusb-version = 1\nports = 4\n", &["ports", "usb-version 3"]);
-        bad("[[vm]]\nname = \"a\"\nmax-controllers = 0\n", &["max-controllers"]);
+        bad("[[vm]]\nname = \"a\"\nmax-controllers = 9\n", &["max-controllers", "0..8"]);
+        bad("[[vm]]\nname = \"a\"\nbackend = \"qemu\"\n", &["qmp", "needs the VM's QMP socket"]);
+        bad("[[vm]]\nname = \"a\"\nbackend = \"xen\"\nqmp = \"/q\"\n", &["qmp", "remove qmp"]);
+        bad("[[vm]]\nname = \"a\"\nbackend = \"vbox\"\n", &["backend", "\"vbox\""]);
+        bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\n", &["backend", "not supported by this build"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"usbx\"]\n", &["hubs", "usbx"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"1-\"]\n", &["hubs"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"1-4.a\"]\n", &["hubs"]);

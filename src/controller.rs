@@ -45,13 +45,14 @@ impl ControllerKind {
         }
     }
 
-    /// The kind of a controller QEMU reports with this type (ours, or one
-    /// libxl created with a `xenusb-N` id).
+    /// The kind of a controller QEMU reports with this type (ours, libxl's,
+    /// or one the VM was started with).
     pub fn recognise(driver: &str) -> Option<ControllerKind> {
         match driver {
             "nec-usb-xhci" | "qemu-xhci" => Some(ControllerKind::Xhci),
             "usb-ehci" | "ich9-usb-ehci1" | "ich9-usb-ehci2" => Some(ControllerKind::Ehci),
-            "piix3-usb-uhci" | "piix4-usb-uhci" | "ich9-usb-uhci1" => Some(ControllerKind::Uhci),
+            "piix3-usb-uhci" | "piix4-usb-uhci" | "ich9-usb-uhci1" | "ich9-usb-uhci2" | "ich9-usb-uhci3"
+            | "ich9-usb-uhci4" | "ich9-usb-uhci5" | "ich9-usb-uhci6" => Some(ControllerKind::Uhci),
             _ => None,
         }
     }
@@ -74,7 +75,14 @@ impl ControllerKind {
             ControllerKind::Ehci => (6, 0),
             ControllerKind::Xhci => (ports, ports),
         };
-        Controller { id, driver: self.driver().into(), ports, usb3_ports }
+        Controller {
+            id,
+            driver: self.driver().into(),
+            ports,
+            usb3_ports,
+            origin: crate::state::CtrlOrigin::Tool,
+            bus: String::new(),
+        }
     }
 
     /// The ports of `c` (of this kind) that take a device of `speed`, or
@@ -127,6 +135,16 @@ impl Controller {
     /// None for a driver this tool does not know (left alone).
     pub fn kind(&self) -> Option<ControllerKind> {
         ControllerKind::recognise(&self.driver)
+    }
+
+    /// The USB bus `device_add usb-host` names: QEMU calls a controller's
+    /// bus `<id>.0`, or `usb-bus.N` when it was created without an id.
+    pub fn bus_name(&self) -> String {
+        if self.bus.is_empty() {
+            format!("{}.0", self.id)
+        } else {
+            self.bus.clone()
+        }
     }
 }
 

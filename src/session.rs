@@ -195,17 +195,31 @@ impl<S: BufRead + Write> Session<S> {
         Ok(!pci.as_array().is_some_and(|a| a.is_empty()))
     }
 
-    pub fn add_controller(&mut self, c: &Controller) -> Result<(), OpError> {
-        let args = crate::plan::controller_args(c);
+    /// Where on QEMU's PCI tree a new controller could go.
+    pub fn pci_room(&mut self) -> QmpResult<crate::plan::PciRoom> {
+        vm::pci_room(&mut self.client)
+    }
+
+    /// `device_add` controller `c`, on PCI bus `pci_bus` (None: the machine's root bus).
+    pub fn add_controller(&mut self, c: &Controller, pci_bus: Option<&str>) -> Result<(), OpError> {
+        let mut args = crate::plan::controller_args(c);
+        if let Some(b) = pci_bus {
+            args["bus"] = json!(b);
+        }
         self.change(Op::AddController(c.clone()), args)?;
         self.view.controllers.push(c.clone());
         Ok(())
     }
 
     pub fn add_device(&mut self, dev: Attached, hostdevice: Option<&str>) -> Result<(), OpError> {
-        let placement =
-            crate::plan::Placement { new_controller: None, controller: dev.controller.clone(), port: dev.port };
-        let args = crate::plan::device_args(&placement, dev.bus, dev.addr, hostdevice);
+        let bus = self
+            .view
+            .controllers
+            .iter()
+            .find(|c| c.id == dev.controller)
+            .map(Controller::bus_name)
+            .unwrap_or_else(|| format!("{}.0", dev.controller));
+        let args = crate::plan::device_args(&bus, dev.port, dev.bus, dev.addr, hostdevice);
         let op = Op::AddDevice { dev: dev.clone(), hostdevice: hostdevice.map(str::to_string) };
         self.change(op, args)?;
         self.view.devices.push(dev);

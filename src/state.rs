@@ -52,7 +52,7 @@ pub struct VmState {
     pub foreign_ports: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Controller {
     pub id: String,
@@ -63,6 +63,43 @@ pub struct Controller {
     /// has max(p2, p3) ports; each holds one device of either speed.
     #[serde(default)]
     pub usb3_ports: u8,
+    /// Who created it; only the tool's own are ever the tool's to manage.
+    /// Missing in state written before 0.2: those were all `xenusb-N`, the
+    /// tool's (or libxl's, which the Xen backend marks on every read).
+    #[serde(default, skip_serializing_if = "CtrlOrigin::is_tool")]
+    pub origin: CtrlOrigin,
+    /// The USB bus QEMU gives it, when not `<id>.0`: a controller created
+    /// without an id (`-usb` makes `usb-bus.0`), whose `id` is then its QOM path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bus: String,
+}
+
+/// Where a controller came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CtrlOrigin {
+    /// Created by this tool (`xenusb-N` on a plain QEMU VM).
+    #[default]
+    Tool,
+    /// Part of the VM as it was started (`-device qemu-xhci`, `-usb`, libvirt's).
+    Vm,
+    /// libxl's (`xenusb-N` that libxl records: `usbctrl` in the domain's config,
+    /// `xl usbctrl-attach`, or the tool's own, recorded as libxl would).
+    Libxl,
+}
+
+impl CtrlOrigin {
+    pub fn is_tool(&self) -> bool {
+        *self == CtrlOrigin::Tool
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CtrlOrigin::Tool => "this tool",
+            CtrlOrigin::Vm => "the VM's own",
+            CtrlOrigin::Libxl => "libxl",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +238,7 @@ mod tests {
                     driver: "nec-usb-xhci".into(),
                     ports: 15,
                     usb3_ports: 15,
+                    ..Default::default()
                 }],
                 devices: vec![Attached {
                     id: "xenusb-3-7".into(),

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::plan::{parse_controller_id, parse_device_id};
 use crate::qmp::{self, Client, Qmp, QmpError, QmpResult};
 use crate::root::Root;
-use crate::state::{Attached, Controller, Origin, VmState};
+use crate::state::{Attached, Controller, CtrlOrigin, Origin, VmState};
 use crate::{xen, xenlock, xenstore};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
@@ -149,41 +149,72 @@ fn qom_list<S: BufRead + Write>(q: &mut Qmp<S>, path: &str) -> QmpResult<Vec<(St
         .collect())
 }
 
-/// Ports per range of a controller QEMU holds, by its type.
-fn layout<S: BufRead + Write>(q: &mut Qmp<S>, id: &str, ty: &str) -> QmpResult<Option<(u8, u8)>> {
-    let Some(kind) = ControllerKind::recognise(ty) else { return Ok(None) };
-    let path = format!("/machine/peripheral/{id}");
-    kind.read_ports(&mut |prop| qom_get(q, &path, prop)).map(Some)
+/// Where QEMU keeps the devices a VM's USB controllers can be: created with
+/// an id, created without one (`-device qemu-xhci`), and built into the
+/// machine (`-usb` puts a `piix3-usb-uhci` in `/machine/unattached`).
+const CONTAINERS: [&str; 3] = ["/machine/peripheral", "/machine/peripheral-anon", "/machine/unattached"];
+
+/// `qom-list`, with a container QEMU has not made (`-M none`) as empty.
+fn qom_list_opt<S: BufRead + Write>(q: &mut Qmp<S>, path: &str) -> QmpResult<Vec<(String, String)>> {
+    match qom_list(q, path) {
+        Err(e) if e.refusal() == Some(crate::qmp::Refusal::DeviceNotFound) => Ok(Vec::new()),
+        r => r,
+    }
 }
 
-/// Rebuild our view of a VM from QEMU itself: `xenusb-<n>` controllers, the
-/// `usb-host` devices with `xenusb-<bus>-<addr>` ids on them, and every other
-/// port in use on those controllers. Origins are `Found` (the caller merges
-/// what state knew).
-pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
-    let peripherals = qom_list(q, "/machine/peripheral")?;
-    let child_type = |name: &str| {
-        peripherals
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, t)| t.strip_prefix("child<")?.strip_suffix('>'))
-            .map(str::to_string)
-    };
-    let mut view = VmState::default();
-    for (name, ty) in &peripherals {
-        let Some(ty) = ty.strip_prefix("child<").and_then(|t| t.strip_suffix('>')) else { continue };
-        if parse_controller_id(name).is_none() {
-            continue;
-        }
-        match layout(q, name, ty)? {
-            Some((ports, usb3_ports)) => {
-                view.controllers.push(Controller { id: name.clone(), driver: ty.to_string(), ports, usb3_ports })
-            }
-            None => log::warn!("{name} is a {ty}, not a USB controller this tool knows; leaving it alone"),
+/// `child<T>` -> `T`.
+fn child_type(ty: &str) -> Option<&str> {
+    ty.strip_prefix("child<")?.strip_suffix('>')
+}
+
+/// Every USB controller QEMU holds, with the QOM path of its USB bus: ours
+/// (`xenusb-N`: the tool's, or libxl's on Xen, which the backend marks) and
+/// the VM's own. A controller with no USB bus of its own (a UHCI wired to an
+/// EHCI as its companion) has no ports to offer and is skipped.
+fn controllers<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<Vec<(Controller, String)>> {
+    let mut out = Vec::new();
+    for container in CONTAINERS {
+        for (name, ty) in qom_list_opt(q, container)? {
+            let Some(ty) = child_type(&ty) else { continue };
+            let named = container == CONTAINERS[0];
+            let Some(kind) = ControllerKind::recognise(ty) else {
+                if named && parse_controller_id(&name).is_some() {
+                    log::warn!("{name} is a {ty}, not a USB controller this tool knows; leaving it alone");
+                }
+                continue;
+            };
+            let path = format!("{container}/{name}");
+            let Some(bus) = qom_list(q, &path)?.into_iter().find(|(_, t)| t == "child<usb-bus>").map(|(n, _)| n) else {
+                continue;
+            };
+            let (ports, usb3_ports) = kind.read_ports(&mut |prop| qom_get(q, &path, prop))?;
+            let ours = named && parse_controller_id(&name).is_some();
+            let id = if named { name.clone() } else { path.clone() };
+            let bus_field = if named && bus == format!("{name}.0") { String::new() } else { bus.clone() };
+            let origin = if ours { CtrlOrigin::Tool } else { CtrlOrigin::Vm };
+            let c = Controller { id, driver: ty.to_string(), ports, usb3_ports, origin, bus: bus_field };
+            out.push((c, format!("{path}/{bus}")));
         }
     }
-    for c in view.controllers.clone() {
-        let bus = format!("/machine/peripheral/{0}/{0}.0", c.id);
+    Ok(out)
+}
+
+/// Rebuild our view of a VM from QEMU itself: every USB controller (ours
+/// and the VM's own), the `usb-host` devices with `xenusb-<bus>-<addr>` ids
+/// on them, and every other port in use on them. Origins are `Found` (the
+/// caller merges what state knew).
+///
+/// A device the VM was started with and given no `port` (QEMU picks one)
+/// reads back with an empty `port`: QEMU gave such devices the lowest free
+/// ports as it started, so that many of the lowest ports without an
+/// explicit device are counted as used. A guess that hot-plugging by hand
+/// made wrong costs one refused `device_add` ("in use?"), after which the
+/// caller re-reads and places again.
+pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
+    let mut view = VmState::default();
+    for (c, bus) in controllers(q)? {
+        let mut auto_placed = 0usize;
+        let mut used: Vec<u8> = Vec::new();
         for (link, ty) in qom_list(q, &bus)? {
             if !(link.starts_with("child[") && ty.starts_with("link<")) {
                 continue;
@@ -191,12 +222,18 @@ pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
             let path = qom_get(q, &bus, &link)?;
             let Some(path) = path.as_str() else { continue };
             let port = qom_get(q, path, "port")?;
-            let Some(port) = port.as_str().and_then(|p| p.parse::<u8>().ok()) else {
-                log::warn!("{path} on {} has port {port}; not a root port, ignoring", c.id);
+            let port = port.as_str().unwrap_or("");
+            if port.is_empty() {
+                auto_placed += 1;
+                continue;
+            }
+            let Ok(port) = port.parse::<u8>() else {
+                log::debug!("{path} on {} has port {port}: behind a hub, not a root port", c.id);
                 continue;
             };
+            used.push(port);
             let id = path.strip_prefix("/machine/peripheral/").unwrap_or("");
-            let ours = parse_device_id(id).filter(|_| child_type(id).as_deref() == Some("usb-host"));
+            let ours = parse_device_id(id).filter(|_| ty == "link<usb-host>");
             match ours {
                 Some((bus_n, addr_n)) => view.devices.push(Attached {
                     id: id.to_string(),
@@ -212,8 +249,62 @@ pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
                 None => view.foreign_ports.push(format!("{}:{port}", c.id)),
             }
         }
+        let all = c.ports.max(c.usb3_ports);
+        for port in (1..=all).filter(|p| !used.contains(p)).take(auto_placed) {
+            view.foreign_ports.push(format!("{}:{port}", c.id));
+        }
+        view.controllers.push(c);
     }
     Ok(view)
+}
+
+/// PCIe ports a device can be hot-plugged into, and PCI bridges, by QEMU type.
+const PCIE_PORTS: [&str; 3] = ["pcie-root-port", "ioh3420", "xio3130-downstream"];
+const PCI_BRIDGES: [&str; 2] = ["pcie-pci-bridge", "pci-bridge"];
+/// Device numbers a PCI bridge's bus offers (0..=31; SHPC's bridges keep none back).
+const BRIDGE_SLOTS: usize = 32;
+
+/// Where a new USB controller could go (`plan::controller_home` decides).
+/// Read from QOM, not `query-pci`: before the guest's firmware numbers the
+/// buses, `query-pci` shows no device behind any bridge.
+pub fn pci_room<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<crate::plan::PciRoom> {
+    let machine = qom_get(q, "/machine", "type")?.as_str().unwrap_or_default().to_string();
+    let pci = q.execute("query-pci", None)?;
+    let mut room =
+        crate::plan::PciRoom { machine, has_pci: !pci.as_array().is_some_and(|a| a.is_empty()), ..Default::default() };
+    if !room.is_pcie() {
+        return Ok(room);
+    }
+    for container in &CONTAINERS[..2] {
+        for (name, ty) in qom_list_opt(q, container)? {
+            let Some(ty) = child_type(&ty) else { continue };
+            let port = PCIE_PORTS.contains(&ty);
+            if !port && !PCI_BRIDGES.contains(&ty) {
+                continue;
+            }
+            let path = format!("{container}/{name}");
+            let Some(bus) =
+                qom_list(q, &path)?.into_iter().find(|(_, t)| t == "child<PCIE>" || t == "child<PCI>").map(|(n, _)| n)
+            else {
+                continue;
+            };
+            let held = qom_list(q, &format!("{path}/{bus}"))?.iter().filter(|(n, _)| n.starts_with("child[")).count();
+            if port {
+                // Older QEMU has no `hotplug` property: hot-plug was always on.
+                let hotplug = match qom_get(q, &path, "hotplug") {
+                    Ok(v) => v.as_bool().unwrap_or(true),
+                    Err(e) if e.refusal().is_some() => true,
+                    Err(e) => return Err(e),
+                };
+                if hotplug && held == 0 {
+                    room.free_ports.push(bus);
+                }
+            } else if held < BRIDGE_SLOTS {
+                room.bridges.push(bus);
+            }
+        }
+    }
+    Ok(room)
 }
 
 /// Merge what QEMU holds (`fresh`) with what state remembered about the same

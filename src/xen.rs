@@ -14,7 +14,7 @@
 //! Generic over the xenstore stream so every function here is unit-tested
 //! on in-memory replies; the Xen backend (`backend::Xen`) calls them.
 
-use crate::state::{Controller, Origin, VmState};
+use crate::state::{Controller, CtrlOrigin, Origin, VmState};
 use crate::xenstore::{Tx, Xs, XsError, XsResult};
 use std::io::{Read, Write};
 
@@ -162,6 +162,15 @@ pub fn write_ctrl<S: Read + Write>(xs: &mut Xs<S>, tx: Tx, domid: u32, c: &Contr
 /// records before its device_add, so such a controller means libxl is
 /// adding it right now (domain start, `xl usbctrl-attach`).
 pub fn fold_into(view: &mut VmState, books: &[VusbCtrl]) -> Vec<String> {
+    // A controller libxl has no record of (`-usb`'s UHCI from `usb = 1`) can
+    // hold nothing `xl usb-list` would show: not ours to use on Xen.
+    view.controllers.retain(|c| c.origin != CtrlOrigin::Vm);
+    view.foreign_ports.retain(|f| f.rsplit_once(':').is_some_and(|(c, _)| view.controllers.iter().any(|q| q.id == c)));
+    for c in &mut view.controllers {
+        if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
+            c.origin = CtrlOrigin::Libxl;
+        }
+    }
     let mut pending = Vec::new();
     for c in books.iter().filter(|c| c.is_devicemodel()) {
         let id = c.qemu_id();
@@ -217,7 +226,7 @@ pub fn disagreements(qemu: &VmState, books: &[VusbCtrl]) -> Vec<String> {
             }
         }
     }
-    for q in &qemu.controllers {
+    for q in qemu.controllers.iter().filter(|q| q.origin != CtrlOrigin::Vm) {
         if !books.iter().any(|c| c.qemu_id() == q.id) {
             out.push(format!("QEMU has controller {} ({}), libxl has no record of it", q.id, q.driver));
         }
@@ -391,7 +400,13 @@ mod tests {
     fn a_controller_is_recorded_as_libxl_records_it() {
         // tests/fixtures/libxl-usb-xenstore.txt, "after usbctrl-attach version=2"
         let mut xs = domains();
-        let c = Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 };
+        let c = Controller {
+            id: "xenusb-0".into(),
+            driver: "usb-ehci".into(),
+            ports: 6,
+            usb3_ports: 0,
+            ..Default::default()
+        };
         write_ctrl(&mut xs, Tx::NONE, 5, &c).unwrap();
         let s = xs.into_inner();
         let got: Vec<(String, String)> = s
@@ -415,7 +430,13 @@ mod tests {
         assert_eq!(s.perms.get("/libxl/5/device/vusb/0").map(String::as_str), Some("n0\0"));
         // xhci: num-ports = max(p2, p3), usb-ver 3; and an existing devid is refused
         let mut xs = Xs::new(s);
-        let x = Controller { id: "xenusb-1".into(), driver: "nec-usb-xhci".into(), ports: 8, usb3_ports: 8 };
+        let x = Controller {
+            id: "xenusb-1".into(),
+            driver: "nec-usb-xhci".into(),
+            ports: 8,
+            usb3_ports: 8,
+            ..Default::default()
+        };
         write_ctrl(&mut xs, Tx::NONE, 5, &x).unwrap();
         let b = books_of(&mut xs);
         assert_eq!((b[1].usb_ver.as_str(), b[1].ports.len()), ("3", 8));
@@ -439,7 +460,13 @@ mod tests {
 
     #[test]
     fn libxls_used_ports_are_taken_and_its_devices_are_xls() {
-        let ehci = Controller { id: "xenusb-0".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 };
+        let ehci = Controller {
+            id: "xenusb-0".into(),
+            driver: "usb-ehci".into(),
+            ports: 6,
+            usb3_ports: 0,
+            ..Default::default()
+        };
         let mut view = VmState {
             controllers: vec![ehci],
             devices: vec![
@@ -468,7 +495,13 @@ mod tests {
         assert!(d[1].contains("libxl records controller xenusb-1"), "{d:?}");
         // QEMU holding a device on a port libxl calls free, and a controller libxl never heard of
         view.devices.push(dev("xenusb-1-7", "xenusb-0", 5, Origin::Rule));
-        view.controllers.push(Controller { id: "xenusb-2".into(), driver: "usb-ehci".into(), ports: 6, usb3_ports: 0 });
+        view.controllers.push(Controller {
+            id: "xenusb-2".into(),
+            driver: "usb-ehci".into(),
+            ports: 6,
+            usb3_ports: 0,
+            ..Default::default()
+        });
         let d = disagreements(&view, &books[..1]);
         assert!(d.iter().any(|l| l.contains("QEMU has xenusb-1-7 on xenusb-0 port 5, libxl records it free")), "{d:?}");
         assert!(d.iter().any(|l| l.contains("QEMU has controller xenusb-2")), "{d:?}");

@@ -558,6 +558,7 @@ fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
         r#"{"execute": "qmp_capabilities", "id": "x"}"#,
         r#"{"execute": "qmp_capabilities"}"#,
         r#"{"execute": "query-name", "id": {"a": [1]}}"#,
+        r#"{"execute": "query-pci", "id": "pci"}"#,
         r#"{"execute": "device_add", "arguments": {"driver": "nec-usb-xhci", "id": "xenusb-0", "p2": 15, "p3": 15}, "id": 3}"#,
         r#"{"execute": "device_add", "arguments": {"driver": "nec-usb-xhci", "id": "xenusb-0", "p2": 15, "p3": 15}, "id": 4}"#,
         r#"{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}, "id": 5}"#,
@@ -577,6 +578,9 @@ fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
         r#"{"execute": "device_del", "arguments": {"id": "xenusb-3-7"}, "id": 19}"#,
         r#"{"execute": "nonsense", "id": 20}"#,
         r#"{"execute": "query-status", "id": 21}"#,
+        r#"{"execute": "qom-get", "arguments": {"path": "/machine", "property": "type"}, "id": 22}"#,
+        r#"{"execute": "qom-list", "arguments": {"path": "/machine/peripheral-anon"}, "id": 23}"#,
+        r#"{"execute": "qom-list", "arguments": {"path": "/machine/unattached"}, "id": 24}"#,
     ];
     let root = TestRoot::new("q-wire");
     let q = Qemu::start("win10", &root.p("/run/real.qmp"));
@@ -592,9 +596,9 @@ fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
             continue;
         }
         let cmd = cmds[i - 1];
-        // query-status: member order (the fake's serde_json map is sorted); qom-list:
+        // query-status, query-pci: member order (the fake's serde_json map is sorted); qom-list:
         // real QEMU lists properties in hash-table order. Compare those as values/sets.
-        if cmd.contains("query-status") {
+        if cmd.contains("query-status") || cmd.contains("query-pci") {
             let (va, vb): (Value, Value) = (serde_json::from_str(a).unwrap(), serde_json::from_str(b).unwrap());
             assert_eq!(va, vb, "{cmd}");
             continue;

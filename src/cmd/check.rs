@@ -185,14 +185,15 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                         Some(Err(e)) => report.push(Kind::Problem, subject.clone(), e.to_string()),
                         None => {}
                     }
-                    let ctrls: Vec<String> = v.controllers.iter().map(|c| format!("{} ({})", c.id, c.driver)).collect();
+                    let ctrls = plan::describe_controllers(&v);
                     let devs: Vec<String> =
                         v.devices.iter().map(|d| format!("{} on {} port {}", d.id, d.controller, d.port)).collect();
                     report.push(
                         Kind::Ok,
                         subject,
                         format!(
-                            "running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
+                            "backend {}, running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
+                            vm.backend.as_str(),
                             r.socket.display(),
                             if ctrls.is_empty() { "none".into() } else { ctrls.join(", ") },
                             if devs.is_empty() { "none".into() } else { devs.join(", ") },
@@ -201,7 +202,11 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                 }
                 Err(e) => report.push(Kind::Problem, subject, format!("QMP {}: {e}", r.socket.display())),
             },
-            Ok(None) => report.push(Kind::Ok, subject, format!("not running; would get: {would}")),
+            Ok(None) => report.push(
+                Kind::Ok,
+                subject,
+                format!("backend {}, not running; would get: {would}", vm.backend.as_str()),
+            ),
             Err(e) if !is_root && e.to_string().contains("ermission denied") => {
                 report.push(Kind::NotChecked, subject, format!("not root: {e}; would get: {would}"))
             }

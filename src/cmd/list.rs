@@ -35,6 +35,10 @@ pub fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
         for r in &rows {
             println!("{}", text_row(&state, r));
         }
+        // As last seen by the tool (list talks to no VM).
+        for (vm, v) in state.vms.iter().filter(|(_, v)| !v.controllers.is_empty()) {
+            println!("VM {vm} controllers: {}", plan::describe_controllers(v).join("; "));
+        }
     }
     Ok(())
 }

@@ -57,7 +57,7 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
 /// libxl's books together, as the original tool did. Only xenstore is read
 /// unless a domain has it (then that one domain's QEMU, under libxl's lock).
 fn xl_unplugged(ctx: &Ctx, state: &mut State, at: BusAddr, busid: &str) -> Result<()> {
-    let xen_vms: Vec<_> = ctx.config.vms.iter().filter(|v| v.qmp.is_none()).collect();
+    let xen_vms: Vec<_> = ctx.config.vms.iter().filter(|v| v.backend == crate::config::BackendKind::Xen).collect();
     if xen_vms.is_empty() || busid.is_empty() {
         return Ok(());
     }

@@ -49,6 +49,8 @@ pub(crate) fn answer(
             vec![],
         ),
         "query-status" => (Ok(json!({"status": "prelaunch", "singlestep": false, "running": false})), vec![]),
+        // The machine as started (`-M pc -nodefaults`); controllers added later are not modelled here.
+        "query-pci" => (Ok(pc_nodefaults()["query-pci"].clone()), vec![]),
         "query-version" => (
             Ok(json!({"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"})),
             vec![],
@@ -155,6 +157,11 @@ pub(crate) fn answer(
                 }
                 return (Ok(Value::Array(out)), vec![]);
             }
+            match path.as_str() {
+                "/machine/peripheral-anon" => return (Ok(json!([{"name": "type", "type": "string"}])), vec![]),
+                "/machine/unattached" => return (Ok(pc_nodefaults()["unattached"].clone()), vec![]),
+                _ => {}
+            }
             if let Some(bus) = resolve_bus(&g, &path) {
                 let mut out =
                     vec![json!({"name": "type", "type": "string"}), json!({"name": "realized", "type": "bool"})];
@@ -208,6 +215,9 @@ pub(crate) fn answer(
                 }
                 return (gerr(format!("Property 'usb-bus.{prop}' not found")), vec![]);
             }
+            if (path.as_str(), prop.as_str()) == ("/machine", "type") {
+                return (Ok(json!("pc-i440fx-7.2-machine")), vec![]);
+            }
             let Some(d) = resolve_dev(&g, &path) else {
                 return (Err(("DeviceNotFound".into(), format!("Device '{path}' not found"))), vec![]);
             };
@@ -250,4 +260,9 @@ pub(crate) fn resolve_bus(g: &FakeShared, path: &str) -> Option<String> {
 pub(crate) fn resolve_dev<'a>(g: &'a FakeShared, path: &str) -> Option<&'a FakeDev> {
     let id = path.strip_prefix("/machine/peripheral/").unwrap_or(path);
     g.devices.iter().find(|d| !d.id.is_empty() && d.id == id)
+}
+
+/// Real QEMU 7.2's `query-pci` and `qom-list /machine/unattached` for `-M pc -nodefaults`.
+pub(crate) fn pc_nodefaults() -> Value {
+    serde_json::from_str(include_str!("../fixtures/qemu-7.2-pc-nodefaults.json")).expect("fixture is JSON")
 }

@@ -1,4 +1,4 @@
-//! `Qemu`: a real `qemu-system-x86_64 -M pc -nodefaults -S` guard, killed on drop.
+//! `Qemu`: a real `qemu-system-x86_64 -nodefaults -S` guard (`-M pc`, or the machine a test names), killed on drop.
 
 use super::*;
 
@@ -12,11 +12,18 @@ impl Qemu {
     /// `qemu-system-x86_64 -M pc -nodefaults -S -display none -name NAME -qmp unix:SOCK,server=on,wait=off`,
     /// waited for until it answers QMP (our probe connection is closed again before returning).
     pub fn start(name: &str, sock: &Path) -> Qemu {
+        Qemu::start_with(name, sock, &["-M", "pc"])
+    }
+
+    /// As `start`, with the machine and devices given (`-M q35 -device qemu-xhci,id=xhci`),
+    /// the way a user starts a VM; `-nodefaults -S` still apply.
+    pub fn start_with(name: &str, sock: &Path, machine: &[&str]) -> Qemu {
         std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
         // A stale socket (SIGKILLed QEMU) would make "the path exists" meaningless.
         let _ = std::fs::remove_file(sock);
         let child = Command::new("qemu-system-x86_64")
-            .args(["-M", "pc", "-nodefaults", "-S", "-display", "none", "-name", name, "-qmp"])
+            .args(machine)
+            .args(["-nodefaults", "-S", "-display", "none", "-name", name, "-qmp"])
             .arg(format!("unix:{},server=on,wait=off", sock.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
