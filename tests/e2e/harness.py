@@ -98,6 +98,7 @@ class Env:
     def __init__(self, rig, bin_path, log=print):
         self.rig, self.bin, self.log = rig, bin_path, log
         self.vms = {}          # name -> domid (inner QEMUs we started)
+        self.plain = {}        # name -> QMP socket of plain QEMU VMs we started (backend qemu)
         self.figures = []      # (label, seconds, source)
         self.install_method = None
 
@@ -232,6 +233,19 @@ class Env:
         check(v.get("name") == name, "inner QEMU %d answers query-name %r" % (domid, v.get("name")))
         return time.time() - t0
 
+    def start_plain_vm(self, name, machine):
+        """A plain QEMU/KVM VM as its user starts it (`machine`: e.g. "-M q35 -device qemu-xhci,id=xhci"),
+        QMP at /run/qemu/<name>.qmp: no xenstore, nothing for the path unit to see."""
+        sock = "/run/qemu/%s.qmp" % name
+        t0 = time.time()
+        self.gcheck("mkdir -p /run/qemu %s && qemu-system-x86_64 %s -nodefaults -display none -S -accel tcg -m 64 "
+                    "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/plain-%s.pid"
+                    % (QEMU_PID_DIR, machine, shlex.quote(name), sock, QEMU_PID_DIR, name), timeout=60)
+        self.plain[name] = sock
+        v = self.views()[name]
+        check(v.get("name") == name, "inner QEMU %s answers query-name %r" % (name, v.get("name")))
+        return time.time() - t0
+
     def stop_vm(self, name, timeout=20):
         """Like `xl destroy`: kill the domain's QEMU (by its pidfile's pid), wait until it is
         gone, remove its QMP socket.  The harness stops querying it."""
@@ -262,10 +276,11 @@ class Env:
     def views(self, timeout=60):
         """{vm: view} of every inner QEMU we started, one short QMP session each."""
         vs = self.rig.greq({"op": "views", "timeout": 15,
-                            "socks": {n: self.sock(d) for n, d in self.vms.items()}}, timeout)
+                            "socks": dict({n: self.sock(d) for n, d in self.vms.items()}, **self.plain)}, timeout)
         for n, v in vs.items():
             if "error" in v:
-                raise Fail("QMP view of %s (domid %d) failed: %s" % (n, self.vms[n], v["error"]))
+                raise Fail("QMP view of %s (%s) failed: %s" % (n, self.plain.get(n) or self.sock(self.vms[n]),
+                                                              v["error"]))
         return vs
 
     def view(self, domid, timeout=30):
@@ -291,7 +306,7 @@ class Env:
     def wait_absent(self, vm, qid, timeout=20):
         deadline = time.time() + timeout
         while True:
-            v = self.view(self.vms[vm])
+            v = self.views()[vm] if vm in self.plain else self.view(self.vms[vm])
             if qid not in [p["name"] for p in v["peripheral"]]:
                 return v
             if time.time() > deadline:
@@ -510,6 +525,11 @@ class Env:
                 parts.append("--- inner QEMU %s (domid %d) ---\n%s" % (name, domid, format_view(self.view(domid))))
             except Exception as e:  # noqa
                 parts.append("--- inner QEMU %s (domid %d): view failed: %s" % (name, domid, e))
+        for name, sock in self.plain.items():
+            try:
+                parts.append("--- plain QEMU %s (%s) ---\n%s" % (name, sock, format_view(self.views()[name])))
+            except Exception as e:  # noqa
+                parts.append("--- plain QEMU %s (%s): view failed: %s" % (name, sock, e))
         return "\n".join(_indent(p) for p in parts)
 
 

@@ -18,7 +18,7 @@ exec qemu-system-x86_64 $ACC -name aua-e2e-outer -M pc -m ${OUTER_MEM:-1024} -sm
   -append "console=ttyS0 earlyprintk=ttyS0 panic=-1 ${KAPPEND:-}" -no-reboot \
   -serial file:"$RIG/out/serial.log" \
   -qmp unix:"$RIG/outer.sock",server=on,wait=off \
-  -device qemu-xhci,id=xhci,p2=12,p3=12 \
+  -device qemu-xhci,id=xhci,p2=15,p3=15 \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs local,path="$RIG",mount_tag=rig,security_model=passthrough,multidevs=remap \
   $DAEMON -pidfile "$RIG/out/outer.pid"
