@@ -70,7 +70,7 @@ pub fn attach_on(
     hostdevice: Option<&str>,
     deadline: &Deadline,
 ) -> Result<()> {
-    if already_there(s, vm, dev)? {
+    if already_there(s, vm, dev, hostdevice.is_some())? {
         return Ok(());
     }
     let mut retried = false;
@@ -81,7 +81,7 @@ pub fn attach_on(
         match try_once(s, vm, dev, &p, origin, &mut hostdevice, &mut retried, deadline)? {
             Tried::Done => return Ok(()),
             // A re-read found the id in QEMU after all (state had lost it).
-            Tried::Again if already_there(s, vm, dev)? => return Ok(()),
+            Tried::Again if already_there(s, vm, dev, false)? => return Ok(()),
             Tried::Again => {}
         }
     }
@@ -92,12 +92,25 @@ pub fn attach_on(
 /// unidentifiable device (rebuilt from QEMU after state was lost), that one
 /// is a dead leftover of a previous device at the same bus:addr: removed, so
 /// the caller attaches `dev` in its place.
-fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice) -> Result<bool> {
+///
+/// `fresh`: an `add` event. The same device at the same bus:addr is then
+/// either a replayed event (`udevadm trigger`: the guest must not see its
+/// device vanish and come back, a disk being written would lose data) or
+/// the kernel enumerated it anew after an unplug we never saw (QEMU's
+/// usb-host lost the device it had opened). QEMU's `attached` tells which.
+fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) -> Result<bool> {
     let id = dev.at().device_id();
     let Some(rec) = s.view().devices.iter().find(|d| d.id == id) else { return Ok(false) };
     if crate::events::same_device(rec, dev) {
-        log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
-        return Ok(true);
+        let open =
+            !fresh || s.holds_device_open(&id).map_err(|e| qmp_err(vm, &format!("reading {id} (qom-get)"), e))?;
+        if open {
+            log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
+            return Ok(true);
+        }
+        log::info!("VM {}: {id} lost the device it had open (enumerated anew at {}); replacing it", vm.name, dev.at());
+        detach_on(s, vm, dev.at(), true)?;
+        return Ok(false);
     }
     let was = if rec.usb_id.is_empty() { "a device state has no record of".to_string() } else { rec.usb_id.clone() };
     log::info!("VM {}: {id} holds {was}, not {} at {}; replacing it", vm.name, dev.id_string(), dev.port_path);

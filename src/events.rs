@@ -10,15 +10,13 @@ use crate::types::BusAddr;
 use log::Level;
 
 /// Why `rec` (a record at `now`'s bus:addr) no longer describes the device
-/// there, if it doesn't. `fresh_add`: the kernel has just enumerated a
-/// device at that bus:addr, so whatever we recorded there was unplugged
-/// while we did not see the remove.
-pub fn stale(rec: &Attached, now: &HostDevice, fresh_add: bool) -> Option<&'static str> {
+/// there, if it doesn't.
+pub fn stale(rec: &Attached, now: &HostDevice) -> Option<&'static str> {
     let differs = (!rec.usb_id.is_empty() && rec.usb_id != now.id_string())
         || (!rec.port_path.is_empty() && rec.port_path != now.port_path)
         // Records written before serials were kept have none: not a difference.
         || (!rec.serial.is_empty() && Some(rec.serial.as_str()) != now.serial.as_deref());
-    (fresh_add || differs).then_some("another device now has its bus:addr")
+    differs.then_some("another device now has its bus:addr")
 }
 
 /// Is `rec` (what QEMU or state holds under `now`'s id) provably `now`:
@@ -26,7 +24,7 @@ pub fn stale(rec: &Attached, now: &HostDevice, fresh_add: bool) -> Option<&'stat
 /// of these, so it is not: "already attached" must never hide a different
 /// device that got the same bus:addr.
 pub fn same_device(rec: &Attached, now: &HostDevice) -> bool {
-    !rec.usb_id.is_empty() && !rec.port_path.is_empty() && stale(rec, now, false).is_none()
+    !rec.usb_id.is_empty() && !rec.port_path.is_empty() && stale(rec, now).is_none()
 }
 
 fn note(level: Level, text: String) -> Vec<Step> {
@@ -47,7 +45,12 @@ pub fn on_add(config: &crate::config::Config, state: &State, dev: &HostDevice, a
             // The add event already attached it: nothing to do, no QMP.
             return note(Level::Debug, format!("{at} already attached to {owner}"));
         }
-        if let Some(why) = stale(rec, dev, action == Action::Add) {
+        // The same device in the VM the config routes it to is left to
+        // `Attach`: an `add` for it is either replayed (`udevadm trigger`)
+        // or the kernel enumerated it anew at the same bus:addr, and only
+        // QEMU can tell which (its usb-host still holds the device or not).
+        let moved = (owner != config.vms[vm].name).then_some("the config routes it to another VM now");
+        if let Some(why) = stale(rec, dev).or(moved) {
             let text = format!("{at} reused by a new device; dropping the stale attachment in {owner}");
             steps.push(Step::Note { level: Level::Info, text });
             steps.push(match config.vms.iter().position(|v| v.name == owner) {
@@ -117,10 +120,9 @@ mod tests {
     fn stale_rule() {
         let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
         let r = rec(&d);
-        assert_eq!(stale(&r, &d, false), None);
-        assert!(stale(&r, &d, true).is_some());
-        assert!(stale(&r, &HostDevice::fixture(1, 2, "1-1", 7, 7), false).is_some());
-        assert!(stale(&r, &HostDevice::fixture(1, 2, "1-3", 1, 1), false).is_some());
+        assert_eq!(stale(&r, &d), None);
+        assert!(stale(&r, &HostDevice::fixture(1, 2, "1-1", 7, 7)).is_some());
+        assert!(stale(&r, &HostDevice::fixture(1, 2, "1-3", 1, 1)).is_some());
         assert!(same_device(&r, &d));
         let mut other_serial = d.clone();
         other_serial.serial = Some("other".into());
@@ -137,9 +139,13 @@ mod tests {
         let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"usb1\"]\n", "t").unwrap();
         let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
         let s = state_with("a", &d);
-        let steps = on_add(&c, &s, &d, Action::Add, 0);
+        let other = HostDevice::fixture(1, 2, "1-1", 7, 7);
+        let steps = on_add(&c, &s, &other, Action::Add, 0);
         assert!(matches!(&steps[1], Step::Detach { vm: 0, .. }), "{steps:?}");
         assert!(matches!(&steps[2], Step::Attach { vm: 0, open_node: true, .. }), "{steps:?}");
+        // The same device again (a replayed add): no detach here, Attach asks QEMU.
+        let steps = on_add(&c, &s, &d, Action::Add, 0);
+        assert!(matches!(steps.as_slice(), [Step::Attach { vm: 0, open_node: true, .. }]), "{steps:?}");
         let steps = on_add(&c, &s, &d, Action::Bind, 0);
         assert!(matches!(steps.as_slice(), [Step::Note { .. }]), "{steps:?}");
         let gone = state_with("old", &d);

@@ -259,6 +259,14 @@ impl<S: BufRead + Write> Session<S> {
         }
     }
 
+    /// Does QEMU's usb-host `id` hold its host device open (`attached`)?
+    /// False once the device it opened went away (unplugged, re-enumerated).
+    pub fn holds_device_open(&mut self, id: &str) -> QmpResult<bool> {
+        let path = format!("/machine/peripheral/{id}");
+        let v = self.client.execute("qom-get", Some(json!({ "path": path, "property": "attached" })))?;
+        Ok(v.as_bool().unwrap_or(false))
+    }
+
     fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
         if self.dry_run {
             // The backend's hooks write (xenstore for Xen): a dry run only

@@ -33,7 +33,7 @@ pub fn plan(
                 None => Some("its host device is gone"),
                 // Attached for a rule the config no longer has (or that now
                 // routes it to another VM). Hand-attached devices stay.
-                Some(h) => crate::events::stale(d, h, false).or_else(|| {
+                Some(h) => crate::events::stale(d, h).or_else(|| {
                     (d.origin == Origin::Rule && plan::route(config, h) != Some(*vm))
                         .then_some("no rule routes it to this VM any more")
                 }),

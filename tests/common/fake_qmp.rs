@@ -221,6 +221,13 @@ impl FakeQmp {
         g.devices.push(dev);
     }
 
+    /// The host device usb-host `id` had open went away (QEMU then reads `attached` false).
+    pub fn lose_host_device(&self, id: &str) {
+        let mut g = self.shared.lock().unwrap();
+        let d = g.devices.iter_mut().find(|d| d.id == id).unwrap_or_else(|| panic!("no device {id}"));
+        d.props.insert("attached".into(), json!(false));
+    }
+
     pub fn preload_xhci(&self, id: &str, ports: u64) {
         let mut props = serde_json::Map::new();
         props.insert("p2".into(), json!(ports));
