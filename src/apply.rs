@@ -53,6 +53,50 @@ pub fn attach(
     result
 }
 
+/// Attach through libvirtd, which picks the controller and port itself and
+/// cannot hot-plug a controller: a domain with no free USB port gets the fix
+/// in one line. The placement libvirt chose is read back for the record.
+fn attach_libvirt(s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Origin, deadline: &Deadline) -> Result<()> {
+    let rec = Attached {
+        id: s.id_for(dev.at()),
+        bus: dev.bus,
+        addr: dev.addr,
+        controller: String::new(),
+        port: 0,
+        port_path: dev.port_path.clone(),
+        usb_id: dev.id_string(),
+        serial: dev.serial.clone().unwrap_or_default(),
+        origin,
+    };
+    let domain = vm.libvirt.as_ref().map(|t| t.domain.as_str()).unwrap_or(&vm.name);
+    match s.add_device(rec, None) {
+        Ok(()) if s.dry_run => Ok(()),
+        Ok(()) => {
+            s.refresh().map_err(|e| qmp_err(vm, "reading the live domain XML", e))?;
+            let (controller, port) = s
+                .view()
+                .devices
+                .iter()
+                .find(|d| d.at() == dev.at())
+                .map(|d| (d.controller.clone(), d.port))
+                .unwrap_or_default();
+            let p = Placement { new_controller: None, controller, bus: String::new(), port };
+            log_attached(vm, dev, &p, deadline);
+            Ok(())
+        }
+        Err(crate::session::OpError::Libvirt(crate::libvirt::LvError::NoUsbPort(m))) => Err(Error::new(format!(
+            "cannot attach {} ({}): VM {}: {m}: libvirt cannot hot-add a USB controller; add              <controller type='usb' model='qemu-xhci' ports='15'/> to domain {domain} (virsh edit), then restart it",
+            dev.at(),
+            dev.port_path,
+            vm.name
+        ))),
+        Err(e) => {
+            let what = format!("libvirt attach {} ({} {})", s.id_for(dev.at()), dev.port_path, dev.id_string());
+            Err(vm_err(vm, &what, e))
+        }
+    }
+}
+
 /// What one try at attaching did.
 enum Tried {
     Done,
@@ -72,6 +116,9 @@ pub fn attach_on(
 ) -> Result<()> {
     if already_there(s, vm, dev, hostdevice.is_some())? {
         return Ok(());
+    }
+    if s.is_libvirt() {
+        return attach_libvirt(s, vm, dev, origin, deadline);
     }
     let mut retried = false;
     let mut hostdevice = hostdevice;
@@ -99,7 +146,7 @@ pub fn attach_on(
 /// the kernel enumerated it anew after an unplug we never saw (QEMU's
 /// usb-host lost the device it had opened). QEMU's `attached` tells which.
 fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) -> Result<bool> {
-    let id = dev.at().device_id();
+    let id = s.id_for(dev.at());
     let Some(rec) = s.view().devices.iter().find(|d| d.id == id) else { return Ok(false) };
     if crate::events::same_device(rec, dev) {
         let open =
@@ -219,7 +266,7 @@ pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, qui
         return Ok(false);
     };
     s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-    let id = at.device_id();
+    let id = s.id_for(at);
     if !s.view().devices.iter().any(|d| d.id == id) {
         // Not in our records: ask QEMU by id (one qom-get) before any
         // device_del, so the backend is never asked to undo what isn't there.
@@ -239,7 +286,7 @@ pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, qui
 
 /// `device_del` `at` over an open session; true if QEMU had it.
 pub fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
-    let id = at.device_id();
+    let id = s.id_for(at);
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {
         true if s.dry_run => {}

@@ -44,6 +44,15 @@ pub enum BackendKind {
     Qemu,
     /// A Xen HVM domain found by name, with libxl's records kept.
     Xen,
+    /// A libvirt-managed domain, changed only through libvirtd.
+    Libvirt,
+}
+
+/// Where a libvirt domain is: libvirt's connection URI and the domain's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtTarget {
+    pub uri: String,
+    pub domain: String,
 }
 
 impl BackendKind {
@@ -51,6 +60,7 @@ impl BackendKind {
         match self {
             BackendKind::Qemu => "qemu",
             BackendKind::Xen => "xen",
+            BackendKind::Libvirt => "libvirt",
         }
     }
 }
@@ -61,6 +71,8 @@ pub struct VmConfig {
     pub backend: BackendKind,
     /// Explicit QMP socket (backend qemu); None for a Xen domain, found by name.
     pub qmp: Option<PathBuf>,
+    /// backend libvirt: where the domain is.
+    pub libvirt: Option<LibvirtTarget>,
     pub usb_version: UsbVersion,
     /// xhci: p2 = p3 = ports, so `ports` devices of any speed. uhci/ehci: fixed 2/6.
     pub ports: u8,
@@ -181,6 +193,8 @@ struct RawVm {
     name: String,
     backend: Option<String>,
     qmp: Option<PathBuf>,
+    domain: Option<String>,
+    uri: Option<String>,
     usb_version: Option<i64>,
     ports: Option<i64>,
     max_controllers: Option<i64>,
@@ -274,10 +288,42 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
         (Some("xen"), Some(_)) => {
             return Err(err(&vkey("qmp"), "backend \"xen\" finds the domain's socket itself; remove qmp".into()))
         }
-        (Some("libvirt"), _) => {
-            return Err(err(&vkey("backend"), "\"libvirt\" is not supported by this build yet; use qemu or xen".into()))
+        (Some("libvirt"), Some(_)) => {
+            return Err(err(&vkey("qmp"), "backend \"libvirt\" never uses the domain's monitor; remove qmp".into()))
         }
-        (Some(b), _) => return Err(err(&vkey("backend"), format!("must be \"qemu\" or \"xen\" (got {b:?})"))),
+        (Some("libvirt"), None) if !cfg!(feature = "libvirt") => {
+            return Err(err(
+                &vkey("backend"),
+                "\"libvirt\": this build has no libvirt support (build with --features libvirt; make does when \
+                 pkg-config finds libvirt)"
+                    .into(),
+            ))
+        }
+        (Some("libvirt"), None) => BackendKind::Libvirt,
+        (Some(b), _) => {
+            return Err(err(&vkey("backend"), format!("must be \"qemu\", \"xen\" or \"libvirt\" (got {b:?})")))
+        }
+    };
+    let libvirt = match backend {
+        BackendKind::Libvirt => {
+            let domain = v.domain.clone().unwrap_or_else(|| v.name.clone());
+            let uri = v.uri.clone().unwrap_or_else(|| crate::libvirt::DEFAULT_URI.into());
+            if domain.is_empty() || domain.chars().any(|c| c.is_control()) {
+                return Err(err(&vkey("domain"), format!("{domain:?} is not a libvirt domain name")));
+            }
+            if !uri.contains(":/") || uri.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(err(&vkey("uri"), format!("{uri:?} is not a libvirt URI like \"qemu:///system\"")));
+            }
+            Some(LibvirtTarget { uri, domain })
+        }
+        _ => {
+            for (key, set) in [("domain", v.domain.is_some()), ("uri", v.uri.is_some())] {
+                if set {
+                    return Err(err(&vkey(key), "only applies to backend = \"libvirt\"".into()));
+                }
+            }
+            None
+        }
     };
     let usb_version = match v.usb_version.unwrap_or(3) {
         1 => UsbVersion::V1,
@@ -310,7 +356,7 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
         .iter()
         .map(|d| DeviceRule::parse(d).map_err(|e| err(&vkey("devices"), e.to_string())))
         .collect::<Result<Vec<_>>>()?;
-    Ok(VmConfig { name: v.name, backend, qmp: v.qmp, usb_version, ports, max_controllers, hubs, devices })
+    Ok(VmConfig { name: v.name, backend, qmp: v.qmp, libvirt, usb_version, ports, max_controllers, hubs, devices })
 }
 
 /// Read and parse the config at `path` (already resolved under the root);
@@ -419,7 +465,16 @@ usb-version = 2
         bad("[[vm]]\nname = \"a\"\nbackend = \"qemu\"\n", &["qmp", "needs the VM's QMP socket"]);
         bad("[[vm]]\nname = \"a\"\nbackend = \"xen\"\nqmp = \"/q\"\n", &["qmp", "remove qmp"]);
         bad("[[vm]]\nname = \"a\"\nbackend = \"vbox\"\n", &["backend", "\"vbox\""]);
-        bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\n", &["backend", "not supported by this build"]);
+        bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nqmp = \"/q\"\n", &["qmp", "never uses"]);
+        bad("[[vm]]\nname = \"a\"\ndomain = \"x\"\n", &["domain", "only applies"]);
+        if cfg!(feature = "libvirt") {
+            bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nuri = \"nope\"\n", &["uri", "not a libvirt URI"]);
+            let c = parse_str("[[vm]]\nname = \"w\"\nbackend = \"libvirt\"\n", "t").unwrap();
+            let t = c.vms[0].libvirt.clone().unwrap();
+            assert_eq!((t.uri.as_str(), t.domain.as_str()), ("qemu:///system", "w"));
+        } else {
+            bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\n", &["backend", "no libvirt support"]);
+        }
         bad("[[vm]]\nname = \"a\"\nhubs = [\"usbx\"]\n", &["hubs", "usbx"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"1-\"]\n", &["hubs"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"1-4.a\"]\n", &["hubs"]);

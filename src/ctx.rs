@@ -76,6 +76,11 @@ impl Ctx {
     pub fn connect_hinted(&self, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Session>> {
         match vm::locate(&self.root, &self.config, vm, domid, &self.deadline)? {
             Located::Running(r) => Ok(Some(self.session(vm, *r))),
+            Located::Libvirt { opened, shown } => {
+                let mut s = Session::libvirt(&vm.name, opened.link, shown, opened.instance);
+                s.dry_run = self.dry_run;
+                Ok(Some(s))
+            }
             Located::NotRunning(why) | Located::NotReady(why) if quiet => {
                 // Routine for the timer's syncs: debug, not 720 lines a day.
                 log::debug!("VM {} is not running ({why}); nothing to do", vm.name);

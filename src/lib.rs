@@ -22,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod fsio;
 pub mod host;
+pub mod libvirt;
 pub mod lock;
 pub mod log;
 pub mod plan;

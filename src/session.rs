@@ -9,6 +9,7 @@
 
 use crate::backend::{Backend, Op};
 use crate::error::Error;
+use crate::libvirt::{DomainLink, LvError};
 use crate::qmp::{Conn, Qmp, QmpError, QmpResult, Refusal};
 use crate::state::{Attached, Controller, Origin, VmState};
 use crate::types::BusAddr;
@@ -23,13 +24,15 @@ use std::path::PathBuf;
 pub enum OpError {
     Qmp(QmpError),
     Backend(Error),
+    /// libvirtd refused or did not answer (a libvirt domain).
+    Libvirt(LvError),
 }
 
 impl OpError {
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
             OpError::Qmp(e) => e.refusal(),
-            OpError::Backend(_) => None,
+            OpError::Backend(_) | OpError::Libvirt(_) => None,
         }
     }
 }
@@ -39,6 +42,7 @@ impl fmt::Display for OpError {
         match self {
             OpError::Qmp(e) => e.fmt(f),
             OpError::Backend(e) => e.fmt(f),
+            OpError::Libvirt(e) => e.fmt(f),
         }
     }
 }
@@ -49,10 +53,25 @@ impl From<QmpError> for OpError {
     }
 }
 
+/// How a session reaches its VM: QEMU's QMP socket, or libvirtd for a
+/// domain whose monitor libvirt owns.
+enum Link<S> {
+    Qmp(Qmp<S>),
+    Libvirt(Box<dyn DomainLink>),
+}
+
+/// A libvirt failure where a QMP one is expected (reading the VM).
+fn lv_read(e: LvError) -> QmpError {
+    match e {
+        LvError::Timeout => QmpError::Timeout(e.to_string()),
+        e => QmpError::Io(e.to_string()),
+    }
+}
+
 pub struct Session<S = Conn> {
     /// The VM's name in the config.
     pub vm: String,
-    client: Qmp<S>,
+    link: Link<S>,
     /// The socket as the config knows it (not under --root): kept in state.
     pub socket: PathBuf,
     /// Identity of the QEMU behind the socket (`vm::instance_of`).
@@ -78,7 +97,7 @@ impl<S: BufRead + Write> Session<S> {
         let view = VmState::default();
         Session {
             vm: vm.into(),
-            client,
+            link: Link::Qmp(client),
             socket,
             instance,
             domid,
@@ -87,6 +106,43 @@ impl<S: BufRead + Write> Session<S> {
             dry_run: false,
             pending: Vec::new(),
             removed_by_hand: Vec::new(),
+        }
+    }
+
+    /// A session to a libvirt domain (`socket`: how state names it, `instance`:
+    /// its uuid and run id).
+    pub fn libvirt(vm: &str, link: Box<dyn DomainLink>, socket: PathBuf, instance: String) -> Self {
+        Session {
+            vm: vm.into(),
+            link: Link::Libvirt(link),
+            socket,
+            instance,
+            domid: None,
+            view: VmState::default(),
+            backend: Box::new(crate::backend::PlainQemu),
+            dry_run: false,
+            pending: Vec::new(),
+            removed_by_hand: Vec::new(),
+        }
+    }
+
+    /// libvirt places a device itself (it has no hot-plug of controllers).
+    pub fn is_libvirt(&self) -> bool {
+        matches!(self.link, Link::Libvirt(_))
+    }
+
+    /// The id the device at `at` has in this VM (QEMU id, or libvirt alias).
+    pub fn id_for(&self, at: BusAddr) -> String {
+        match self.link {
+            Link::Qmp(_) => at.device_id(),
+            Link::Libvirt(_) => crate::libvirt::alias_of(at),
+        }
+    }
+
+    fn enumerate(&mut self) -> QmpResult<VmState> {
+        match &mut self.link {
+            Link::Qmp(q) => vm::enumerate(q),
+            Link::Libvirt(l) => crate::libvirt::view_of(&l.live_xml().map_err(lv_read)?).map_err(QmpError::Protocol),
         }
     }
 
@@ -143,7 +199,7 @@ impl<S: BufRead + Write> Session<S> {
 
     /// Rebuild the view from QEMU, keeping from `old` who asked for what.
     pub fn reread(&mut self, old: &VmState) -> QmpResult<()> {
-        let fresh = vm::enumerate(&mut self.client)?;
+        let fresh = self.enumerate()?;
         let mut v = vm::merge(fresh, old);
         v.socket = self.socket.clone();
         v.instance = self.instance.clone();
@@ -177,7 +233,7 @@ impl<S: BufRead + Write> Session<S> {
 
     /// What QEMU holds right now, without touching the view.
     pub fn read_qemu(&mut self) -> QmpResult<VmState> {
-        vm::enumerate(&mut self.client)
+        self.enumerate()
     }
 
     pub fn view(&self) -> &VmState {
@@ -191,13 +247,17 @@ impl<S: BufRead + Write> Session<S> {
     /// Whether QEMU has a PCI bus (Xen >= 4.20 first runs a `-machine none`
     /// probe QEMU on the domain's socket: nowhere to put a controller).
     pub fn has_pci_bus(&mut self) -> QmpResult<bool> {
-        let pci = self.client.execute("query-pci", None)?;
+        let Link::Qmp(q) = &mut self.link else { return Ok(true) };
+        let pci = q.execute("query-pci", None)?;
         Ok(!pci.as_array().is_some_and(|a| a.is_empty()))
     }
 
     /// Where on QEMU's PCI tree a new controller could go.
     pub fn pci_room(&mut self) -> QmpResult<crate::plan::PciRoom> {
-        vm::pci_room(&mut self.client)
+        match &mut self.link {
+            Link::Qmp(q) => vm::pci_room(q),
+            Link::Libvirt(_) => Err(QmpError::Protocol("libvirt cannot hot-plug a USB controller".into())),
+        }
     }
 
     /// `device_add` controller `c`, on PCI bus `pci_bus` (None: the machine's root bus).
@@ -228,7 +288,7 @@ impl<S: BufRead + Write> Session<S> {
 
     /// `device_del`; Ok(false) when QEMU did not have it (gone counts as done).
     pub fn del_device(&mut self, at: BusAddr) -> Result<bool, OpError> {
-        let id = at.device_id();
+        let id = self.id_for(at);
         let place = self.view.devices.iter().find(|d| d.id == id).map(|d| (d.controller.clone(), d.port));
         let found = match self.change(Op::DelDevice { id: id.clone(), at, place }, json!({ "id": id })) {
             Ok(()) => true,
@@ -252,18 +312,46 @@ impl<S: BufRead + Write> Session<S> {
     /// no enumeration: the per-event check when state has no record.
     pub fn holds(&mut self, id: &str) -> QmpResult<bool> {
         let path = format!("/machine/peripheral/{id}");
-        match self.client.execute("qom-get", Some(json!({ "path": path, "property": "type" }))) {
+        let q = match &mut self.link {
+            Link::Qmp(q) => q,
+            Link::Libvirt(_) => return Ok(self.enumerate()?.devices.iter().any(|d| d.id == id)),
+        };
+        match q.execute("qom-get", Some(json!({ "path": path, "property": "type" }))) {
             Ok(_) => Ok(true),
             Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
+    /// One change through libvirtd: a live `<hostdev>` by host address with our alias.
+    fn lv_change(l: &mut dyn DomainLink, op: &Op) -> Result<(), OpError> {
+        let r = match op {
+            Op::AddDevice { dev, .. } => l.attach(&crate::libvirt::hostdev_xml(dev.at())),
+            Op::DelDevice { at, .. } => match l.detach(&crate::libvirt::hostdev_xml(*at)) {
+                // Gone already: what QEMU's DeviceNotFound means on the QMP path.
+                Err(LvError::DeviceMissing(m)) => {
+                    return Err(OpError::Qmp(QmpError::Qemu { class: "DeviceNotFound".into(), desc: m }))
+                }
+                r => r,
+            },
+            Op::AddController(_) => {
+                return Err(OpError::Libvirt(LvError::Refused("libvirt cannot hot-plug a USB controller".into())))
+            }
+        };
+        r.map_err(OpError::Libvirt)
+    }
+
     /// Does QEMU's usb-host `id` hold its host device open (`attached`)?
     /// False once the device it opened went away (unplugged, re-enumerated).
     pub fn holds_device_open(&mut self, id: &str) -> QmpResult<bool> {
         let path = format!("/machine/peripheral/{id}");
-        let v = self.client.execute("qom-get", Some(json!({ "path": path, "property": "attached" })))?;
+        // libvirt does not say whether the node is still open; the live XML
+        // at least says whether the hostdev is there (virsh detach-device?).
+        let q = match &mut self.link {
+            Link::Qmp(q) => q,
+            Link::Libvirt(_) => return Ok(self.enumerate()?.devices.iter().any(|d| d.id == id)),
+        };
+        let v = q.execute("qom-get", Some(json!({ "path": path, "property": "attached" })))?;
         Ok(v.as_bool().unwrap_or(false))
     }
 
@@ -271,6 +359,19 @@ impl<S: BufRead + Write> Session<S> {
         if self.dry_run {
             // The backend's hooks write (xenstore for Xen): a dry run only
             // says what would be sent, with QEMU's arguments.
+            if let Link::Libvirt(_) = self.link {
+                let (verb, at) = match &op {
+                    Op::AddDevice { dev, .. } => ("attach", dev.at()),
+                    Op::DelDevice { at, .. } => ("detach", *at),
+                    Op::AddController(_) => return Ok(()),
+                };
+                println!(
+                    "would {verb} (live) in libvirt domain of VM {}: {}",
+                    self.vm,
+                    crate::libvirt::hostdev_xml(at)
+                );
+                return Ok(());
+            }
             for line in self.backend.describe(&op) {
                 println!("would {line} ({} bookkeeping) in VM {}", self.backend.name(), self.vm);
             }
@@ -278,7 +379,11 @@ impl<S: BufRead + Write> Session<S> {
             return Ok(());
         }
         self.backend.before(&op).map_err(OpError::Backend)?;
-        let res = self.client.execute(Self::command(&op), Some(args)).map(drop);
+        let q = match &mut self.link {
+            Link::Qmp(q) => q,
+            Link::Libvirt(l) => return Self::lv_change(l.as_mut(), &op),
+        };
+        let res = q.execute(Self::command(&op), Some(args)).map(drop);
         let after = self.backend.after(&op, res.as_ref().map(|_| ()));
         res?;
         after.map_err(OpError::Backend)
@@ -394,7 +499,8 @@ mod tests {
         assert_eq!(s.view().devices.len(), 1);
         // A dry run asks the backend what it would write; its hooks (which write) never run.
         assert_eq!(*log.lock().unwrap(), ["describe device_add xenusb-1-4 (usb-host 1:4) on xenusb-0 port 1"]);
-        let sent = String::from_utf8(s.client.into_inner().1).unwrap();
+        let Link::Qmp(q) = s.link else { unreachable!() };
+        let sent = String::from_utf8(q.into_inner().1).unwrap();
         assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");
     }
 }

@@ -50,6 +50,12 @@ pub enum Located {
     /// 4.20) the short-lived unnamed probe QEMU libxl runs first on the
     /// same path. Worth retrying shortly.
     NotReady(String),
+    /// A running libvirt domain, reached through libvirtd; `shown` is how
+    /// state names it (`libvirt:<uri>#<domain>`).
+    Libvirt {
+        opened: crate::libvirt::Opened,
+        shown: PathBuf,
+    },
 }
 
 /// Identity of the QEMU that created the socket: a restarted VM's QEMU
@@ -80,6 +86,14 @@ pub fn locate(
     deadline: &Deadline,
 ) -> Result<Located> {
     let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
+    if let Some(t) = &vm.libvirt {
+        let shown = PathBuf::from(format!("libvirt:{}#{}", t.uri, t.domain));
+        return match crate::libvirt::open(&t.uri, &t.domain, deadline) {
+            Ok(Ok(opened)) => Ok(Located::Libvirt { opened, shown }),
+            Ok(Err(why)) => Ok(Located::NotRunning(why)),
+            Err(e) => Err(Error::new(format!("VM {}: libvirt {}: {e}", vm.name, t.uri))),
+        };
+    }
     if let Some(q) = &vm.qmp {
         let path = root.path(q);
         if !path.exists() {

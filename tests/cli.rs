@@ -147,7 +147,7 @@ fn check_prints_only_its_report_as_text_or_json() {
     let (last, items) = lines.split_last().unwrap();
     assert!(items.iter().all(|l| report_line(l)), "not a report line in:\n{}", r.stdout);
     assert_eq!(*last, "2 problem(s)", "{}", r.stdout);
-    assert!(r.stdout.contains("VM win10: backend qemu, not running; would get: 3:7 3-1.2 (046d:c52b)"), "{}", r.stdout);
+    assert!(r.stdout.contains("VM win10: not running, backend qemu; would get: 3:7 3-1.2 (046d:c52b)"), "{}", r.stdout);
     assert!(r.stderr.contains("not running"), "the debug line went nowhere: {}", r.stderr);
 
     let r = root.run(&["check", "--json"]);

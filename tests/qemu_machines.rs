@@ -77,7 +77,7 @@ fn q35_with_its_own_xhci_uses_it_and_adds_no_controller() {
     // check names the backend and the VM's own controller with its free ports.
     let r = v.root.run(&["check"]);
     assert!(
-        r.stdout.contains("VM k3: backend qemu, running")
+        r.stdout.contains("VM k3: running, backend qemu")
             && r.stdout.contains("xhci (qemu-xhci, the VM's own): 3 of 4 ports free"),
         "{}",
         r.stdout

@@ -192,7 +192,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                         Kind::Ok,
                         subject,
                         format!(
-                            "backend {}, running, QMP {} answers; controllers: {}; devices: {}; would get: {would}",
+                            "running, backend {}, {} answers; controllers: {}; devices: {}; would get: {would}",
                             vm.backend.as_str(),
                             r.socket.display(),
                             if ctrls.is_empty() { "none".into() } else { ctrls.join(", ") },
@@ -205,7 +205,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
             Ok(None) => report.push(
                 Kind::Ok,
                 subject,
-                format!("backend {}, not running; would get: {would}", vm.backend.as_str()),
+                format!("not running, backend {}; would get: {would}", vm.backend.as_str()),
             ),
             Err(e) if !is_root && e.to_string().contains("ermission denied") => {
                 report.push(Kind::NotChecked, subject, format!("not root: {e}; would get: {would}"))

@@ -178,6 +178,10 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
     let mut skipped = Vec::new();
     for &i in targets {
         let vm = &ctx.config.vms[i];
+        // A libvirt domain is running or not: nothing to wait for.
+        if vm.backend == crate::config::BackendKind::Libvirt {
+            continue;
+        }
         loop {
             let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
             let left = ctx.deadline.remaining(&format!("waiting for VM {}", vm.name))?;
@@ -204,7 +208,7 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                             Some(format!("libxl is still adding {}", s.pending.join(", ")))
                         }
                     }
-                    Located::NotRunning(_) => None,
+                    Located::NotRunning(_) | Located::Libvirt { .. } => None,
                     Located::NotReady(why) => match stale_socket_age(ctx, vm) {
                         Some(age) => {
                             log::info!(
