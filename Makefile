@@ -1,11 +1,12 @@
 # auto-usb-attach -- build, test, install.
 #   make                 build the release binary
 #   make test            everything CI runs: unit + integration tests (real QEMU), staged installs,
-#                        the real-stack e2e suite, the real-systemd tier, the real-Xen tier and
+#                        the real-stack e2e suite, the real-systemd tier, the libvirt tier, the real-Xen tier and
 #                        a short soak (SOAK_CI_STEPS steps)
 #   make unit            cargo tests only
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
+#   make test-libvirt    the libvirt tier (a real libvirtd in that VM, a q35 domain under TCG)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make demo            watch it work end to end on a stand-in VM
@@ -50,18 +51,23 @@ install-text = sed -e 's|$(DEF_SBINDIR)/auto-usb-attach|$(SBINDIR)/auto-usb-atta
 	-e 's|^PathChanged=$(DEF_XENRUNDIR)$$|PathChanged=$(XENRUNDIR)|' $(1) > $(2) && chmod 0644 $(2)
 endif
 CARGO ?= cargo
+# The libvirt backend links libvirt's C library (libvirt0): built in when pkg-config finds
+# libvirt (Debian: libvirt-dev), left out otherwise, so a Xen- or QEMU-only host needs no
+# libvirt. FEATURES= builds without it on any host.
+FEATURES ?= $(shell pkg-config --exists libvirt 2>/dev/null && echo libvirt)
+CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-install test-systemd e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build test unit test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
 build:
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked $(CARGO_FEATURES)
 
 unit:
-	$(CARGO) test --locked
+	$(CARGO) test --locked $(CARGO_FEATURES)
 
 e2e: build
 	tests/e2e/run --bin $(BIN)
@@ -75,7 +81,10 @@ test-systemd: build
 test-xen: build
 	tests/xen/run --bin $(BIN)
 
-test: unit test-install e2e test-systemd test-xen soak-ci
+test-libvirt: build
+	tests/libvirt/run --bin $(BIN)
+
+test: unit test-install e2e test-systemd test-libvirt test-xen soak-ci
 
 # CI's soak: a fixed seed, so a failure names a reproducible step (`make soak SEED=7 STEPS=...`).
 SOAK_CI_STEPS ?= 200

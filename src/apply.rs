@@ -81,7 +81,7 @@ fn attach_libvirt(s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Orig
                 .map(|d| (d.controller.clone(), d.port))
                 .unwrap_or_default();
             let p = Placement { new_controller: None, controller, bus: String::new(), port };
-            log_attached(vm, dev, &p, deadline);
+            log_attached(vm, dev, &s.id_for(dev.at()), &p, deadline);
             Ok(())
         }
         Err(crate::session::OpError::Libvirt(crate::libvirt::LvError::NoUsbPort(m))) => Err(Error::new(format!(
@@ -214,7 +214,7 @@ fn try_once(
     match s.add_device(rec, *hostdevice) {
         Ok(()) => {
             if !s.dry_run {
-                log_attached(vm, dev, p, deadline);
+                log_attached(vm, dev, &s.id_for(dev.at()), p, deadline);
             }
             Ok(Tried::Done)
         }
@@ -243,7 +243,7 @@ fn try_once(
     }
 }
 
-fn log_attached(vm: &VmConfig, dev: &HostDevice, p: &Placement, deadline: &Deadline) {
+fn log_attached(vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, deadline: &Deadline) {
     log::info!(
         "attached {} ({}{}) {} to VM {} as {} on {} port {} in {} ms",
         dev.port_path,
@@ -251,7 +251,7 @@ fn log_attached(vm: &VmConfig, dev: &HostDevice, p: &Placement, deadline: &Deadl
         dev.name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(),
         dev.at(),
         vm.name,
-        dev.at().device_id(),
+        id,
         p.controller,
         p.port,
         deadline.elapsed().as_millis()
