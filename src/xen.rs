@@ -90,9 +90,19 @@ pub fn find_domain<S: Read + Write>(xs: &mut Xs<S>, name: &str, cached: Option<u
         Err(e) => return Err(e),
     };
     for id in ids.iter().filter_map(|i| i.parse::<u32>().ok()).filter(|i| Some(*i) != cached) {
-        // A domain dying meanwhile has no name any more: not ours.
-        if xs.read_opt(Tx::NONE, &format!("/local/domain/{id}/name"))?.as_deref() == Some(name) {
+        // Compared as bytes: a name that is not UTF-8 (any domain's, even one
+        // the config never names) is simply not the one we look for.
+        let found = match xs.read(Tx::NONE, &format!("/local/domain/{id}/name")) {
+            Ok(n) => n,
+            // A domain dying meanwhile has no name any more: not ours.
+            Err(e) if e.is_enoent() => continue,
+            Err(e) => return Err(e),
+        };
+        if found == name.as_bytes() {
             return Ok(Some(Domain { domid: id, uuid: uuid_of(xs, id)? }));
+        }
+        if std::str::from_utf8(&found).is_err() {
+            log::debug!("Xen domain {id}'s name is not UTF-8 ({:?}); skipped", String::from_utf8_lossy(&found));
         }
     }
     Ok(None)
@@ -267,6 +277,8 @@ mod tests {
     /// DIRECTORY lists NUL-terminated names; WRITE/MKDIR answer "OK\0").
     struct Store {
         nodes: BTreeMap<String, String>,
+        /// Values that are not UTF-8, read back as these bytes.
+        raw: BTreeMap<String, Vec<u8>>,
         perms: BTreeMap<String, String>,
         inbox: Vec<u8>,
         out: Cursor<Vec<u8>>,
@@ -275,7 +287,13 @@ mod tests {
     impl Store {
         fn new(nodes: &[(&str, &str)]) -> Store {
             let nodes = nodes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            Store { nodes, perms: BTreeMap::new(), inbox: Vec::new(), out: Cursor::new(Vec::new()) }
+            Store {
+                nodes,
+                raw: BTreeMap::new(),
+                perms: BTreeMap::new(),
+                inbox: Vec::new(),
+                out: Cursor::new(Vec::new()),
+            }
         }
         fn answer(&mut self, ty: u32, rid: u32, body: &[u8]) {
             let mut m = Vec::new();
@@ -302,6 +320,10 @@ mod tests {
                 let rest = body.get(nul + 1..).unwrap_or(&[]).to_vec();
                 let enoent = |s: &mut Store| s.answer(16, rid, b"ENOENT\0");
                 match ty {
+                    2 if self.raw.contains_key(&path) => {
+                        let v = self.raw[&path].clone();
+                        self.answer(2, rid, &v)
+                    }
                     2 => match self.nodes.get(&path).cloned() {
                         Some(v) => self.answer(2, rid, v.as_bytes()),
                         None => enoent(self),
@@ -390,6 +412,18 @@ mod tests {
         assert_eq!(find_domain(&mut xs, "hvm1", Some(3)).unwrap().unwrap().domid, 5);
         assert_eq!(find_domain(&mut xs, "hvm1", Some(9)).unwrap().unwrap().domid, 5);
         assert_eq!(find_domain(&mut xs, "nope", Some(5)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_domain_name_that_is_not_utf8_is_skipped_not_fatal() {
+        let xs = domains();
+        let mut store = xs.into_inner();
+        store.nodes.insert("/local/domain/4".into(), String::new());
+        store.nodes.insert("/local/domain/4/name".into(), String::new());
+        store.raw.insert("/local/domain/4/name".into(), vec![0x77, 0xff, 0xfe]);
+        let mut xs = Xs::new(store);
+        assert_eq!(find_domain(&mut xs, "hvm1", None).unwrap().unwrap().domid, 5);
+        assert_eq!(find_domain(&mut xs, "nope", None).unwrap(), None);
     }
 
     fn books_of(xs: &mut Xs<Store>) -> Vec<VusbCtrl> {

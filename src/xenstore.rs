@@ -110,12 +110,19 @@ impl XsError {
     }
 }
 
+impl XsError {
+    /// What went wrong, without the "xenstore: " every message starts with.
+    fn detail(&self) -> String {
+        match self {
+            XsError::Xenstored { errno, what } => format!("{what}: {errno}"),
+            XsError::Timeout(m) | XsError::Io(m) | XsError::Protocol(m) => m.clone(),
+        }
+    }
+}
+
 impl fmt::Display for XsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            XsError::Xenstored { errno, what } => write!(f, "xenstore: {what}: {errno}"),
-            XsError::Timeout(m) | XsError::Io(m) | XsError::Protocol(m) => write!(f, "xenstore: {m}"),
-        }
+        write!(f, "xenstore: {}", self.detail())
     }
 }
 
@@ -326,9 +333,12 @@ impl<S: Read + Write> Xs<S> {
                 }
             };
             log::debug!("xenstore: transaction conflicted ({again}); try {}", tries + 1);
-            deadline
-                .remaining(&format!("retrying a xenstore transaction ({tries} conflicts)"))
-                .map_err(|e| XsError::Timeout(e.to_string()))?;
+            // Back off (1, 2, 4 .. 64 ms) so a busy writer can finish, within the budget.
+            let pause = std::time::Duration::from_millis(1 << tries.min(7).saturating_sub(1));
+            let left = deadline.remaining("").map_err(|_| {
+                XsError::Timeout(format!("transaction kept conflicting with another writer ({tries} tries)"))
+            })?;
+            std::thread::sleep(pause.min(left));
         }
     }
 
@@ -430,7 +440,7 @@ pub fn connect(root: &Root, deadline: &Deadline) -> XsResult<Client> {
     let dev = root.path(XENBUS);
     match OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_CLOEXEC).open(&dev) {
         Ok(f) => Ok(Xs::new(DeadlineStream { t: Transport::Xenbus(f), deadline: *deadline })),
-        Err(e) => Err(XsError::Io(format!("{sock_err}; and cannot open {}: {e}", dev.display()))),
+        Err(e) => Err(XsError::Io(format!("{}; and cannot open {}: {e}", sock_err.detail(), dev.display()))),
     }
 }
 
@@ -697,7 +707,31 @@ mod tests {
             .collect();
         let mut xs = Xs::new(Mem { input: Cursor::new(input), output: Vec::new() });
         let e = xs.transaction(&Deadline::after(Duration::ZERO), |_, _| Ok(())).unwrap_err();
-        assert!(matches!(&e, XsError::Timeout(m) if m.contains("retrying a xenstore transaction")), "{e:?}");
+        assert!(matches!(&e, XsError::Timeout(m) if m.contains("kept conflicting")), "{e:?}");
+        assert_eq!(e.to_string(), "xenstore: transaction kept conflicting with another writer (1 tries)");
+    }
+
+    #[test]
+    fn a_transaction_that_keeps_conflicting_backs_off() {
+        let t = transcript();
+        let start = t.iter().position(|e| e.what == "transaction start (will conflict)").unwrap();
+        let get = |w: &str| t[start..].iter().find(|e| e.conn == "A" && e.what == w).unwrap().replies[0].clone();
+        let (begin, conflict) = (get("transaction start (will conflict)"), get("transaction end: commit -> conflict"));
+        let input = (0..400u32)
+            .flat_map(|i| [as_reply_to(&begin, 2 * i + 1), as_reply_to(&conflict, 2 * i + 2)])
+            .flatten()
+            .collect();
+        let mut xs = Xs::new(Mem { input: Cursor::new(input), output: Vec::new() });
+        let mut tries = 0;
+        let e = xs
+            .transaction(&Deadline::after(Duration::from_millis(300)), |_, _| {
+                tries += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("kept conflicting"), "{e}");
+        // 1+2+4+..+64 ms, then 64 ms each: about 9 tries in 300 ms (it was hundreds, unpaced).
+        assert!((5..=15).contains(&tries), "{tries} tries in 300 ms");
     }
 
     #[test]
