@@ -30,6 +30,14 @@ pub fn stale_socket() -> Duration {
     ms("STALE_SOCKET", 2000)
 }
 
+/// At most this long is spent asking xenstore whether libxl records a device
+/// that no rule routes and state does not hold (an unplug after `xl
+/// usbdev-attach`): a cleanup the next sync also does, so a xenstored that is
+/// absent or hung must not hold the event for the whole budget.
+pub fn xl_lookup_cap() -> Duration {
+    ms("XL_LOOKUP_CAP", 500)
+}
+
 /// Poll interval for the state lock and for a full socket backlog (EAGAIN).
 pub fn poll() -> Duration {
     ms("POLL", 5)

@@ -67,17 +67,31 @@ pub fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> 
             // Not in state (lost?): ask every configured VM.
             (None, None) => ctx.config.vms.iter().collect(),
         };
+        let asked_all = vm_name.is_none() && !recorded;
         let mut done_in = None;
+        let mut unasked = Vec::new();
         for vm in candidates {
-            if apply::detach_from(ctx, state, vm, at, false)? {
-                done_in = Some(vm.name.clone());
-                break;
+            match apply::detach_from(ctx, state, vm, at, false) {
+                Ok(true) => {
+                    done_in = Some(vm.name.clone());
+                    break;
+                }
+                Ok(false) => {}
+                // Looking everywhere: a VM that cannot be asked (its backend
+                // down) is said, and the others are still asked.
+                Err(e) if asked_all => unasked.push(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
         match done_in {
             // A stale record (its QEMU restarted or gone) was dropped: done.
             None if recorded => log::info!("{} was no longer attached; record dropped", at.device_id()),
-            None => crate::bail!("{at} ({}) is not attached to any VM", at.device_id()),
+            None if unasked.is_empty() => crate::bail!("{at} ({}) is not attached to any VM", at.device_id()),
+            None => crate::bail!(
+                "{at} ({}) is not attached to any VM that could be asked ({})",
+                at.device_id(),
+                unasked.join("; ")
+            ),
             Some(vm) => {
                 // A rule would put it straight back on the next event or sync:
                 // remember the admin's choice until it is unplugged.

@@ -1,0 +1,53 @@
+//! An event the tool has nothing to do with costs nothing and never fails:
+//! an unplug that no rule routes and state does not hold takes no lock and
+//! exits 0, whether xenstored is absent or hung; a detach of what is not
+//! attached says so even when a VM cannot be asked.
+
+mod common;
+use common::*;
+use nix::fcntl::{Flock, FlockArg};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+/// A Xen VM whose rules route nothing at 3-1.2 (the receiver at 3:7); timeout 5 s.
+fn rig(tag: &str) -> (TestRoot, FakeSysfs, UsbDev) {
+    receiver_at_3_7(tag, &config_xen("win10", "hubs = [\"5-1\"]"))
+}
+
+/// Holds the state lock as a busy invocation would, for as long as it lives.
+fn hold_lock(r: &TestRoot) -> Flock<std::fs::File> {
+    std::fs::create_dir_all(r.state_dir()).unwrap();
+    let f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(r.state_dir().join("lock")).unwrap();
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).unwrap()
+}
+
+#[test]
+fn an_unrelated_unplug_with_no_xenstored_exits_0_and_takes_no_lock() {
+    let (r, _sys, dev) = rig("unrel-none");
+    let _held = hold_lock(&r);
+    let run = r.udev(&dev.udev_env("remove"));
+    run.ok();
+    assert!(run.elapsed < Duration::from_secs(2), "took {:?}: waited for something:\n{}", run.elapsed, run.dump());
+}
+
+#[test]
+fn an_unrelated_unplug_with_a_hung_xenstored_exits_0_within_the_lookup_cap() {
+    let (r, _sys, dev) = rig("unrel-hung");
+    // Accepts (the kernel's backlog) and never answers: xenstored hung.
+    std::fs::create_dir_all(r.p("/run/xenstored")).unwrap();
+    let _hung = UnixListener::bind(r.p("/run/xenstored/socket")).unwrap();
+    let _held = hold_lock(&r);
+    let run = r.udev(&dev.udev_env("remove"));
+    run.ok();
+    // The lookup's cap is 0.5 s; the budget (5 s) is never waited out.
+    assert!(run.elapsed < Duration::from_secs(2), "took {:?}:\n{}", run.elapsed, run.dump());
+}
+
+#[test]
+fn detach_of_what_is_not_attached_says_so_when_xenstored_is_down() {
+    let (r, _sys, _dev) = rig("unrel-detach");
+    let line = r.run(&["detach", "--bus", "3", "--addr", "7"]).fails(1, &["is not attached to any VM"]);
+    assert!(line.contains("cannot reach xenstored"), "the VM that could not be asked is not named: {line}");
+    assert!(!line.contains("xenstore: xenstore:"), "doubled prefix: {line}");
+}
