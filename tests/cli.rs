@@ -161,6 +161,20 @@ fn check_prints_only_its_report_as_text_or_json() {
 }
 
 #[test]
+fn check_json_prints_one_document_even_when_the_config_is_broken() {
+    let (root, _sys) = rig("c-check-broken", "");
+    root.write_config("[[vm]]\nname = \"a\"\nusb-version = 7\n");
+    let r = root.run(&["check", "--json"]);
+    r.code(1);
+    let j = r.stdout_json();
+    assert_eq!((j["problems"].as_u64(), j["ok"].as_bool()), (Some(1), Some(false)), "{j}");
+    let item = &j["items"][0];
+    assert_eq!((item["kind"].as_str(), item["subject"].as_str()), (Some("problem"), Some("config")), "{j}");
+    assert!(item["text"].as_str().unwrap().contains("usb-version"), "{j}");
+    assert_eq!(r.error_lines().len(), 1, "{}", r.stderr);
+}
+
+#[test]
 fn check_without_root_completes_with_a_summary() {
     let (root, _sys) = rig("c-check-user", "");
     let q = Qemu::start("win10", &root.p(QMP));

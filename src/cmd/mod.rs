@@ -38,6 +38,13 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
             log::debug!("{e}");
             config::parse_str("", "(none)")?
         }
+        // `check --json` always prints one JSON document, a broken config included.
+        Err(e) if matches!(cli.command, Command::Check { json: true }) => {
+            let mut report = crate::report::Report::default();
+            report.push(crate::report::Kind::Problem, "config", e.to_string());
+            println!("{}", serde_json::to_string_pretty(&report.json()).expect("serialises"));
+            return Err(e);
+        }
         Err(e) => return Err(e),
     };
     if let Some(f) = &config.log_file {
