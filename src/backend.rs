@@ -20,6 +20,9 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     AddController(Controller),
+    /// `device_add` of a controller the backend already records: an earlier
+    /// run wrote its records and was interrupted before QEMU had it.
+    FinishController(Controller),
     /// The record the device will have once added (controller, port, host
     /// bus:addr); `hostdevice` is the node QEMU opens, if any.
     AddDevice {
@@ -38,6 +41,9 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::AddController(c) => write!(f, "device_add {} ({})", c.id, c.driver),
+            Op::FinishController(c) => {
+                write!(f, "device_add {} ({}), finishing an interrupted creation", c.id, c.driver)
+            }
             Op::AddDevice { dev, .. } => {
                 write!(f, "device_add {} (usb-host {}) on {} port {}", dev.id, dev.at(), dev.controller, dev.port)
             }
@@ -76,6 +82,11 @@ pub trait Backend {
     /// (Xen: `xl usbdev-detach` leaves libxl's entry empty)?
     fn removed_by_hand(&mut self, _d: &Attached) -> Result<bool> {
         Ok(false)
+    }
+    /// Controllers an interrupted run left recorded but not in QEMU, found by
+    /// the last `amend`: the session finishes them (`Op::FinishController`).
+    fn take_unfinished(&mut self) -> Vec<Controller> {
+        Vec::new()
     }
     /// The backend's own records, where it keeps any (Xen: libxl's).
     fn records(&mut self) -> Option<Result<Vec<crate::xen::VusbCtrl>>> {
@@ -127,6 +138,13 @@ pub struct Xen {
     pub qmp_lock: Option<crate::xenlock::XenLock>,
     /// What `before` changed, for `after` to undo: (node, old value).
     undo: Option<(String, Vec<u8>)>,
+    /// The mark `before` wrote beside libxl's records (`xen::mark_dir`), for
+    /// `after` to remove once QEMU answered and any undo is done.
+    mark: Option<String>,
+    /// Found by `amend`: controllers of ours an interrupted run left unfinished.
+    unfinished: Vec<Controller>,
+    /// A dry run: `amend` says what it would repair and writes nothing.
+    pub dry_run: bool,
 }
 
 impl Xen {
@@ -145,6 +163,9 @@ impl Xen {
             deadline,
             qmp_lock: Some(link.qmp_lock),
             undo: None,
+            mark: None,
+            unfinished: Vec::new(),
+            dry_run: false,
         }
     }
 
@@ -169,10 +190,111 @@ impl Xen {
         crate::xen::read_vusb(&mut self.xs, crate::xenstore::Tx::NONE, domid).map_err(|e| self.xs_err(e))
     }
 
+    /// Undo what `before` wrote when QEMU refused `op` or did not answer.
+    fn undo_after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
+        let Some((node, old)) = self.undo.take() else { return Ok(()) };
+        let Err(e) = outcome else { return Ok(()) };
+        let tx = crate::xenstore::Tx::NONE;
+        match op {
+            Op::AddController(_) | Op::FinishController(_) => {
+                let _lock = self.userdata_lock()?;
+                self.xs.rm(tx, &node).map_err(|e| self.xs_err(e))
+            }
+            // Gone from QEMU already: the entry stays empty.
+            Op::DelDevice { .. } if e.refusal() == Some(crate::qmp::Refusal::DeviceNotFound) => Ok(()),
+            _ => self.xs.write(tx, &node, &old).map_err(|e| self.xs_err(e)),
+        }
+    }
+
+    /// What interrupted runs of ours left (marks whose writer is gone):
+    /// - a controller libxl records and QEMU lacks: finished by the session
+    ///   (taken out of `pending`, which otherwise would call the domain "not
+    ///   ready" until it restarts);
+    /// - a port entry naming a device QEMU does not hold on that port:
+    ///   emptied, so `xl usb-list` is true and the port free again.
+    ///
+    /// A mark whose change QEMU does have is simply removed.
+    fn repair_interrupted(
+        &mut self,
+        view: &mut VmState,
+        books: &[crate::xen::VusbCtrl],
+        pending: &mut Vec<String>,
+    ) -> Result<()> {
+        let domid = self.domid;
+        let crate::xen::DeadMarks { controllers: ctrls, ports } =
+            crate::xen::dead_marks(&mut self.xs, domid).map_err(|e| self.xs_err(e))?;
+        let tx = crate::xenstore::Tx::NONE;
+        let mut unmark = Vec::new();
+        for devid in ctrls {
+            let id = format!("xenusb-{devid}");
+            let spec = books.iter().find(|b| b.devid == devid).and_then(crate::xen::controller_of);
+            match spec {
+                Some(c) if pending.contains(&id) => {
+                    pending.retain(|p| *p != id);
+                    if self.dry_run {
+                        println!(
+                            "would finish {id} ({}), which an interrupted run left in libxl's records only",
+                            c.driver
+                        );
+                    } else {
+                        self.unfinished.push(c);
+                    }
+                }
+                _ => unmark.push(crate::xen::ctrl_mark(domid, devid)),
+            }
+        }
+        for (devid, port) in ports {
+            let id = format!("xenusb-{devid}");
+            let held = view.devices.iter().any(|d| d.controller == id && d.port == port);
+            let node = crate::xen::port_path(domid, devid, port);
+            if !held {
+                let entry = self.xs.read_opt(tx, &node).map_err(|e| self.xs_err(e))?.unwrap_or_default();
+                if !entry.is_empty() {
+                    if self.dry_run {
+                        println!(
+                            "would empty {node} ({entry:?}): an interrupted attach left it, QEMU has no device there"
+                        );
+                        continue;
+                    }
+                    self.xs.write(tx, &node, b"").map_err(|e| self.xs_err(e))?;
+                    log::info!(
+                        "Xen domain {domid}: emptied libxl's entry {node} ({entry}) that an interrupted attach left \
+                         (QEMU has no device there)"
+                    );
+                }
+                view.foreign_ports.retain(|f| *f != format!("{id}:{port}"));
+            }
+            unmark.push(crate::xen::port_mark(domid, devid, port));
+        }
+        if !self.dry_run && !unmark.is_empty() {
+            self.unmark(&unmark).map_err(|e| self.xs_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Remove `marks`, and the domain's mark directory once it holds none.
+    fn unmark(&mut self, marks: &[String]) -> crate::xenstore::XsResult<()> {
+        let tx = crate::xenstore::Tx::NONE;
+        for m in marks {
+            self.xs.rm(tx, m)?;
+        }
+        let dir = crate::xen::mark_dir(self.domid);
+        for sub in ["controller", "port"] {
+            match self.xs.directory(tx, &format!("{dir}/{sub}")) {
+                Ok(left) if !left.is_empty() => return Ok(()),
+                Err(e) if !e.is_enoent() => return Err(e),
+                _ => {}
+            }
+        }
+        self.xs.rm(tx, &dir)
+    }
+
     fn add_device(&mut self, dev: &Attached) -> Result<()> {
         let Some(devid) = crate::xen::devid_of(&dev.controller) else { return Ok(()) };
         let node = crate::xen::port_path(self.domid, devid, dev.port);
         let busid = dev.port_path.clone();
+        let mark = crate::xen::port_mark(self.domid, devid, dev.port);
+        let writer = crate::xen::writer();
         let _lock = self.userdata_lock()?;
         let deadline = self.deadline;
         let res = self.xs.transaction(&deadline, |xs, tx| {
@@ -181,6 +303,7 @@ impl Xen {
                 None => Ok(false),
                 Some(v) if v.is_empty() || v == busid => {
                     xs.write(tx, &node, busid.as_bytes())?;
+                    xs.write(tx, &mark, writer.as_bytes())?;
                     Ok(true)
                 }
                 Some(v) => Err(crate::xenstore::XsError::Xenstored {
@@ -193,6 +316,7 @@ impl Xen {
             Ok(true) => {
                 log::debug!("xenstore: {node} = {busid:?}");
                 self.undo = Some((node, Vec::new()));
+                self.mark = Some(crate::xen::port_mark(self.domid, devid, dev.port));
                 Ok(())
             }
             Ok(false) => {
@@ -216,15 +340,28 @@ impl Backend for Xen {
 
     fn before(&mut self, op: &Op) -> Result<()> {
         self.undo = None;
+        self.mark = None;
         match op {
             Op::AddController(c) => {
                 let _lock = self.userdata_lock()?;
                 let (domid, deadline) = (self.domid, self.deadline);
-                self.xs
-                    .transaction(&deadline, |xs, tx| crate::xen::write_ctrl(xs, tx, domid, c))
-                    .map_err(|e| self.xs_err(e))?;
                 let devid = crate::xen::devid_of(&c.id).unwrap_or_default();
+                let (mark, writer) = (crate::xen::ctrl_mark(domid, devid), crate::xen::writer());
+                self.xs
+                    .transaction(&deadline, |xs, tx| {
+                        crate::xen::write_ctrl(xs, tx, domid, c)?;
+                        xs.write(tx, &mark, writer.as_bytes())
+                    })
+                    .map_err(|e| self.xs_err(e))?;
                 self.undo = Some((crate::xen::ctrl_dir(domid, devid), Vec::new()));
+                self.mark = Some(mark);
+                Ok(())
+            }
+            // The records are there; if QEMU refuses again, they go.
+            Op::FinishController(c) => {
+                let devid = crate::xen::devid_of(&c.id).unwrap_or_default();
+                self.undo = Some((crate::xen::ctrl_dir(self.domid, devid), Vec::new()));
+                self.mark = Some(crate::xen::ctrl_mark(self.domid, devid));
                 Ok(())
             }
             Op::AddDevice { dev, .. } => self.add_device(dev),
@@ -247,18 +384,18 @@ impl Backend for Xen {
     }
 
     fn after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
-        let Some((node, old)) = self.undo.take() else { return Ok(()) };
-        let Err(e) = outcome else { return Ok(()) };
-        let tx = crate::xenstore::Tx::NONE;
-        match op {
-            Op::AddController(_) => {
-                let _lock = self.userdata_lock()?;
-                self.xs.rm(tx, &node).map_err(|e| self.xs_err(e))
+        let undone = self.undo_after(op, outcome);
+        // A failed undo keeps its mark: the next run repairs what is left.
+        if let (Ok(()), Some(mark)) = (&undone, self.mark.take()) {
+            if let Err(e) = self.unmark(&[mark]) {
+                log::debug!("xenstore: removing our mark: {e} (the next run removes it)");
             }
-            // Gone from QEMU already: the entry stays empty.
-            Op::DelDevice { .. } if e.refusal() == Some(crate::qmp::Refusal::DeviceNotFound) => Ok(()),
-            _ => self.xs.write(tx, &node, &old).map_err(|e| self.xs_err(e)),
         }
+        undone
+    }
+
+    fn take_unfinished(&mut self) -> Vec<Controller> {
+        std::mem::take(&mut self.unfinished)
     }
 
     /// The xenstore writes `before` would make (a dry run makes none).
@@ -288,13 +425,15 @@ impl Backend for Xen {
                 Some(devid) => vec![format!("write xenstore {} = \"\"", crate::xen::port_path(domid, devid, *port))],
                 None => Vec::new(),
             },
-            Op::DelDevice { place: None, .. } => Vec::new(),
+            Op::DelDevice { place: None, .. } | Op::FinishController(_) => Vec::new(),
         }
     }
 
     fn amend(&mut self, view: &mut VmState) -> Result<Vec<String>> {
         let books = self.books()?;
-        Ok(crate::xen::fold_into(view, &books))
+        let mut pending = crate::xen::fold_into(view, &books);
+        self.repair_interrupted(view, &books, &mut pending)?;
+        Ok(pending)
     }
 
     fn removed_by_hand(&mut self, d: &Attached) -> Result<bool> {

@@ -97,7 +97,11 @@ impl Ctx {
     pub fn session(&self, vm: &VmConfig, r: Running) -> Session {
         let Running { client, socket, instance, domid, xen } = r;
         let backend: Box<dyn Backend> = match xen {
-            Some(link) => Box::new(Xen::new(link, self.root.clone(), self.config.xen_lib_dir.clone(), self.deadline)),
+            Some(link) => {
+                let mut x = Xen::new(link, self.root.clone(), self.config.xen_lib_dir.clone(), self.deadline);
+                x.dry_run = self.dry_run;
+                Box::new(x)
+            }
             None => Box::new(PlainQemu),
         };
         let mut s = Session::new(&vm.name, client, socket, instance, domid).with_backend(backend);

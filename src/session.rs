@@ -222,7 +222,29 @@ impl<S: BufRead + Write> Session<S> {
         Ok(())
     }
 
+    /// Fold the backend's records into the view; finish first what an
+    /// interrupted run of ours left half-created (then fold again).
     fn amend(&mut self) -> QmpResult<Vec<String>> {
+        let pending = self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))?;
+        let unfinished = self.backend.take_unfinished();
+        if unfinished.is_empty() {
+            return Ok(pending);
+        }
+        for c in unfinished {
+            let args = crate::plan::controller_args(&c);
+            match self.change(Op::FinishController(c.clone()), args) {
+                Ok(()) => {
+                    log::info!(
+                        "VM {}: finished creating {} ({}), which an interrupted run left",
+                        self.vm,
+                        c.id,
+                        c.driver
+                    );
+                    self.view.controllers.push(c);
+                }
+                Err(e) => log::warn!("VM {}: could not finish {} ({e}); its records are removed", self.vm, c.id),
+            }
+        }
         self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))
     }
 
@@ -334,7 +356,7 @@ impl<S: BufRead + Write> Session<S> {
                 }
                 r => r,
             },
-            Op::AddController(_) => {
+            Op::AddController(_) | Op::FinishController(_) => {
                 return Err(OpError::Libvirt(LvError::Refused("libvirt cannot hot-plug a USB controller".into())))
             }
         };
@@ -363,7 +385,7 @@ impl<S: BufRead + Write> Session<S> {
                 let (verb, at) = match &op {
                     Op::AddDevice { dev, .. } => ("attach", dev.at()),
                     Op::DelDevice { at, .. } => ("detach", *at),
-                    Op::AddController(_) => return Ok(()),
+                    Op::AddController(_) | Op::FinishController(_) => return Ok(()),
                 };
                 println!(
                     "would {verb} (live) in libvirt domain of VM {}: {}",

@@ -57,6 +57,20 @@ pub fn port_path(domid: u32, devid: u32, port: u8) -> String {
     format!("{}/port/{port}", ctrl_dir(domid, devid))
 }
 
+/// The controller libxl records as `c` (driver from `usb-ver`, ports from
+/// `num-ports`), to finish creating it in QEMU.
+pub fn controller_of(c: &VusbCtrl) -> Option<Controller> {
+    let driver = match c.usb_ver.as_str() {
+        "1" => "piix3-usb-uhci",
+        "2" => "usb-ehci",
+        "3" => "nec-usb-xhci",
+        _ => return None,
+    };
+    let n = u8::try_from(c.ports.len()).ok()?;
+    let usb3_ports = if driver == "nec-usb-xhci" { n } else { 0 };
+    Some(Controller { id: c.qemu_id(), driver: driver.into(), ports: n, usb3_ports, ..Default::default() })
+}
+
 /// libxl's `usb-ver` for the controller drivers it creates (libxl_usb.c:
 /// version 1 piix3-usb-uhci, 2 usb-ehci, 3 nec-usb-xhci).
 pub fn usb_ver(driver: &str) -> Option<u8> {
@@ -66,6 +80,85 @@ pub fn usb_ver(driver: &str) -> Option<u8> {
         "nec-usb-xhci" => Some(3),
         _ => None,
     }
+}
+
+/// Our own notes beside libxl's records (never a key in libxl's directory):
+/// each change the tool starts to libxl's records, a controller's or a port
+/// entry, is marked under `/tool/auto-usb-attach/<domid>/` in the same
+/// transaction, and unmarked once QEMU has answered. A mark whose writer is
+/// gone is a change that was interrupted (the run was killed, or QEMU did
+/// not answer within the budget and the undo could not run): the next run
+/// that reads the domain finishes or undoes it (`backend::Xen::amend`).
+pub fn mark_dir(domid: u32) -> String {
+    format!("/tool/auto-usb-attach/{domid}")
+}
+
+pub fn ctrl_mark(domid: u32, devid: u32) -> String {
+    format!("{}/controller/{devid}", mark_dir(domid))
+}
+
+pub fn port_mark(domid: u32, devid: u32, port: u8) -> String {
+    format!("{}/port/{devid}-{port}", mark_dir(domid))
+}
+
+/// This process as a mark's writer: "<pid> <start time>" (the start time, in
+/// clock ticks since boot, tells a reused pid apart).
+pub fn writer() -> String {
+    let pid = std::process::id();
+    format!("{pid} {}", start_time(pid).unwrap_or_default())
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22; the command name (field 2) may hold spaces, so count after its ')'.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is the process that wrote `mark` still running (and not this one)?
+pub fn writer_alive(mark: &str) -> bool {
+    let mut it = mark.split_whitespace();
+    let (Some(Ok(pid)), Some(Ok(started))) = (it.next().map(str::parse::<u32>), it.next().map(str::parse::<u64>))
+    else {
+        return false;
+    };
+    pid != std::process::id() && start_time(pid) == Some(started)
+}
+
+/// Marks whose writer is gone: controllers (devids) and port entries (devid, port).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeadMarks {
+    pub controllers: Vec<u32>,
+    pub ports: Vec<(u32, u8)>,
+}
+
+/// The marks of `domid` whose writer is gone.
+pub fn dead_marks<S: Read + Write>(xs: &mut Xs<S>, domid: u32) -> XsResult<DeadMarks> {
+    let mut list = |sub: &str| -> XsResult<Vec<(String, String)>> {
+        let dir = format!("{}/{sub}", mark_dir(domid));
+        let names = match xs.directory(Tx::NONE, &dir) {
+            Ok(n) => n,
+            Err(e) if e.is_enoent() => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for n in names {
+            if let Some(v) = xs.read_opt(Tx::NONE, &format!("{dir}/{n}"))? {
+                if !writer_alive(&v) {
+                    out.push((n, v));
+                }
+            }
+        }
+        Ok(out)
+    };
+    let controllers = list("controller")?.into_iter().filter_map(|(n, _)| n.parse().ok()).collect();
+    let ports = list("port")?
+        .into_iter()
+        .filter_map(|(n, _)| {
+            let (d, p) = n.split_once('-')?;
+            Some((d.parse().ok()?, p.parse().ok()?))
+        })
+        .collect();
+    Ok(DeadMarks { controllers, ports })
 }
 
 /// `xenusb-<devid>` -> devid.
@@ -412,6 +505,19 @@ mod tests {
         assert_eq!(find_domain(&mut xs, "hvm1", Some(3)).unwrap().unwrap().domid, 5);
         assert_eq!(find_domain(&mut xs, "hvm1", Some(9)).unwrap().unwrap().domid, 5);
         assert_eq!(find_domain(&mut xs, "nope", Some(5)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_mark_names_its_writer_and_a_gone_or_reused_pid_is_dead() {
+        let me = writer();
+        assert!(!writer_alive(&me), "our own marks are never 'alive' to us");
+        let parent = std::os::unix::process::parent_id();
+        let p = format!("{parent} {}", start_time(parent).unwrap());
+        assert!(writer_alive(&p), "{p}");
+        // Same pid, another start time: a reused pid, so the writer is gone.
+        assert!(!writer_alive(&format!("{parent} 1")));
+        assert!(!writer_alive("4194305 1"), "no such pid");
+        assert!(!writer_alive("garbage"));
     }
 
     #[test]
