@@ -169,15 +169,32 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
         let would = wanted(i);
         match ctx.connect(&state, vm, true) {
             Ok(Some(mut r)) => match r.read_qemu() {
-                Ok(v) => {
+                Ok(mut v) => {
                     // A Xen domain: libxl's books beside QEMU's view.
                     match r.records() {
                         Some(Ok(books)) => {
+                            for c in &mut v.controllers {
+                                if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
+                                    c.origin = crate::state::CtrlOrigin::Libxl;
+                                }
+                            }
                             report.push(
                                 Kind::Ok,
                                 subject.clone(),
                                 format!("libxl records {}", crate::xen::describe(&books)),
                             );
+                            if !books.iter().any(|c| c.is_devicemodel()) {
+                                // A controller hot-plugged while the guest's firmware runs
+                                // has made HVM guests reboot (seen on Xen 4.17 and 4.20);
+                                // libxl adds its own while the domain is still paused.
+                                report.push(
+                                    Kind::Warning,
+                                    subject.clone(),
+                                    "has no USB controller of libxl's: the tool hot-plugs one when a device \
+                                     first comes, which a guest still in its firmware may not survive; add \
+                                     usbctrl = ['type=devicemodel,version=3,ports=15'] to the domain's xl config",
+                                );
+                            }
                             for d in crate::xen::disagreements(&v, &books) {
                                 report.push(Kind::Problem, subject.clone(), format!("libxl and QEMU disagree: {d}"));
                             }
