@@ -82,6 +82,7 @@ impl ControllerKind {
             usb3_ports,
             origin: crate::state::CtrlOrigin::Tool,
             bus: String::new(),
+            companions: false,
         }
     }
 
@@ -93,6 +94,7 @@ impl ControllerKind {
             (ControllerKind::Xhci, Speed::Super) if c.usb3_ports > 0 => Some(1..=c.usb3_ports),
             (ControllerKind::Xhci | ControllerKind::Uhci, _) => Some(all),
             (ControllerKind::Ehci, Speed::High | Speed::Super) => Some(all),
+            (ControllerKind::Ehci, Speed::Low | Speed::Full) if c.companions => Some(all),
             (ControllerKind::Ehci, Speed::Low | Speed::Full) => None,
         }
     }
@@ -167,11 +169,13 @@ mod tests {
     }
 
     #[test]
-    fn ehci_refuses_full_and_low_speed() {
-        let c = Ehci.new_controller("xenusb-0".into(), 0);
+    fn ehci_refuses_full_and_low_speed_unless_companions_serve_them() {
+        let mut c = Ehci.new_controller("xenusb-0".into(), 0);
         assert_eq!(Ehci.ports_for(&c, Speed::Full), None);
         assert_eq!(Ehci.ports_for(&c, Speed::Low), None);
         assert_eq!(Ehci.ports_for(&c, Speed::High), Some(1..=6));
+        c.companions = true;
+        assert_eq!(Ehci.ports_for(&c, Speed::Full), Some(1..=6));
     }
 
     #[test]

@@ -403,7 +403,15 @@ devices = ["1050:0407:S1"]
     }
 
     fn own(id: &str, driver: &str, ports: u8, usb3_ports: u8, bus: &str) -> Controller {
-        Controller { id: id.into(), driver: driver.into(), ports, usb3_ports, origin: CtrlOrigin::Vm, bus: bus.into() }
+        Controller {
+            id: id.into(),
+            driver: driver.into(),
+            ports,
+            usb3_ports,
+            origin: CtrlOrigin::Vm,
+            bus: bus.into(),
+            companions: false,
+        }
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct Controller {
     /// without an id (`-usb` makes `usb-bus.0`), whose `id` is then its QOM path.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub bus: String,
+    /// An EHCI with UHCI companions wired to its bus (`masterbus`, as `-usb`
+    /// on q35 builds it): its ports take full- and low-speed devices too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub companions: bool,
 }
 
 /// Where a controller came from.

@@ -184,9 +184,12 @@ fn child_type(ty: &str) -> Option<&str> {
 /// Every USB controller QEMU holds, with the QOM path of its USB bus: ours
 /// (`xenusb-N`: the tool's, or libxl's on Xen, which the backend marks) and
 /// the VM's own. A controller with no USB bus of its own (a UHCI wired to an
-/// EHCI as its companion) has no ports to offer and is skipped.
+/// EHCI as its companion) has no ports of its own and is skipped; the EHCI
+/// it is wired to then takes full- and low-speed devices too.
 fn controllers<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<Vec<(Controller, String)>> {
-    let mut out = Vec::new();
+    let mut out: Vec<(Controller, String)> = Vec::new();
+    // Buses that UHCI companions are wired to (their `masterbus`).
+    let mut masters: Vec<String> = Vec::new();
     for container in CONTAINERS {
         for (name, ty) in qom_list_opt(q, container)? {
             let Some(ty) = child_type(&ty) else { continue };
@@ -199,6 +202,11 @@ fn controllers<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<Vec<(Controller,
             };
             let path = format!("{container}/{name}");
             let Some(bus) = qom_list(q, &path)?.into_iter().find(|(_, t)| t == "child<usb-bus>").map(|(n, _)| n) else {
+                if kind == ControllerKind::Uhci {
+                    if let Some(m) = qom_get(q, &path, "masterbus")?.as_str().filter(|m| !m.is_empty()) {
+                        masters.push(m.to_string());
+                    }
+                }
                 continue;
             };
             let (ports, usb3_ports) = kind.read_ports(&mut |prop| qom_get(q, &path, prop))?;
@@ -206,9 +214,13 @@ fn controllers<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<Vec<(Controller,
             let id = if named { name.clone() } else { path.clone() };
             let bus_field = if named && bus == format!("{name}.0") { String::new() } else { bus.clone() };
             let origin = if ours { CtrlOrigin::Tool } else { CtrlOrigin::Vm };
-            let c = Controller { id, driver: ty.to_string(), ports, usb3_ports, origin, bus: bus_field };
+            let c =
+                Controller { id, driver: ty.to_string(), ports, usb3_ports, origin, bus: bus_field, companions: false };
             out.push((c, format!("{path}/{bus}")));
         }
+    }
+    for (c, _) in &mut out {
+        c.companions = c.kind() == Some(ControllerKind::Ehci) && masters.contains(&c.bus_name());
     }
     Ok(out)
 }

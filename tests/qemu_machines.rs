@@ -140,3 +140,24 @@ fn pc_with_its_own_xhci_adds_no_second_controller() {
     usb_host_refused(&v.attach(&[]));
     assert_eq!(v.peripherals(), vec![("usb".to_string(), "child<qemu-xhci>".to_string())]);
 }
+
+#[test]
+fn q35_with_usb_puts_a_full_speed_device_on_the_ehci_its_uhci_companions_serve() {
+    // `-M q35 -usb`: ich9-usb-ehci1 (bus usb-bus.0) with three UHCI companions (masterbus).
+    let v = vm("m-q35-usb", &["-M", "q35", "-usb"]);
+    let args = v.planned("usb-host").expect("a usb-host is planned");
+    assert_eq!((args["bus"].as_str(), args["port"].as_str()), (Some("usb-bus.0"), Some("1")), "{args}");
+    assert!(v.planned("nec-usb-xhci").is_none(), "a controller was planned beside the EHCI and its companions");
+    usb_host_refused(&v.attach(&[]));
+    assert!(v.peripherals().is_empty(), "{:?}", v.peripherals());
+}
+
+#[test]
+fn a_controller_started_without_an_id_is_used_by_its_bus() {
+    // `-device qemu-xhci` with no id: /machine/peripheral-anon, bus usb-bus.0; a keyboard QEMU put on port 1.
+    let v = vm("m-anon-xhci", &["-M", "pc", "-device", "qemu-xhci", "-device", "usb-kbd"]);
+    let args = v.planned("usb-host").expect("a usb-host is planned");
+    assert_eq!((args["bus"].as_str(), args["port"].as_str()), (Some("usb-bus.0"), Some("2")), "{args}");
+    usb_host_refused(&v.attach(&[]));
+    assert!(v.peripherals().is_empty(), "{:?}", v.peripherals());
+}

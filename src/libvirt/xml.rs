@@ -73,6 +73,7 @@ pub fn view_of(xml: &str) -> Result<VmState, String> {
             usb3_ports,
             origin: CtrlOrigin::Vm,
             bus: String::new(),
+            companions: false,
         });
     }
     for d in devices.children().filter(|n| n.is_element()) {
