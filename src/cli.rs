@@ -149,7 +149,7 @@ pub struct DetachTarget {
     /// Host USB device address (lsusb's "Device"); with --bus.
     #[arg(long, value_name = "N", requires = "bus", conflicts_with = "id", value_parser = clap::value_parser!(u16).range(1..=127))]
     pub addr: Option<u16>,
-    /// The QEMU device id, e.g. xenusb-3-7 (for a device already gone from the host).
+    /// The device's id in the VM, e.g. xenusb-3-7 (ua-aua-3-7 in a libvirt domain), for a device already gone from the host.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
 }

@@ -16,7 +16,7 @@ mod xml;
 use crate::deadline::Deadline;
 use std::fmt;
 
-pub use xml::{alias_of, hostdev_xml, view_of};
+pub use xml::{alias_of, hostdev_xml, parse_alias, view_of};
 
 /// `uri` when the config names none.
 pub const DEFAULT_URI: &str = "qemu:///system";

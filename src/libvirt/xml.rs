@@ -13,9 +13,9 @@ pub fn alias_of(at: BusAddr) -> String {
     format!("{ALIAS_PREFIX}{}-{}", at.bus, at.addr)
 }
 
-fn parse_alias(a: &str) -> Option<BusAddr> {
-    let (b, d) = a.strip_prefix(ALIAS_PREFIX)?.split_once('-')?;
-    Some(BusAddr::new(b.parse().ok()?, d.parse().ok()?))
+/// The inverse of `alias_of`, with the same bounds as `BusAddr::from_device_id`.
+pub fn parse_alias(a: &str) -> Option<BusAddr> {
+    BusAddr::from_device_id(&format!("xenusb-{}", a.strip_prefix(ALIAS_PREFIX)?))
 }
 
 /// The live `<hostdev>` for host device `at`: by bus and device (two identical
