@@ -21,6 +21,8 @@ pub struct Ctx {
     pub deadline: Deadline,
     /// Sessions log each change instead of sending it.
     pub dry_run: bool,
+    /// Xen domains' names as read so far in this invocation.
+    pub xen_names: crate::xen::Names,
 }
 
 impl Ctx {
@@ -74,7 +76,7 @@ impl Ctx {
 
     /// `connect`, trying Xen domain `domid` first.
     pub fn connect_hinted(&self, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Session>> {
-        match vm::locate(&self.root, &self.config, vm, domid, &self.deadline)? {
+        match vm::locate(&self.root, &self.config, vm, domid, &self.deadline, &self.xen_names)? {
             Located::Running(r) => Ok(Some(self.session(vm, *r))),
             Located::Libvirt { opened, shown } => {
                 let mut s = Session::libvirt(&vm.name, opened.link, shown, opened.instance);

@@ -84,6 +84,7 @@ pub fn locate(
     vm: &VmConfig,
     cached_domid: Option<u32>,
     deadline: &Deadline,
+    names: &xen::Names,
 ) -> Result<Located> {
     let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
     if let Some(t) = &vm.libvirt {
@@ -105,7 +106,7 @@ pub fn locate(
             Err(e) => Err(ctx(e, &path)),
         };
     }
-    locate_xen(root, config, vm, cached_domid, deadline)
+    locate_xen(root, config, vm, cached_domid, deadline, names)
 }
 
 /// A Xen domain by name, through xenstore (never by asking sockets: a
@@ -118,11 +119,12 @@ fn locate_xen(
     vm: &VmConfig,
     cached_domid: Option<u32>,
     deadline: &Deadline,
+    names: &xen::Names,
 ) -> Result<Located> {
     let mut xs = xenstore::connect(root, deadline).map_err(|e| {
         Error::new(format!("VM {}: cannot reach xenstored (is this a Xen dom0 with xenstored running?): {e}", vm.name))
     })?;
-    let found = xen::find_domain(&mut xs, &vm.name, cached_domid)
+    let found = xen::find_domain(&mut xs, &vm.name, cached_domid, names)
         .map_err(|e| Error::new(format!("VM {}: looking up its domain in xenstore: {e}", vm.name)))?;
     let Some(domain) = found else {
         return Ok(Located::NotRunning(format!("xenstore has no domain named {}", vm.name)));

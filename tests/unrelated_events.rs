@@ -51,3 +51,23 @@ fn detach_of_what_is_not_attached_says_so_when_xenstored_is_down() {
     assert!(line.contains("cannot reach xenstored"), "the VM that could not be asked is not named: {line}");
     assert!(!line.contains("xenstore: xenstore:"), "doubled prefix: {line}");
 }
+
+#[test]
+fn sync_of_many_xen_vms_among_many_domains_reads_each_name_once() {
+    // 300 Xen VMs configured, 100 other domains running: each domain's name is read once
+    // per invocation, not once per VM (which was 300 x 100 reads, twice).
+    let mut cfg = String::from("timeout = 5\n");
+    for i in 0..300 {
+        cfg.push_str(&format!("\n[[vm]]\nname = \"vm{i}\"\n"));
+    }
+    let (r, _sys, _dev) = receiver_at_3_7("many-xen", &cfg);
+    let xs = FakeXenstored::start(&r);
+    for d in 1..=100 {
+        xs.domain(d, &format!("other{d}"));
+    }
+    let run = r.run(&["sync"]);
+    run.ok();
+    let log = xs.store.lock().unwrap().log.clone();
+    let name_reads = log.iter().filter(|l| l.contains("/local/domain/") && l.ends_with("/name")).count();
+    assert!(name_reads <= 101, "{name_reads} reads of domain names for 300 VMs and 101 domains");
+}

@@ -62,7 +62,13 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         }
     }
     let dry_run = cli.command.dry_run();
-    let ctx = Ctx { deadline: Deadline::starting_at(started, config.timeout), root, config, dry_run };
+    let ctx = Ctx {
+        deadline: Deadline::starting_at(started, config.timeout),
+        root,
+        config,
+        dry_run,
+        xen_names: Default::default(),
+    };
     match cli.command {
         Command::Udev { .. } => udev::udev(&ctx, &std::env::vars().collect()),
         Command::Attach { dev, vm, .. } => manual::attach(&ctx, &dev, vm.as_deref()),

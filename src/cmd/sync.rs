@@ -191,7 +191,7 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
             };
             // Ok(None): ready, or not running; Ok(Some(why)): not ready yet.
             let step = || -> Result<Option<String>> {
-                Ok(match vm::locate(&ctx.root, &ctx.config, vm, cached, &probe)? {
+                Ok(match vm::locate(&ctx.root, &ctx.config, vm, cached, &probe, &ctx.xen_names)? {
                     Located::Running(r) if r.xen.is_none() => None,
                     Located::Running(r) => {
                         // Ready when QEMU holds every controller libxl records

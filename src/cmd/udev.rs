@@ -79,7 +79,7 @@ fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: State) -> Result<()> 
         let mut xs = crate::xenstore::connect(&ctx.root, &probe)?;
         for vm in &xen_vms {
             let cached = peek.vms.get(&vm.name).and_then(|v| v.domid);
-            let Some(dom) = crate::xen::find_domain(&mut xs, &vm.name, cached)? else { continue };
+            let Some(dom) = crate::xen::find_domain(&mut xs, &vm.name, cached, &ctx.xen_names)? else { continue };
             let books = crate::xen::read_vusb(&mut xs, Tx::NONE, dom.domid)?;
             if let Some((devid, port)) = books
                 .iter()
