@@ -9,7 +9,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::host::HostDevice;
 use crate::plan::{self, Placement};
-use crate::qmp::Refusal;
+use crate::session::Refusal;
 use crate::session::Session;
 use crate::state::{Attached, Origin, State};
 use crate::types::BusAddr;
@@ -84,11 +84,13 @@ fn attach_libvirt(s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Orig
             log_attached(vm, dev, &s.id_for(dev.at()), &p, deadline);
             Ok(())
         }
-        Err(crate::session::OpError::Libvirt(crate::libvirt::LvError::NoUsbPort(m))) => Err(Error::new(format!(
-            "cannot attach {} ({}): VM {}: {m}: libvirt cannot hot-add a USB controller; add              <controller type='usb' model='qemu-xhci' ports='15'/> to domain {domain} (virsh edit), then restart it",
+        Err(e) if e.no_usb_port().is_some() => Err(Error::new(format!(
+            "cannot attach {} ({}): VM {}: {}: libvirt cannot hot-add a USB controller; add \
+             <controller type='usb' model='qemu-xhci' ports='15'/> to domain {domain} (virsh edit), then restart it",
             dev.at(),
             dev.port_path,
-            vm.name
+            vm.name,
+            e.no_usb_port().unwrap_or_default()
         ))),
         Err(e) => {
             let what = format!("libvirt attach {} ({} {})", s.id_for(dev.at()), dev.port_path, dev.id_string());

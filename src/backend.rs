@@ -8,7 +8,10 @@
 //! the entry on failure; on removal empty the entry, device_del, restore it
 //! on failure.
 //!
-//! A new backend is one more `impl Backend`; nothing else changes.
+//! These hooks are for backends reached over QMP (plain QEMU, Xen); a
+//! libvirt domain is changed through libvirtd instead (`session::Link`).
+//! Also here: finding which Xen domain libxl records an unplugged device in
+//! (`libxl_holder`), for the event path.
 
 use crate::error::Result;
 use crate::qmp::QmpError;
@@ -448,4 +451,57 @@ impl Backend for Xen {
     fn records(&mut self) -> Option<Result<Vec<crate::xen::VusbCtrl>>> {
         Some(self.books())
     }
+}
+
+/// Where libxl records a host device (`xl usbdev-attach`): the configured
+/// VM (index into `config.vms`), its domain, and the controller and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibxlPlace {
+    pub vm: usize,
+    pub domid: u32,
+    pub devid: u32,
+    pub port: u8,
+}
+
+/// Which of the Xen VMs `vms` ((index, name, cached domid)) has a domain in
+/// whose records libxl has `busid` on a port, within `deadline`.
+pub fn libxl_holder(
+    root: &crate::root::Root,
+    deadline: &crate::deadline::Deadline,
+    vms: &[(usize, &str, Option<u32>)],
+    busid: &str,
+    names: &crate::xen::Names,
+) -> crate::xenstore::XsResult<Option<LibxlPlace>> {
+    let mut xs = crate::xenstore::connect(root, deadline)?;
+    for &(vm, name, cached) in vms {
+        let Some(dom) = crate::xen::find_domain(&mut xs, name, cached, names)? else { continue };
+        let books = crate::xen::read_vusb(&mut xs, crate::xenstore::Tx::NONE, dom.domid)?;
+        if let Some((devid, port)) = books
+            .iter()
+            .filter(|c| c.is_devicemodel())
+            .find_map(|c| c.ports.iter().position(|b| b == busid).map(|p| (c.devid, p as u8 + 1)))
+        {
+            return Ok(Some(LibxlPlace { vm, domid: dom.domid, devid, port }));
+        }
+    }
+    Ok(None)
+}
+
+/// Empty libxl's entry at `place` if it still names `busid` (QEMU no longer
+/// has the device: the entry must not outlive it).
+pub fn empty_libxl_entry(
+    root: &crate::root::Root,
+    deadline: &crate::deadline::Deadline,
+    place: &LibxlPlace,
+    busid: &str,
+) -> Result<()> {
+    let err = |e: crate::xenstore::XsError| crate::error::Error::new(format!("Xen domain {}: {e}", place.domid));
+    let mut xs = crate::xenstore::connect(root, deadline).map_err(err)?;
+    let node = crate::xen::port_path(place.domid, place.devid, place.port);
+    let tx = crate::xenstore::Tx::NONE;
+    if xs.read_opt(tx, &node).map_err(err)?.as_deref() == Some(busid) {
+        xs.write(tx, &node, b"").map_err(err)?;
+        log::info!("emptied libxl's entry for {busid} ({node})");
+    }
+    Ok(())
 }

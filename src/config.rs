@@ -4,12 +4,13 @@
 //! I/O. Every error is one line naming the file, the key and the problem.
 
 use crate::error::{Error, Result};
-use crate::host::HostDevice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/auto-usb-attach.toml";
+/// libvirt's connection URI when a `backend = "libvirt"` VM names none.
+pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 /// Bounds of `timeout`, in seconds.
 pub const MIN_TIMEOUT: f64 = 0.1;
 pub const MAX_TIMEOUT: f64 = 120.0;
@@ -79,14 +80,6 @@ pub struct VmConfig {
     pub max_controllers: u8,
     pub hubs: Vec<HubRule>,
     pub devices: Vec<DeviceRule>,
-}
-
-impl VmConfig {
-    /// Does any of this VM's rules match `d`? Every rule kind is asked here.
-    pub fn wants(&self, d: &HostDevice) -> bool {
-        self.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
-            || self.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
-    }
 }
 
 /// A place in the host's USB tree: a whole bus (`usb3`) or a port path
@@ -307,7 +300,7 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
     let libvirt = match backend {
         BackendKind::Libvirt => {
             let domain = v.domain.clone().unwrap_or_else(|| v.name.clone());
-            let uri = v.uri.clone().unwrap_or_else(|| crate::libvirt::DEFAULT_URI.into());
+            let uri = v.uri.clone().unwrap_or_else(|| DEFAULT_LIBVIRT_URI.into());
             if domain.is_empty() || domain.chars().any(|c| c.is_control()) {
                 return Err(err(&vkey("domain"), format!("{domain:?} is not a libvirt domain name")));
             }

@@ -19,7 +19,6 @@
 //!   hot-plugged piix3-usb-uhci).
 
 use crate::config::UsbVersion;
-use crate::qmp::QmpResult;
 use crate::state::Controller;
 use crate::types::Speed;
 use serde_json::{json, Value};
@@ -121,7 +120,7 @@ impl ControllerKind {
 
     /// Ports per range (USB 1/2, USB 3) of a controller of this kind read
     /// back from QEMU; `get` reads one QOM property of it.
-    pub fn read_ports(self, get: &mut dyn FnMut(&str) -> QmpResult<Value>) -> QmpResult<(u8, u8)> {
+    pub fn read_ports<E>(self, get: &mut dyn FnMut(&str) -> Result<Value, E>) -> Result<(u8, u8), E> {
         Ok(match self {
             ControllerKind::Xhci => {
                 let n = |v: Value| v.as_u64().and_then(|n| u8::try_from(n).ok()).unwrap_or(0);
@@ -187,7 +186,7 @@ mod tests {
         for k in [Uhci, Ehci, Xhci] {
             assert_eq!(ControllerKind::recognise(k.driver()), Some(k));
         }
-        let mut get = |p: &str| Ok(json!(if p == "p2" { 3 } else { 1 }));
+        let mut get = |p: &str| Ok::<_, ()>(json!(if p == "p2" { 3 } else { 1 }));
         assert_eq!(Xhci.read_ports(&mut get).unwrap(), (3, 1));
         assert_eq!(Uhci.read_ports(&mut get).unwrap(), (2, 0));
     }

@@ -8,11 +8,11 @@ use crate::config::{Config, VmConfig};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::lock::LockGuard;
-use crate::qmp::QmpError;
 use crate::root::Root;
 use crate::session::Session;
 use crate::state::State;
-use crate::vm::{self, Located, Running};
+pub use crate::vm::Located;
+use crate::vm::{self, Running};
 use std::path::PathBuf;
 
 pub struct Ctx {
@@ -74,6 +74,29 @@ impl Ctx {
         self.connect_hinted(vm, state.vms.get(&vm.name).and_then(|v| v.domid), quiet)
     }
 
+    /// Where `vm` is and whether it runs, within `deadline` (`connect` opens a session).
+    pub fn locate(&self, vm: &VmConfig, domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
+        vm::locate(&self.root, &self.config, vm, domid, deadline, &self.xen_names)
+    }
+
+    /// When a VM is "not ready" (its socket refuses connections, or holds no
+    /// QEMU by that name yet): the age of the youngest socket it could be
+    /// waiting for, if even that is older than `timing::stale_socket()`. Such a
+    /// socket was left by a QEMU that died, not made by one still starting.
+    pub fn stale_socket_age(&self, vm: &VmConfig) -> Option<std::time::Duration> {
+        let age = |p: &std::path::Path| std::fs::symlink_metadata(p).ok()?.modified().ok()?.elapsed().ok();
+        let youngest = match &vm.qmp {
+            Some(q) => age(&self.root.path(q))?,
+            None => std::fs::read_dir(self.root.path(&self.config.xen_run_dir))
+                .ok()?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(vm::XEN_SOCKET_PREFIX))
+                .filter_map(|e| age(&e.path()))
+                .min()?,
+        };
+        (youngest >= crate::timing::stale_socket()).then_some(youngest)
+    }
+
     /// `connect`, trying Xen domain `domid` first.
     pub fn connect_hinted(&self, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Session>> {
         match vm::locate(&self.root, &self.config, vm, domid, &self.deadline, &self.xen_names)? {
@@ -112,12 +135,47 @@ impl Ctx {
     }
 }
 
+pub use crate::backend::LibxlPlace;
+
+impl Ctx {
+    /// Which configured Xen VM's domain libxl records `busid` (sysfs name) in,
+    /// if any. Optional work (the next sync does it too): asked for at most
+    /// `timing::xl_lookup_cap()`, and a xenstored that is absent or hung means
+    /// None (logged at debug level), never a failure.
+    pub fn libxl_holder(&self, at: crate::types::BusAddr, busid: &str, peek: &State) -> Option<LibxlPlace> {
+        let vms: Vec<(usize, &str, Option<u32>)> = self
+            .config
+            .vms
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.backend == crate::config::BackendKind::Xen)
+            .map(|(i, v)| (i, v.name.as_str(), peek.vms.get(&v.name).and_then(|s| s.domid)))
+            .collect();
+        if busid.is_empty() || vms.is_empty() {
+            return None;
+        }
+        let probe = Deadline::after(self.deadline.capped("", crate::timing::xl_lookup_cap()).ok()?);
+        match crate::backend::libxl_holder(&self.root, &probe, &vms, busid, &self.xen_names) {
+            Ok(found) => found,
+            Err(e) => {
+                log::debug!("{busid} ({at}) removed; not asking libxl's records ({e}); the next sync checks them");
+                None
+            }
+        }
+    }
+
+    /// Empty libxl's entry at `place` if it still names `busid`.
+    pub fn empty_libxl_entry(&self, place: &LibxlPlace, busid: &str) -> Result<()> {
+        crate::backend::empty_libxl_entry(&self.root, &self.deadline, place, busid)
+    }
+}
+
 /// `VM name: what: cause`.
 pub fn vm_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(format!("VM {}: {what}: {e}", vm.name))
 }
 
 /// `vm_err` for a QMP failure.
-pub fn qmp_err(vm: &VmConfig, what: &str, e: QmpError) -> Error {
+pub fn qmp_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
     vm_err(vm, what, e)
 }

@@ -2,13 +2,8 @@
 //! `cmd::run`, and the integration tests use these real types (state, QMP
 //! client, planners) instead of copies.
 //!
-//! Layering, bottom up (a module only uses modules above it in this list):
-//! values (`types`, `controller`, `config`, `state`, `host`), infrastructure
-//! (`root`, `deadline`, `timing`, `lock`, `log`, `qmp`), pure policy (`plan`,
-//! `events`, `sync`, producing `step::Step`s), Xen's books (`xenstore`,
-//! `xenlock`, `xen`: libxl's records and locks), the one writer to a VM
-//! (`session` with its `backend`), finding a VM (`vm`), the invocation's
-//! context (`ctx`), step execution (`apply`) and the commands (`cmd`).
+//! The layers and which may use which are in docs/ARCHITECTURE.md; the rule
+//! itself is `tests/architecture.rs`, which fails on an import across a layer.
 
 pub mod apply;
 pub mod backend;

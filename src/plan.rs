@@ -19,8 +19,10 @@ pub fn route(config: &Config, d: &HostDevice) -> Option<usize> {
     config.vms.iter().position(|vm| wants(vm, d))
 }
 
+/// Does any of `vm`'s rules match `d`? Every rule kind is asked here.
 pub fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
-    vm.wants(d)
+    vm.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
+        || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
 }
 
 /// QEMU id of the usb-host device for host bus:addr (libxl's own scheme).

@@ -10,7 +10,8 @@
 use crate::backend::{Backend, Op};
 use crate::error::Error;
 use crate::libvirt::{DomainLink, LvError};
-use crate::qmp::{Conn, Qmp, QmpError, QmpResult, Refusal};
+pub use crate::qmp::Refusal;
+use crate::qmp::{Conn, Qmp, QmpError, QmpResult};
 use crate::state::{Attached, Controller, Origin, VmState};
 use crate::types::BusAddr;
 use crate::vm;
@@ -29,6 +30,14 @@ pub enum OpError {
 }
 
 impl OpError {
+    /// libvirt's words when the domain has no free USB port (or no USB bus).
+    pub fn no_usb_port(&self) -> Option<&str> {
+        match self {
+            OpError::Libvirt(LvError::NoUsbPort(m)) => Some(m),
+            _ => None,
+        }
+    }
+
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
             OpError::Qmp(e) => e.refusal(),
@@ -51,6 +60,17 @@ impl From<QmpError> for OpError {
     fn from(e: QmpError) -> Self {
         OpError::Qmp(e)
     }
+}
+
+/// The backend's records beside QEMU's view (`Session::records_report`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsReport {
+    /// One line: what the records hold.
+    pub described: String,
+    /// Whether they record a USB controller of the VM's (libxl's `usbctrl`).
+    pub has_controller: bool,
+    /// Where they and QEMU disagree, one line each.
+    pub disagreements: Vec<String>,
 }
 
 /// How a session reaches its VM: QEMU's QMP socket, or libvirtd for a
@@ -248,9 +268,24 @@ impl<S: BufRead + Write> Session<S> {
         self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))
     }
 
-    /// The backend's own records (Xen: libxl's), for `check`.
-    pub fn records(&mut self) -> Option<crate::error::Result<Vec<crate::xen::VusbCtrl>>> {
-        self.backend.records()
+    /// What the backend's own records (Xen: libxl's) say beside `qemu`, a
+    /// view just read from QEMU, for `check`; their controllers are marked
+    /// as theirs in `qemu`. None for a backend that keeps no records.
+    pub fn records_report(&mut self, qemu: &mut VmState) -> Option<crate::error::Result<RecordsReport>> {
+        let books = match self.backend.records()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        for c in &mut qemu.controllers {
+            if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
+                c.origin = crate::state::CtrlOrigin::Libxl;
+            }
+        }
+        Some(Ok(RecordsReport {
+            described: crate::xen::describe(&books),
+            has_controller: books.iter().any(|c| c.is_devicemodel()),
+            disagreements: crate::xen::disagreements(qemu, &books),
+        }))
     }
 
     /// What QEMU holds right now, without touching the view.

@@ -33,6 +33,19 @@ impl BusAddr {
     }
 }
 
+impl BusAddr {
+    /// This tool's user alias for the device in a libvirt domain (libvirt
+    /// wants user aliases to start with `ua-`); it becomes the QEMU id there.
+    pub fn libvirt_alias(self) -> String {
+        format!("ua-aua-{}-{}", self.bus, self.addr)
+    }
+
+    /// The inverse of `libvirt_alias`, with `from_device_id`'s bounds.
+    pub fn from_libvirt_alias(alias: &str) -> Option<BusAddr> {
+        BusAddr::from_device_id(&format!("xenusb-{}", alias.strip_prefix("ua-aua-")?))
+    }
+}
+
 impl fmt::Display for BusAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.bus, self.addr)

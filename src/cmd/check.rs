@@ -171,19 +171,10 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
             Ok(Some(mut r)) => match r.read_qemu() {
                 Ok(mut v) => {
                     // A Xen domain: libxl's books beside QEMU's view.
-                    match r.records() {
+                    match r.records_report(&mut v) {
                         Some(Ok(books)) => {
-                            for c in &mut v.controllers {
-                                if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
-                                    c.origin = crate::state::CtrlOrigin::Libxl;
-                                }
-                            }
-                            report.push(
-                                Kind::Ok,
-                                subject.clone(),
-                                format!("libxl records {}", crate::xen::describe(&books)),
-                            );
-                            if !books.iter().any(|c| c.is_devicemodel()) {
+                            report.push(Kind::Ok, subject.clone(), format!("libxl records {}", books.described));
+                            if !books.has_controller {
                                 // A controller hot-plugged while the guest's firmware runs
                                 // has made HVM guests reboot (seen on Xen 4.17 and 4.20);
                                 // libxl adds its own while the domain is still paused.
@@ -195,7 +186,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                                      usbctrl = ['type=devicemodel,version=3,ports=15'] to the domain's xl config",
                                 );
                             }
-                            for d in crate::xen::disagreements(&v, &books) {
+                            for d in books.disagreements {
                                 report.push(Kind::Problem, subject.clone(), format!("libxl and QEMU disagree: {d}"));
                             }
                         }

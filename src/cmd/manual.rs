@@ -49,7 +49,7 @@ pub fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Result<()>
 pub fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> {
     let at = match (&t.id, &t.device, t.bus, t.addr) {
         (Some(id), _, _, _) => BusAddr::from_device_id(id)
-            .or_else(|| crate::libvirt::parse_alias(id))
+            .or_else(|| BusAddr::from_libvirt_alias(id))
             .ok_or_else(|| Error::new(format!("--id {id:?} is not a device id like xenusb-3-7 or ua-aua-3-7")))?,
         // A bus:addr needs no host device (it may be gone already).
         (None, Some(Selector::BusAddr(at)), _, _) => *at,

@@ -3,13 +3,13 @@
 //! what the host really has; this file connects, executes and records.
 
 use crate::apply;
+use crate::ctx::Located;
 use crate::ctx::{qmp_err, Ctx};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::session::Session;
 use crate::state::{HeldOut, Origin, State, VmState};
 use crate::step::Step;
-use crate::vm::{self, Located};
 
 pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     if let Some(n) = only {
@@ -191,7 +191,7 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
             };
             // Ok(None): ready, or not running; Ok(Some(why)): not ready yet.
             let step = || -> Result<Option<String>> {
-                Ok(match vm::locate(&ctx.root, &ctx.config, vm, cached, &probe, &ctx.xen_names)? {
+                Ok(match ctx.locate(vm, cached, &probe)? {
                     Located::Running(r) if r.xen.is_none() => None,
                     Located::Running(r) => {
                         // Ready when QEMU holds every controller libxl records
@@ -209,7 +209,7 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                         }
                     }
                     Located::NotRunning(_) | Located::Libvirt { .. } => None,
-                    Located::NotReady(why) => match stale_socket_age(ctx, vm) {
+                    Located::NotReady(why) => match ctx.stale_socket_age(vm) {
                         Some(age) => {
                             log::info!(
                                 "VM {} is not running ({why}; its socket is {} s old: left by a QEMU that died)",
@@ -240,22 +240,4 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
         }
     }
     Ok(skipped)
-}
-
-/// When a VM is "not ready" (its socket refuses connections, or holds no
-/// QEMU by that name yet): the age of the youngest socket it could be
-/// waiting for, if even that is older than `timing::stale_socket()`. Such a
-/// socket was left by a QEMU that died, not made by one still starting.
-fn stale_socket_age(ctx: &Ctx, vm: &crate::config::VmConfig) -> Option<std::time::Duration> {
-    let age = |p: &std::path::Path| std::fs::symlink_metadata(p).ok()?.modified().ok()?.elapsed().ok();
-    let youngest = match &vm.qmp {
-        Some(q) => age(&ctx.root.path(q))?,
-        None => std::fs::read_dir(ctx.root.path(&ctx.config.xen_run_dir))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(vm::XEN_SOCKET_PREFIX))
-            .filter_map(|e| age(&e.path()))
-            .min()?,
-    };
-    (youngest >= crate::timing::stale_socket()).then_some(youngest)
 }

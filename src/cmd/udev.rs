@@ -10,7 +10,6 @@ use crate::plan;
 use crate::state::{Origin, State};
 use crate::step::Step;
 use crate::types::BusAddr;
-use crate::xenstore::{Tx, XsError};
 use std::collections::HashMap;
 
 pub fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
@@ -65,57 +64,27 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
 
 /// A device we hold no record of was unplugged: if libxl records it in a
 /// configured Xen domain (`xl usbdev-attach`), clean it out of QEMU and of
-/// libxl's books together, as the original tool did. xenstore is asked
-/// first, without our lock and for at most `timing::xl_lookup_cap()`; only a
+/// libxl's books together, as the original tool did. libxl's records are
+/// asked first, without our lock and bounded (`Ctx::libxl_holder`); only a
 /// domain that has it is then changed, under the lock (and libxl's).
 fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: State) -> Result<()> {
-    let xen_vms: Vec<_> = ctx.config.vms.iter().filter(|v| v.backend == crate::config::BackendKind::Xen).collect();
-    if xen_vms.is_empty() || busid.is_empty() {
-        return Ok(());
-    }
-    let Ok(cap) = ctx.deadline.capped("", crate::timing::xl_lookup_cap()) else { return Ok(()) };
-    let probe = crate::deadline::Deadline::after(cap);
-    let lookup = || -> std::result::Result<Option<(&crate::config::VmConfig, u32, u32, u8)>, XsError> {
-        let mut xs = crate::xenstore::connect(&ctx.root, &probe)?;
-        for vm in &xen_vms {
-            let cached = peek.vms.get(&vm.name).and_then(|v| v.domid);
-            let Some(dom) = crate::xen::find_domain(&mut xs, &vm.name, cached, &ctx.xen_names)? else { continue };
-            let books = crate::xen::read_vusb(&mut xs, Tx::NONE, dom.domid)?;
-            if let Some((devid, port)) = books
-                .iter()
-                .filter(|c| c.is_devicemodel())
-                .find_map(|c| c.ports.iter().position(|b| b == busid).map(|i| (c.devid, i as u8 + 1)))
-            {
-                return Ok(Some((*vm, dom.domid, devid, port)));
-            }
-        }
-        Ok(None)
-    };
-    let (vm, domid, devid, port) = match lookup() {
-        Ok(Some(found)) => found,
-        Ok(None) => return Ok(()),
-        Err(e) => {
-            log::debug!("{busid} ({at}) removed; not asking libxl's records ({e}); the next sync checks them");
-            return Ok(());
-        }
-    };
-    log::info!("{busid} ({at}) was unplugged; libxl records it on xenusb-{devid} port {port} of VM {}", vm.name);
-    let xs_err = |e: XsError| crate::error::Error::new(format!("{at} removed: {e}"));
+    let Some(place) = ctx.libxl_holder(at, busid, &peek) else { return Ok(()) };
+    let vm = &ctx.config.vms[place.vm];
+    log::info!(
+        "{busid} ({at}) was unplugged; libxl records it on xenusb-{} port {} of VM {}",
+        place.devid,
+        place.port,
+        vm.name
+    );
     ctx.with_state(|state| {
-        if let Some(mut s) = ctx.connect_hinted(vm, Some(domid), true)? {
+        if let Some(mut s) = ctx.connect_hinted(vm, Some(place.domid), true)? {
             s.refresh().map_err(|e| crate::ctx::qmp_err(vm, "reading devices (qom-list)", e))?;
             let res = apply::detach_on(&mut s, vm, at, true);
             state.vms.insert(vm.name.clone(), s.into_view());
             res?;
         }
         // QEMU no longer has it either way: libxl's entry must not outlive it.
-        let mut xs = crate::xenstore::connect(&ctx.root, &ctx.deadline).map_err(xs_err)?;
-        let node = crate::xen::port_path(domid, devid, port);
-        if xs.read_opt(Tx::NONE, &node).map_err(xs_err)?.as_deref() == Some(busid) {
-            xs.write(Tx::NONE, &node, b"").map_err(xs_err)?;
-            log::info!("emptied libxl's entry for {busid} ({node})");
-        }
-        Ok(())
+        ctx.empty_libxl_entry(&place, busid)
     })
 }
 

@@ -16,10 +16,7 @@ mod xml;
 use crate::deadline::Deadline;
 use std::fmt;
 
-pub use xml::{alias_of, hostdev_xml, parse_alias, view_of};
-
-/// `uri` when the config names none.
-pub const DEFAULT_URI: &str = "qemu:///system";
+pub use xml::{alias_of, hostdev_xml, view_of};
 
 /// What went wrong talking to libvirtd, split where a caller acts differently.
 #[derive(Debug, Clone, PartialEq, Eq)]
