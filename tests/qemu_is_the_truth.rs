@@ -1,4 +1,4 @@
-//! Issue 10, where QEMU's behaviour matters: QEMU is the truth once state
+//! Where QEMU is the truth (issue 10): QEMU decides once state
 //! is lost (remove and re-add of a bus:addr with no record), a QEMU going
 //! away before its greeting, a stale socket and a busy VM during sync. Real
 //! `qemu-system-x86_64` (see qemu_real.rs for what it can and cannot do
@@ -132,7 +132,7 @@ fn sync_skips_a_busy_vm_with_a_warning_and_converges_the_others() {
 /// its budget plus 0.5 s". The hang cases: a QEMU that never greets (its one
 /// QMP slot taken: real QEMU), one that stops answering mid-command (a
 /// stand-in: real QEMU cannot be made to), and a FIFO config (in
-/// harden_files.rs: it fails at once). Wall time from spawn to exit.
+/// file_safety.rs: it fails at once). Wall time from spawn to exit.
 #[test]
 fn hangs_end_within_budget_plus_half_a_second() {
     let limit = Duration::from_millis(1500);
