@@ -224,7 +224,7 @@ impl Xen {
         pending: &mut Vec<String>,
     ) -> Result<()> {
         let domid = self.domid;
-        let crate::xen::DeadMarks { controllers: ctrls, ports } =
+        let crate::xen::DeadMarks { controllers: ctrls, ports, freeing } =
             crate::xen::dead_marks(&mut self.xs, domid).map_err(|e| self.xs_err(e))?;
         let tx = crate::xenstore::Tx::NONE;
         let mut unmark = Vec::new();
@@ -269,6 +269,24 @@ impl Xen {
             }
             unmark.push(crate::xen::port_mark(domid, devid, port));
         }
+        for (devid, port, busid) in freeing {
+            // A removal cut off: if QEMU kept the device, libxl's entry says so again;
+            // if it went, the entry stays empty.
+            let id = format!("xenusb-{devid}");
+            let held = view.devices.iter().any(|d| d.controller == id && d.port == port);
+            let node = crate::xen::port_path(domid, devid, port);
+            let entry = self.xs.read_opt(tx, &node).map_err(|e| self.xs_err(e))?;
+            let want = if held { busid.as_str() } else { "" };
+            if entry.is_some_and(|e| e != want && (e.is_empty() || e == busid)) {
+                if self.dry_run {
+                    println!("would write {node} = {want:?}: an interrupted detach left it");
+                    continue;
+                }
+                self.xs.write(tx, &node, want.as_bytes()).map_err(|e| self.xs_err(e))?;
+                log::info!("Xen domain {domid}: {node} = {want:?} again, after an interrupted detach");
+            }
+            unmark.push(crate::xen::freeing_mark(domid, devid, port));
+        }
         if !self.dry_run && !unmark.is_empty() {
             self.unmark(&unmark).map_err(|e| self.xs_err(e))?;
         }
@@ -282,7 +300,7 @@ impl Xen {
             self.xs.rm(tx, m)?;
         }
         let dir = crate::xen::mark_dir(self.domid);
-        for sub in ["controller", "port"] {
+        for sub in crate::xen::MARK_KINDS {
             match self.xs.directory(tx, &format!("{dir}/{sub}")) {
                 Ok(left) if !left.is_empty() => return Ok(()),
                 Err(e) if !e.is_enoent() => return Err(e),
@@ -378,7 +396,23 @@ impl Backend for Xen {
                     Err(e) => return Err(self.xs_err(e)),
                 };
                 // libxl__device_usbdev_remove_xenstore: a plain write, no lock.
-                self.xs.write(tx, &node, b"").map_err(|e| self.xs_err(e))?;
+                // Ours adds a mark naming what the entry held, in the same
+                // transaction, so a cut-off device_del can be told and undone.
+                let mark = crate::xen::freeing_mark(self.domid, devid, *port);
+                let value = format!("{} {}", crate::xen::writer(), String::from_utf8_lossy(&old));
+                let deadline = self.deadline;
+                self.xs
+                    .transaction(&deadline, |xs, tx| {
+                        xs.write(tx, &node, b"")?;
+                        if !old.is_empty() {
+                            xs.write(tx, &mark, value.as_bytes())?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| self.xs_err(e))?;
+                if !old.is_empty() {
+                    self.mark = Some(mark);
+                }
                 self.undo = Some((node, old));
                 Ok(())
             }

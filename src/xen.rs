@@ -101,6 +101,15 @@ pub fn port_mark(domid: u32, devid: u32, port: u8) -> String {
     format!("{}/port/{devid}-{port}", mark_dir(domid))
 }
 
+/// A removal under way: the entry emptied before `device_del`; the mark's
+/// value ends with the bus id the entry held, to restore if QEMU kept it.
+pub fn freeing_mark(domid: u32, devid: u32, port: u8) -> String {
+    format!("{}/freeing/{devid}-{port}", mark_dir(domid))
+}
+
+/// The mark subdirectories, for finding a domain's marks all gone.
+pub const MARK_KINDS: [&str; 3] = ["controller", "port", "freeing"];
+
 /// This process as a mark's writer: "<pid> <start time>" (the start time, in
 /// clock ticks since boot, tells a reused pid apart).
 pub fn writer() -> String {
@@ -129,6 +138,8 @@ pub fn writer_alive(mark: &str) -> bool {
 pub struct DeadMarks {
     pub controllers: Vec<u32>,
     pub ports: Vec<(u32, u8)>,
+    /// (devid, port, the bus id the entry held before it was emptied).
+    pub freeing: Vec<(u32, u8, String)>,
 }
 
 /// The marks of `domid` whose writer is gone.
@@ -151,14 +162,19 @@ pub fn dead_marks<S: Read + Write>(xs: &mut Xs<S>, domid: u32) -> XsResult<DeadM
         Ok(out)
     };
     let controllers = list("controller")?.into_iter().filter_map(|(n, _)| n.parse().ok()).collect();
-    let ports = list("port")?
+    let place = |n: &str| -> Option<(u32, u8)> {
+        let (d, p) = n.split_once('-')?;
+        Some((d.parse().ok()?, p.parse().ok()?))
+    };
+    let ports = list("port")?.into_iter().filter_map(|(n, _)| place(&n)).collect();
+    let freeing = list("freeing")?
         .into_iter()
-        .filter_map(|(n, _)| {
-            let (d, p) = n.split_once('-')?;
-            Some((d.parse().ok()?, p.parse().ok()?))
+        .filter_map(|(n, v)| {
+            let (d, p) = place(&n)?;
+            Some((d, p, v.split_whitespace().nth(2).unwrap_or_default().to_string()))
         })
         .collect();
-    Ok(DeadMarks { controllers, ports })
+    Ok(DeadMarks { controllers, ports, freeing })
 }
 
 /// `xenusb-<devid>` -> devid.

@@ -8,6 +8,7 @@
 
 mod common;
 use common::*;
+use serde_json::json;
 
 const SOCK: &str = "/run/xen/qmp-libxl-7";
 
@@ -69,4 +70,42 @@ fn a_port_entry_whose_device_add_was_cut_off_is_emptied_by_the_next_sync() {
     run.ok();
     assert_eq!(q2.device_ids(), vec!["xenusb-0", "xenusb-3-7"]);
     assert_eq!(xs.get("/libxl/7/device/vusb/0/port/1").as_deref(), Some("3-1.2"));
+}
+
+#[test]
+fn a_detach_cut_off_after_the_entry_was_emptied_gets_the_entry_back_while_qemu_keeps_the_device() {
+    let (r, _sys, _dev, xs) = rig("int-del", false);
+    xs.usbctrl(7, 0, 3, 15);
+    let q = FakeQmp::start(&r.p(SOCK), FakeOptions::default());
+    q.preload_xhci("xenusb-0", 15);
+    r.run(&["attach", "--bus", "3", "--addr", "7", "--vm", "win10"]).ok();
+    assert_eq!(xs.get("/libxl/7/device/vusb/0/port/1").as_deref(), Some("3-1.2"));
+    drop(q);
+    // QEMU hangs on device_del: the entry was emptied first, as libxl does.
+    let q = FakeQmp::start(
+        &r.p(SOCK),
+        FakeOptions { fault: Some((on_cmd("device_del"), Fault::Hang)), ..FakeOptions::default() },
+    );
+    q.preload_xhci("xenusb-0", 15);
+    let mut props = serde_json::Map::new();
+    for (k, v) in [("port", json!("1")), ("hostbus", json!(3)), ("hostaddr", json!(7)), ("attached", json!(true))] {
+        props.insert(k.into(), v);
+    }
+    q.preload(FakeDev {
+        id: "xenusb-3-7".into(),
+        driver: "usb-host".into(),
+        props: props.clone(),
+        bus: Some("xenusb-0.0".into()),
+    });
+    r.run(&["detach", "--bus", "3", "--addr", "7"]).fails(1, &["timed out"]);
+    assert_eq!(xs.get("/libxl/7/device/vusb/0/port/1").as_deref(), Some(""), "the cut-off detach did not empty it");
+    drop(q);
+    // QEMU still holds the device: the next run says so in libxl's records again.
+    let q = FakeQmp::start(&r.p(SOCK), FakeOptions::default());
+    q.preload_xhci("xenusb-0", 15);
+    q.preload(FakeDev { id: "xenusb-3-7".into(), driver: "usb-host".into(), props, bus: Some("xenusb-0.0".into()) });
+    let run = r.run(&["sync"]);
+    run.ok();
+    assert_eq!(xs.get("/libxl/7/device/vusb/0/port/1").as_deref(), Some("3-1.2"), "{}", run.dump());
+    assert!(xs.dump("/tool/auto-usb-attach/7").is_empty(), "marks left: {}", xs.dump("/tool"));
 }
