@@ -51,9 +51,9 @@ install-text = sed -e 's|$(DEF_SBINDIR)/auto-usb-attach|$(SBINDIR)/auto-usb-atta
 	-e 's|^PathChanged=$(DEF_XENRUNDIR)$$|PathChanged=$(XENRUNDIR)|' $(1) > $(2) && chmod 0644 $(2)
 endif
 CARGO ?= cargo
-# The libvirt backend links libvirt's C library (libvirt0): built in when pkg-config finds
-# libvirt (Debian: libvirt-dev), left out otherwise, so a Xen- or QEMU-only host needs no
-# libvirt. FEATURES= builds without it on any host.
+# The libvirt backend's helper, auto-usb-attach-libvirt, links libvirt's C library (libvirt0):
+# built when pkg-config finds libvirt (Debian: libvirt-dev), left out otherwise (FEATURES=
+# leaves it out on any host). The main binary never links libvirt.
 FEATURES ?= $(shell pkg-config --exists libvirt 2>/dev/null && echo libvirt)
 CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
@@ -111,6 +111,9 @@ bench:
 install:
 	@test -x $(BIN) || { echo "$(BIN) is missing: run 'make' first" >&2; exit 1; }
 	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/auto-usb-attach
+	@# The libvirt helper, when it was built (FEATURES=libvirt): found beside the binary.
+	if [ -x $(dir $(BIN))auto-usb-attach-libvirt ]; then \
+		install -m 0755 $(dir $(BIN))auto-usb-attach-libvirt $(DESTDIR)$(SBINDIR)/auto-usb-attach-libvirt; fi
 	install -d $(DESTDIR)$(UDEVDIR)/rules.d
 	$(call install-text,udev-rules/99-xen-usb.rules,$(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules)
 	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
@@ -137,7 +140,8 @@ install:
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
 		systemctl disable --now auto-usb-attach-sync.path auto-usb-attach-sync.timer || true; fi
-	rm -f $(DESTDIR)$(SBINDIR)/auto-usb-attach $(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules \
+	rm -f $(DESTDIR)$(SBINDIR)/auto-usb-attach $(DESTDIR)$(SBINDIR)/auto-usb-attach-libvirt \
+		$(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules \
 		$(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5 \
 		$(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
 		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish \

@@ -284,14 +284,6 @@ fn parse_vm(i: usize, v: RawVm, err: &dyn Fn(&str, String) -> Error) -> Result<V
         (Some("libvirt"), Some(_)) => {
             return Err(err(&vkey("qmp"), "backend \"libvirt\" never uses the domain's monitor; remove qmp".into()))
         }
-        (Some("libvirt"), None) if !cfg!(feature = "libvirt") => {
-            return Err(err(
-                &vkey("backend"),
-                "\"libvirt\": this build has no libvirt support (build with --features libvirt; make does when \
-                 pkg-config finds libvirt)"
-                    .into(),
-            ))
-        }
         (Some("libvirt"), None) => BackendKind::Libvirt,
         (Some(b), _) => {
             return Err(err(&vkey("backend"), format!("must be \"qemu\", \"xen\" or \"libvirt\" (got {b:?})")))
@@ -460,14 +452,10 @@ usb-version = 2
         bad("[[vm]]\nname = \"a\"\nbackend = \"vbox\"\n", &["backend", "\"vbox\""]);
         bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nqmp = \"/q\"\n", &["qmp", "never uses"]);
         bad("[[vm]]\nname = \"a\"\ndomain = \"x\"\n", &["domain", "only applies"]);
-        if cfg!(feature = "libvirt") {
-            bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nuri = \"nope\"\n", &["uri", "not a libvirt URI"]);
-            let c = parse_str("[[vm]]\nname = \"w\"\nbackend = \"libvirt\"\n", "t").unwrap();
-            let t = c.vms[0].libvirt.clone().unwrap();
-            assert_eq!((t.uri.as_str(), t.domain.as_str()), ("qemu:///system", "w"));
-        } else {
-            bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\n", &["backend", "no libvirt support"]);
-        }
+        bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nuri = \"nope\"\n", &["uri", "not a libvirt URI"]);
+        let c = parse_str("[[vm]]\nname = \"w\"\nbackend = \"libvirt\"\n", "t").unwrap();
+        let t = c.vms[0].libvirt.clone().unwrap();
+        assert_eq!((t.uri.as_str(), t.domain.as_str()), ("qemu:///system", "w"));
         bad("[[vm]]\nname = \"a\"\nhubs = [\"usbx\"]\n", &["hubs", "usbx"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"1-\"]\n", &["hubs"]);
         bad("[[vm]]\nname = \"a\"\nhubs = [\"1-4.a\"]\n", &["hubs"]);

@@ -1,56 +1,16 @@
-//! libvirtd through its C library (`virt` crate). libvirt's calls take no
-//! timeout, so each runs on one worker thread that owns the connection and
-//! the caller waits at most what is left of the invocation's budget: a hung
-//! libvirtd costs the budget, never more (the one-shot process then exits,
-//! and the worker with it).
+//! The libvirt helper's side (cargo feature `libvirt`, binary
+//! `auto-usb-attach-libvirt`): libvirtd through its C library (`virt`
+//! crate, libvirt's own binding). It serves the requests of `helper.rs`, one
+//! JSON line each way on stdin/stdout, for one domain. Only this program
+//! links libvirt: the main binary, run for every USB event, loads none of it.
 
-use super::{DomainLink, LvError, Opened};
-use crate::deadline::Deadline;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use super::proto::{Reply, Request};
+use super::LvError;
+use std::io::{BufRead, Write};
 use virt::connect::Connect;
+use virt::domain::Domain;
 use virt::error::ErrorNumber;
 use virt::sys;
-
-enum Req {
-    Xml,
-    Attach(String),
-    Detach(String),
-}
-
-type Reply = Result<String, LvError>;
-
-struct Conn {
-    tx: Sender<(Req, Sender<Reply>)>,
-    deadline: Deadline,
-}
-
-fn wait<T>(rx: &Receiver<T>, deadline: &Deadline) -> Result<T, LvError> {
-    let left = deadline.remaining("").map_err(|_| LvError::Timeout)?;
-    rx.recv_timeout(left).map_err(|e| match e {
-        RecvTimeoutError::Timeout => LvError::Timeout,
-        RecvTimeoutError::Disconnected => LvError::Unreachable("libvirt's worker thread ended".into()),
-    })
-}
-
-impl Conn {
-    fn call(&mut self, req: Req) -> Reply {
-        let (tx, rx) = channel();
-        self.tx.send((req, tx)).map_err(|_| LvError::Unreachable("libvirt's worker thread ended".into()))?;
-        wait(&rx, &self.deadline)?
-    }
-}
-
-impl DomainLink for Conn {
-    fn live_xml(&mut self) -> Result<String, LvError> {
-        self.call(Req::Xml)
-    }
-    fn attach(&mut self, xml: &str) -> Result<(), LvError> {
-        self.call(Req::Attach(xml.into())).map(drop)
-    }
-    fn detach(&mut self, xml: &str) -> Result<(), LvError> {
-        self.call(Req::Detach(xml.into())).map(drop)
-    }
-}
 
 /// libvirt's error, by what the caller does about it.
 fn classify(e: virt::error::Error) -> LvError {
@@ -72,11 +32,9 @@ fn classify(e: virt::error::Error) -> LvError {
     }
 }
 
-type Found = Result<Result<(String, virt::domain::Domain, Connect), String>, LvError>;
-
-fn find(uri: &str, name: &str) -> Found {
-    // Otherwise libvirt prints every error to stderr as well.
-    virt::error::clear_error_callback();
+/// Connect and find running domain `name`: its identity (uuid and run id),
+/// or why it is not running.
+fn find(uri: &str, name: &str) -> Result<Result<(String, Domain, Connect), String>, LvError> {
     let conn = Connect::open(Some(uri)).map_err(|e| LvError::Unreachable(e.message().to_string()))?;
     let dom = match conn.lookup_domain_by_name(name) {
         Ok(d) => d,
@@ -92,31 +50,43 @@ fn find(uri: &str, name: &str) -> Found {
     Ok(Ok((instance, dom, conn)))
 }
 
-pub(super) fn open(uri: &str, name: &str, deadline: &Deadline) -> Result<Result<Opened, String>, LvError> {
-    let (tx, rx) = channel::<(Req, Sender<Reply>)>();
-    let (otx, orx) = channel();
-    let (uri, name) = (uri.to_string(), name.to_string());
-    std::thread::spawn(move || {
-        let (dom, _conn) = match find(&uri, &name) {
-            Ok(Ok((instance, dom, conn))) => {
-                let _ = otx.send(Ok(Ok(instance)));
-                (dom, conn)
-            }
-            Ok(Err(why)) => return drop(otx.send(Ok(Err(why)))),
-            Err(e) => return drop(otx.send(Err(e))),
+/// Serve requests from `input` until it closes: first `open`, then any
+/// number of `xml`, `attach`, `detach` on that domain.
+pub fn serve(input: impl BufRead, mut output: impl Write) -> std::io::Result<()> {
+    // Otherwise libvirt prints every error to stderr as well.
+    virt::error::clear_error_callback();
+    let mut dom: Option<(Domain, Connect)> = None;
+    for line in input.lines() {
+        let reply = match serde_json::from_str::<Request>(&line?) {
+            Err(e) => Reply::Error(LvError::Refused(format!("helper: bad request: {e}"))),
+            Ok(Request::Open { uri, domain }) => match find(&uri, &domain) {
+                Ok(Ok((instance, d, c))) => {
+                    dom = Some((d, c));
+                    Reply::Ok(instance)
+                }
+                Ok(Err(why)) => Reply::NotRunning(why),
+                Err(e) => Reply::Error(e),
+            },
+            Ok(req) => match &dom {
+                None => Reply::Error(LvError::Refused("helper: no domain open".into())),
+                Some((d, _)) => {
+                    let live = sys::VIR_DOMAIN_AFFECT_LIVE;
+                    let r = match req {
+                        Request::Xml => d.xml_desc(0),
+                        Request::Attach { xml } => d.attach_device_flags(&xml, live).map(|_| String::new()),
+                        Request::Detach { xml } => d.detach_device_flags(&xml, live).map(|_| String::new()),
+                        Request::Open { .. } => unreachable!("handled above"),
+                    };
+                    match r {
+                        Ok(v) => Reply::Ok(v),
+                        Err(e) => Reply::Error(classify(e)),
+                    }
+                }
+            },
         };
-        for (req, reply) in rx {
-            let live = sys::VIR_DOMAIN_AFFECT_LIVE;
-            let r = match req {
-                Req::Xml => dom.xml_desc(0).map_err(classify),
-                Req::Attach(x) => dom.attach_device_flags(&x, live).map(|_| String::new()).map_err(classify),
-                Req::Detach(x) => dom.detach_device_flags(&x, live).map(|_| String::new()).map_err(classify),
-            };
-            let _ = reply.send(r);
-        }
-    });
-    Ok(match wait(&orx, deadline)?? {
-        Ok(instance) => Ok(Opened { link: Box::new(Conn { tx, deadline: *deadline }), instance }),
-        Err(why) => Err(why),
-    })
+        serde_json::to_writer(&mut output, &reply)?;
+        output.write_all(b"\n")?;
+        output.flush()?;
+    }
+    Ok(())
 }

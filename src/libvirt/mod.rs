@@ -5,21 +5,29 @@
 //! stays true, the persistent definition is never touched, and an admin's
 //! own hostdevs (any other alias) are left alone.
 //!
-//! The XML both ways is pure and always built (`xml`); talking to libvirtd
-//! (`conn`: libvirt's C library through the `virt` crate, every call bounded
-//! by the invocation's deadline) only with the `libvirt` cargo feature.
+//! The XML both ways is pure (`xml`). libvirtd is talked to by a helper
+//! program, `auto-usb-attach-libvirt` (`conn`, cargo feature `libvirt`:
+//! libvirt's C library through the `virt` crate), that the tool runs for a
+//! libvirt domain's session only (`helper`: every reply waited for within
+//! the invocation's budget), so the tool itself never loads libvirt.
 
 #[cfg(feature = "libvirt")]
 mod conn;
+mod helper;
+mod proto;
 mod xml;
 
 use crate::deadline::Deadline;
+#[cfg(feature = "libvirt")]
+pub use conn::serve;
+pub use helper::HELPER;
 use std::fmt;
 
 pub use xml::{alias_of, hostdev_xml, view_of};
 
 /// What went wrong talking to libvirtd, split where a caller acts differently.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LvError {
     /// libvirtd is not there (no socket, refused), or this build has no libvirt.
     Unreachable(String),
@@ -62,14 +70,9 @@ pub struct Opened {
     pub instance: String,
 }
 
-/// Connect to libvirtd at `uri` and find running domain `name`; `Ok(None)`
-/// when it is defined but not running, or not defined at all (`why`).
-#[cfg(feature = "libvirt")]
+/// Connect to libvirtd at `uri` (through the libvirt helper) and find
+/// running domain `name`; `Ok(Err(why))` when it is defined but not running,
+/// or not defined at all.
 pub fn open(uri: &str, name: &str, deadline: &Deadline) -> Result<Result<Opened, String>, LvError> {
-    conn::open(uri, name, deadline)
-}
-
-#[cfg(not(feature = "libvirt"))]
-pub fn open(_uri: &str, _name: &str, _deadline: &Deadline) -> Result<Result<Opened, String>, LvError> {
-    Err(LvError::Unreachable("this build has no libvirt support (cargo feature `libvirt`)".into()))
+    helper::open(uri, name, deadline)
 }

@@ -246,6 +246,16 @@ class Env:
         check(v.get("name") == name, "inner QEMU %s answers query-name %r" % (name, v.get("name")))
         return time.time() - t0
 
+    def stop_plain_vm(self, name, timeout=20):
+        """Kill a plain QEMU VM (by its pidfile), wait until it is gone, remove its QMP socket."""
+        sock = self.plain.pop(name)
+        pidf = "%s/plain-%s.pid" % (QEMU_PID_DIR, name)
+        rc, out = self.g("pid=$(cat %(f)s) && kill $pid && i=0 && while [ -e /proc/$pid ] && "
+                         "[ \"$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)\" != Z ]; do "
+                         "i=$((i+1)); [ $i -gt %(n)d ] && { echo still alive; exit 1; }; sleep 0.1; done; "
+                         "rm -f %(s)s %(f)s" % dict(f=pidf, n=timeout * 10, s=sock), timeout=timeout + 10)
+        check(rc == 0, "could not stop %s's QEMU: %s" % (name, out.strip()))
+
     def stop_vm(self, name, timeout=20):
         """Like `xl destroy`: kill the domain's QEMU (by its pidfile's pid), wait until it is
         gone, remove its QMP socket.  The harness stops querying it."""
