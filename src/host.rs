@@ -30,6 +30,12 @@ pub struct HostDevice {
     pub speed: String,
     pub manufacturer: Option<String>,
     pub name: Option<String>,
+    /// The other half of its socket: a USB 3 port and its USB 2 companion are
+    /// peers (sysfs `port/peer`), so a stick in socket 4 of a USB 3 root hub
+    /// is "2-4" and its peer "1-4". None when the kernel names no peer (or on
+    /// `remove`, when sysfs is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_port_path: Option<String>,
 }
 
 fn hex4<S: serde::Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
@@ -79,6 +85,7 @@ impl HostDevice {
             speed: "12".into(),
             manufacturer: None,
             name: None,
+            peer_port_path: None,
         }
     }
 }
@@ -114,8 +121,23 @@ pub fn read_device(dir: &Path) -> Result<HostDevice> {
         speed: read_attr(dir, "speed").unwrap_or_else(|| "480".into()),
         manufacturer: read_attr(dir, "manufacturer"),
         name: read_attr(dir, "product"),
+        peer_port_path: std::fs::read_link(dir.join("port/peer"))
+            .ok()
+            .and_then(|t| t.file_name().and_then(|n| n.to_str()).and_then(port_dir_to_path)),
         port_path,
     })
+}
+
+/// A port's sysfs directory name as the device path in it would be named:
+/// "usb1-port4" -> "1-4" (a root hub's port), "1-4-port3" -> "1-4.3".
+pub fn port_dir_to_path(port_dir: &str) -> Option<String> {
+    let (hub, n) = port_dir.rsplit_once("-port")?;
+    let n: u8 = n.parse().ok().filter(|n| *n > 0)?;
+    match hub.strip_prefix("usb") {
+        Some(bus) if bus.parse::<u16>().is_ok() => Some(format!("{bus}-{n}")),
+        Some(_) => None,
+        None => Some(format!("{hub}.{n}")),
+    }
 }
 
 /// Every USB device (not interface) the host has, sorted by bus and address.
@@ -286,6 +308,7 @@ impl UdevEvent {
             speed: "480".into(),
             manufacturer: None,
             name: None,
+            peer_port_path: None,
         })
     }
 }
@@ -293,6 +316,17 @@ impl UdevEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_directory_names_the_device_path_in_it() {
+        assert_eq!(port_dir_to_path("usb1-port4").as_deref(), Some("1-4"));
+        assert_eq!(port_dir_to_path("usb12-port15").as_deref(), Some("12-15"));
+        assert_eq!(port_dir_to_path("1-4-port3").as_deref(), Some("1-4.3"));
+        assert_eq!(port_dir_to_path("2-1.2-port1").as_deref(), Some("2-1.2.1"));
+        for bad in ["usb1", "usbx-port1", "1-4-port0", "port3", "1-4-portx"] {
+            assert_eq!(port_dir_to_path(bad), None, "{bad}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

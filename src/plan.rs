@@ -19,10 +19,15 @@ pub fn route(config: &Config, d: &HostDevice) -> Option<usize> {
     config.vms.iter().position(|vm| wants(vm, d))
 }
 
-/// Does any of `vm`'s rules match `d`? Every rule kind is asked here.
+/// Does any of `vm`'s rules match `d`? Every rule kind is asked here. A
+/// `hubs` port covers its socket's other half too (`HostDevice::peer_port_path`):
+/// "1-4" takes the SuperSpeed stick that enumerates as "2-4".
 pub fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
-    vm.hubs.iter().any(|h| h.covers(d.bus, &d.port_path))
-        || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
+    let peer = d.peer_port_path.as_deref().and_then(|p| Some((p.split_once('-')?.0.parse::<u16>().ok()?, p)));
+    vm.hubs.iter().any(|h| {
+        h.covers(d.bus, &d.port_path)
+            || peer.is_some_and(|(bus, p)| matches!(h, crate::config::HubRule::Port(_)) && h.covers(bus, p))
+    }) || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
 }
 
 /// QEMU id of the usb-host device for host bus:addr (libxl's own scheme).
@@ -241,6 +246,24 @@ name = "b"
 hubs = ["usb1", "2-1"]
 devices = ["1050:0407:S1"]
 "#;
+
+    #[test]
+    fn a_port_rule_covers_both_halves_of_a_socket_but_a_bus_rule_only_its_bus() {
+        let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n[[vm]]\nname = \"b\"\nhubs = [\"usb1\"]\n", "t")
+            .unwrap();
+        let mut stick = dev("2-4", 1, 1, 0, "5000");
+        assert_eq!(route(&c, &stick), None);
+        stick.peer_port_path = Some("1-4".into());
+        assert_eq!(route(&c, &stick), Some(0));
+        // Behind a USB 3 hub with both halves: 2-4.3's peer is 1-4.3, below 1-4.
+        let mut deep = dev("2-4.3", 1, 1, 0, "5000");
+        deep.peer_port_path = Some("1-4.3".into());
+        assert_eq!(route(&c, &deep), Some(0));
+        // "usb1" names a bus, not a socket: its peer bus is not taken along.
+        let mut other = dev("2-6", 1, 1, 0, "5000");
+        other.peer_port_path = Some("1-6".into());
+        assert_eq!(route(&c, &other), None);
+    }
 
     #[test]
     fn routing_first_match_wins_and_hubs_never_pass() {

@@ -164,6 +164,19 @@ impl FakeSysfs {
         self.root.join("sys").join(d.devpath().trim_start_matches('/'))
     }
 
+    /// The kernel's `port` link of `d` and that port's `peer`, the other half of
+    /// its socket, a port directory named `peer_port_dir` ("usb1-port4", "1-4-port3").
+    pub fn peer(&self, d: &UsbDev, peer_port_dir: &str) -> &FakeSysfs {
+        let ports = self.root.join("sys/devices/ports");
+        let own = ports.join(format!("own-of-{}", d.port_path));
+        let peer = ports.join("peers").join(peer_port_dir);
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::create_dir_all(&peer).unwrap();
+        std::os::unix::fs::symlink(&peer, own.join("peer")).unwrap();
+        std::os::unix::fs::symlink(&own, self.dir(d).join("port")).unwrap();
+        self
+    }
+
     /// The root hub `usbB` (busnum B, devnum 1, Linux Foundation 1d6b:0002).
     pub fn root_hub(&self, bus: u16) -> &FakeSysfs {
         let mut h = UsbDev::new(bus, 1, &format!("usb{bus}")).hub();
