@@ -31,22 +31,27 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     let at = BusAddr::new(ev.bus, ev.addr);
     // The event's own ids (sysfs is gone): where the rules route it.
     let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
-    let peek = ctx.peek_state();
-    if routed.is_some() || peek.find(at.bus, at.addr).is_some() || peek.is_held_out(at.bus, at.addr) {
-        let ours = ctx.with_state(|state| {
-            // Ours by state's records; a routed device state has no record
-            // of is looked up in QEMU by `on_remove`'s Detach and still goes
-            // on to libxl's books below.
-            let ours = state.find(at.bus, at.addr).is_some();
-            let steps = events::on_remove(&ctx.config, state, at, routed);
-            execute(ctx, state, steps)?;
-            Ok(ours)
-        })?;
-        if ours {
-            return Ok(());
+    // A routed unplug is ours to handle: state is read once, under the lock.
+    // Any other is peeked at without the lock first; most end there.
+    if routed.is_none() {
+        let peek = ctx.peek_state();
+        if peek.find(at.bus, at.addr).is_none() && !peek.is_held_out(at.bus, at.addr) {
+            return xl_unplugged(ctx, at, ev.port_path(), &peek);
         }
     }
-    xl_unplugged(ctx, at, ev.port_path(), peek)
+    let left = ctx.with_state(|state| {
+        // Ours by state's records; a routed device state has no record
+        // of is looked up in QEMU by `on_remove`'s Detach and still goes
+        // on to libxl's books below.
+        let ours = state.find(at.bus, at.addr).is_some();
+        let steps = events::on_remove(&ctx.config, state, at, routed);
+        execute(ctx, state, steps)?;
+        Ok((!ours).then(|| state.clone()))
+    })?;
+    match left {
+        Some(state) => xl_unplugged(ctx, at, ev.port_path(), &state),
+        None => Ok(()),
+    }
 }
 
 fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
@@ -67,8 +72,8 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
 /// libxl's books together, as the original tool did. libxl's records are
 /// asked first, without our lock and bounded (`Ctx::libxl_holder`); only a
 /// domain that has it is then changed, under the lock (and libxl's).
-fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: State) -> Result<()> {
-    let Some(place) = ctx.libxl_holder(at, busid, &peek) else { return Ok(()) };
+fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: &State) -> Result<()> {
+    let Some(place) = ctx.libxl_holder(at, busid, peek) else { return Ok(()) };
     let vm = &ctx.config.vms[place.vm];
     log::info!(
         "{busid} ({at}) was unplugged; libxl records it on xenusb-{} port {} of VM {}",
