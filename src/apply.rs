@@ -15,7 +15,7 @@ use crate::state::{Attached, Origin, State};
 use crate::types::BusAddr;
 
 /// Drop the record of `at` in `vm` (without touching QEMU).
-pub fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
+pub(crate) fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
     if let Some(v) = state.vms.get_mut(vm) {
         v.devices.retain(|d| d.at() != at);
     }
@@ -23,7 +23,7 @@ pub fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
 
 /// Connect to `vm` and attach `dev`, recording it in `state`. A VM that is
 /// not running is fine when `quiet` (logged), an error otherwise.
-pub fn attach(
+pub(crate) fn attach(
     ctx: &Ctx,
     state: &mut State,
     vm: &VmConfig,
@@ -108,7 +108,7 @@ enum Tried {
 
 /// Attach over an open session, keeping its view in step with QEMU. At most
 /// one re-read of QEMU when it shows our view was stale.
-pub fn attach_on(
+pub(crate) fn attach_on(
     s: &mut Session,
     vm: &VmConfig,
     dev: &HostDevice,
@@ -119,7 +119,7 @@ pub fn attach_on(
     if already_there(s, vm, dev, hostdevice.is_some())? {
         return Ok(());
     }
-    if s.is_libvirt() {
+    if s.places_devices_itself() {
         return attach_libvirt(s, vm, dev, origin, deadline);
     }
     let mut retried = false;
@@ -229,10 +229,7 @@ fn try_once(
         // StaleView: QEMU says our view is old. Backend: libxl's books say
         // the port was taken meanwhile (`xl usbdev-attach` records its port
         // before it waits for the QMP lock we hold). Either way: re-read both.
-        Err(e)
-            if !*retried
-                && (e.refusal() == Some(Refusal::StaleView) || matches!(e, crate::session::OpError::Backend(_))) =>
-        {
+        Err(e) if !*retried && (e.refusal() == Some(Refusal::StaleView) || e.is_records_veto()) => {
             *retried = true;
             log::info!("VM {}: {e}; re-reading QEMU's devices", vm.name);
             reread(s)?;
@@ -262,7 +259,7 @@ fn log_attached(vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, deadli
 
 /// `device_del` `at` from `vm` and drop the record. Gone already (VM not
 /// running, restarted, DeviceNotFound) counts as done; true if QEMU had it.
-pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+pub(crate) fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
     let Some(mut s) = ctx.connect(state, vm, true)? else {
         drop_record(state, &vm.name, at);
         return Ok(false);
@@ -287,7 +284,7 @@ pub fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, qui
 }
 
 /// `device_del` `at` over an open session; true if QEMU had it.
-pub fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+pub(crate) fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
     let id = s.id_for(at);
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {

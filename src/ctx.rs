@@ -3,7 +3,7 @@
 //! two things every command does with it: hold the state under the lock
 //! (`with_state`) and open a `Session` to a VM (`connect`).
 
-use crate::backend::{Backend, PlainQemu, Xen};
+pub(crate) use crate::backend::{LibxlPlace, Located};
 use crate::config::{Config, VmConfig};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -11,29 +11,27 @@ use crate::lock::LockGuard;
 use crate::root::Root;
 use crate::session::Session;
 use crate::state::State;
-pub use crate::vm::Located;
-use crate::vm::{self, Running};
 use std::path::PathBuf;
 
-pub struct Ctx {
-    pub root: Root,
-    pub config: Config,
-    pub deadline: Deadline,
+pub(crate) struct Ctx {
+    pub(crate) root: Root,
+    pub(crate) config: Config,
+    pub(crate) deadline: Deadline,
     /// Sessions log each change instead of sending it.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Xen domains' names as read so far in this invocation.
-    pub xen_names: crate::xen::Names,
+    pub(crate) xen_names: crate::backend::Names,
 }
 
 impl Ctx {
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.root.path(&self.config.state_dir)
     }
 
     /// Run `f` on state under the lock and save whatever it changed, even
     /// when it fails half-way (a controller created before a failed
     /// device_add is real).
-    pub fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let dir = self.state_dir();
         let _lock = LockGuard::acquire(&dir, &self.deadline)?;
         let mut state = State::load(&dir)?;
@@ -58,91 +56,54 @@ impl Ctx {
     }
 
     /// The device node QEMU opens itself (`hostdevice`), under the root.
-    pub fn node(&self, dev: &crate::host::HostDevice) -> String {
+    pub(crate) fn node(&self, dev: &crate::host::HostDevice) -> String {
         self.root.path(dev.devname()).display().to_string()
     }
 
     /// State as last saved, read without the lock (it is replaced
     /// atomically); empty when missing or unreadable.
-    pub fn peek_state(&self) -> State {
+    pub(crate) fn peek_state(&self) -> State {
         State::peek(&self.state_dir())
     }
 
     /// Connect to `vm`; `None` when it is not running (logged when `quiet`,
     /// an error otherwise). The session's view is not loaded yet.
-    pub fn connect(&self, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Session>> {
+    pub(crate) fn connect(&self, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Session>> {
         self.connect_hinted(vm, state.vms.get(&vm.name).and_then(|v| v.domid), quiet)
     }
 
     /// Where `vm` is and whether it runs, within `deadline` (`connect` opens a session).
-    pub fn locate(&self, vm: &VmConfig, domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
-        vm::locate(&self.root, &self.config, vm, domid, deadline, &self.xen_names)
-    }
-
-    /// When a VM is "not ready" (its socket refuses connections, or holds no
-    /// QEMU by that name yet): the age of the youngest socket it could be
-    /// waiting for, if even that is older than `timing::stale_socket()`. Such a
-    /// socket was left by a QEMU that died, not made by one still starting.
-    pub fn stale_socket_age(&self, vm: &VmConfig) -> Option<std::time::Duration> {
-        let age = |p: &std::path::Path| std::fs::symlink_metadata(p).ok()?.modified().ok()?.elapsed().ok();
-        let youngest = match &vm.qmp {
-            Some(q) => age(&self.root.path(q))?,
-            None => std::fs::read_dir(self.root.path(&self.config.xen_run_dir))
-                .ok()?
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with(vm::XEN_SOCKET_PREFIX))
-                .filter_map(|e| age(&e.path()))
-                .min()?,
-        };
-        (youngest >= crate::timing::stale_socket()).then_some(youngest)
+    pub(crate) fn locate(&self, vm: &VmConfig, domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
+        crate::backend::locate(&self.root, &self.config, vm, domid, deadline, &self.xen_names)
     }
 
     /// `connect`, trying Xen domain `domid` first.
-    pub fn connect_hinted(&self, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Session>> {
-        match vm::locate(&self.root, &self.config, vm, domid, &self.deadline, &self.xen_names)? {
-            Located::Running(r) => Ok(Some(self.session(vm, *r))),
-            Located::Libvirt { opened, shown } => {
-                let mut s = Session::libvirt(&vm.name, opened.link, shown, opened.instance);
-                s.dry_run = self.dry_run;
-                Ok(Some(s))
-            }
-            Located::NotRunning(why) | Located::NotReady(why) if quiet => {
+    pub(crate) fn connect_hinted(&self, vm: &VmConfig, domid: Option<u32>, quiet: bool) -> Result<Option<Session>> {
+        match self.locate(vm, domid, &self.deadline)? {
+            Located::Running(opened) => Ok(Some(self.session(vm, opened))),
+            Located::NotRunning(why) | Located::NotReady { why, .. } if quiet => {
                 // Routine for the timer's syncs: debug, not 720 lines a day.
                 log::debug!("VM {} is not running ({why}); nothing to do", vm.name);
                 Ok(None)
             }
-            Located::NotRunning(why) | Located::NotReady(why) => {
+            Located::NotRunning(why) | Located::NotReady { why, .. } => {
                 Err(Error::new(format!("VM {} is not running: {why}", vm.name)))
             }
         }
     }
 
-    /// A session over `r`: the Xen backend when `r` came through xenstore
-    /// (a `qmp = ...` VM never does), else plain QEMU.
-    pub fn session(&self, vm: &VmConfig, r: Running) -> Session {
-        let Running { client, socket, instance, domid, xen } = r;
-        let backend: Box<dyn Backend> = match xen {
-            Some(link) => {
-                let mut x = Xen::new(link, self.root.clone(), self.config.xen_lib_dir.clone(), self.deadline);
-                x.dry_run = self.dry_run;
-                Box::new(x)
-            }
-            None => Box::new(PlainQemu),
-        };
-        let mut s = Session::new(&vm.name, client, socket, instance, domid).with_backend(backend);
-        s.dry_run = self.dry_run;
-        s
+    /// A session over a VM `locate` found running.
+    pub(crate) fn session(&self, vm: &VmConfig, opened: crate::backend::Opened) -> Session {
+        Session::new(&vm.name, opened, self.dry_run)
     }
 }
-
-pub use crate::backend::LibxlPlace;
 
 impl Ctx {
     /// Which configured Xen VM's domain libxl records `busid` (sysfs name) in,
     /// if any. Optional work (the next sync does it too): asked for at most
     /// `timing::xl_lookup_cap()`, and a xenstored that is absent or hung means
     /// None (logged at debug level), never a failure.
-    pub fn libxl_holder(&self, at: crate::types::BusAddr, busid: &str, peek: &State) -> Option<LibxlPlace> {
+    pub(crate) fn libxl_holder(&self, at: crate::types::BusAddr, busid: &str, peek: &State) -> Option<LibxlPlace> {
         let vms: Vec<(usize, &str, Option<u32>)> = self
             .config
             .vms
@@ -165,17 +126,17 @@ impl Ctx {
     }
 
     /// Empty libxl's entry at `place` if it still names `busid`.
-    pub fn empty_libxl_entry(&self, place: &LibxlPlace, busid: &str) -> Result<()> {
+    pub(crate) fn empty_libxl_entry(&self, place: &LibxlPlace, busid: &str) -> Result<()> {
         crate::backend::empty_libxl_entry(&self.root, &self.deadline, place, busid)
     }
 }
 
 /// `VM name: what: cause`.
-pub fn vm_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn vm_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(format!("VM {}: {what}: {e}", vm.name))
 }
 
 /// `vm_err` for a QMP failure.
-pub fn qmp_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn qmp_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
     vm_err(vm, what, e)
 }

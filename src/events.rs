@@ -11,7 +11,7 @@ use log::Level;
 
 /// Why `rec` (a record at `now`'s bus:addr) no longer describes the device
 /// there, if it doesn't.
-pub fn stale(rec: &Attached, now: &HostDevice) -> Option<&'static str> {
+pub(crate) fn stale(rec: &Attached, now: &HostDevice) -> Option<&'static str> {
     let differs = (!rec.usb_id.is_empty() && rec.usb_id != now.id_string())
         || (!rec.port_path.is_empty() && rec.port_path != now.port_path)
         // Records written before serials were kept have none: not a difference.
@@ -23,7 +23,7 @@ pub fn stale(rec: &Attached, now: &HostDevice) -> Option<&'static str> {
 /// same usb id, port path and serial? A record rebuilt from QEMU knows none
 /// of these, so it is not: "already attached" must never hide a different
 /// device that got the same bus:addr.
-pub fn same_device(rec: &Attached, now: &HostDevice) -> bool {
+pub(crate) fn same_device(rec: &Attached, now: &HostDevice) -> bool {
     !rec.usb_id.is_empty() && !rec.port_path.is_empty() && stale(rec, now).is_none()
 }
 
@@ -32,7 +32,13 @@ fn note(level: Level, text: String) -> Vec<Step> {
 }
 
 /// Steps for an add or bind of `dev`, which the config routes to VM `vm`.
-pub fn on_add(config: &crate::config::Config, state: &State, dev: &HostDevice, action: Action, vm: usize) -> Vec<Step> {
+pub(crate) fn on_add(
+    config: &crate::config::Config,
+    state: &State,
+    dev: &HostDevice,
+    action: Action,
+    vm: usize,
+) -> Vec<Step> {
     let at = dev.at();
     if state.is_held_out(dev.bus, dev.addr) {
         let text =
@@ -65,7 +71,12 @@ pub fn on_add(config: &crate::config::Config, state: &State, dev: &HostDevice, a
 
 /// Steps for the removal of whatever was at `at`. `routed`: the VM the
 /// config routes the removed device to, if any (from the event's ids).
-pub fn on_remove(config: &crate::config::Config, state: &State, at: BusAddr, routed: Option<usize>) -> Vec<Step> {
+pub(crate) fn on_remove(
+    config: &crate::config::Config,
+    state: &State,
+    at: BusAddr,
+    routed: Option<usize>,
+) -> Vec<Step> {
     // Unplugging ends an admin's "keep it out".
     let mut steps = vec![Step::Release { at }];
     match state.find(at.bus, at.addr) {

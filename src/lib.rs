@@ -5,33 +5,27 @@
 //! The layers and which may use which are in docs/ARCHITECTURE.md; the rule
 //! itself is `tests/architecture.rs`, which fails on an import across a layer.
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod backend;
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod controller;
-pub mod ctx;
+pub(crate) mod ctx;
 pub mod deadline;
 pub mod error;
-pub mod events;
+pub(crate) mod events;
 pub mod fsio;
 pub mod host;
-pub mod libvirt;
-pub mod lock;
+pub(crate) mod lock;
 pub mod log;
-pub mod plan;
-pub mod qmp;
-pub mod report;
+pub(crate) mod plan;
+pub(crate) mod report;
 pub mod root;
 pub mod selector;
-pub mod session;
+pub(crate) mod session;
 pub mod state;
-pub mod step;
-pub mod sync;
+pub(crate) mod step;
+pub(crate) mod sync;
 pub mod timing;
 pub mod types;
-pub mod vm;
-pub mod xen;
-pub mod xenlock;
-pub mod xenstore;

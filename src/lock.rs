@@ -13,7 +13,7 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fs::File;
 use std::path::Path;
 
-pub struct LockGuard {
+pub(crate) struct LockGuard {
     _file: Flock<File>,
 }
 
@@ -24,7 +24,7 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
-    pub fn acquire(dir: &Path, deadline: &Deadline) -> Result<LockGuard> {
+    pub(crate) fn acquire(dir: &Path, deadline: &Deadline) -> Result<LockGuard> {
         // Created with an exact mode, opened through a verified dir fd and
         // never through a symlink (root must not create or chmod others' files).
         let d = crate::fsio::Dir::create(dir)?;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 /// Which configured VM (index into `config.vms`) gets this device, if any.
 /// Root hubs and hubs are never passed (devices behind a hub are). A device
 /// matching several VMs goes to the first in config order.
-pub fn route(config: &Config, d: &HostDevice) -> Option<usize> {
+pub(crate) fn route(config: &Config, d: &HostDevice) -> Option<usize> {
     if d.is_root_hub() || d.is_hub() {
         return None;
     }
@@ -22,7 +22,7 @@ pub fn route(config: &Config, d: &HostDevice) -> Option<usize> {
 /// Does any of `vm`'s rules match `d`? Every rule kind is asked here. A
 /// `hubs` port covers its socket's other half too (`HostDevice::peer_port_path`):
 /// "1-4" takes the SuperSpeed stick that enumerates as "2-4".
-pub fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
+pub(crate) fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
     let peer = d.peer_port_path.as_deref().and_then(|p| Some((p.split_once('-')?.0.parse::<u16>().ok()?, p)));
     vm.hubs.iter().any(|h| {
         h.covers(d.bus, &d.port_path)
@@ -31,47 +31,47 @@ pub fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
 }
 
 /// QEMU id of the usb-host device for host bus:addr (libxl's own scheme).
-pub fn device_id(bus: u16, addr: u16) -> String {
+pub(crate) fn device_id(bus: u16, addr: u16) -> String {
     BusAddr::new(bus, addr).device_id()
 }
 
-pub fn parse_device_id(id: &str) -> Option<(u16, u16)> {
+pub(crate) fn parse_device_id(id: &str) -> Option<(u16, u16)> {
     BusAddr::from_device_id(id).map(|a| (a.bus, a.addr))
 }
 
-pub fn parse_controller_id(id: &str) -> Option<u32> {
+pub(crate) fn parse_controller_id(id: &str) -> Option<u32> {
     id.strip_prefix("xenusb-")?.parse().ok()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Create this controller first.
-    pub new_controller: Option<Controller>,
-    pub controller: String,
+    pub(crate) new_controller: Option<Controller>,
+    pub(crate) controller: String,
     /// The controller's USB bus, as `device_add` names it.
-    pub bus: String,
-    pub port: u8,
+    pub(crate) bus: String,
+    pub(crate) port: u8,
 }
 
 /// Where on a VM's PCI tree a new USB controller could be hot-plugged, as
 /// read from QEMU (`vm::pci_room`) when one is needed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PciRoom {
+pub(crate) struct PciRoom {
     /// QEMU's machine type: `pc-q35-7.2-machine`, `pc-i440fx-7.2-machine`,
     /// `xenfv-4.2-machine`, `none-machine`.
-    pub machine: String,
+    pub(crate) machine: String,
     /// Whether it has a PCI bus at all (Xen 4.20's probe QEMU has none).
-    pub has_pci: bool,
+    pub(crate) has_pci: bool,
     /// Empty PCIe root or downstream ports with hot-plug on: their buses.
-    pub free_ports: Vec<String>,
+    pub(crate) free_ports: Vec<String>,
     /// PCI bridges (`pcie-pci-bridge`, `pci-bridge`) with a free slot: their buses.
-    pub bridges: Vec<String>,
+    pub(crate) bridges: Vec<String>,
 }
 
 impl PciRoom {
     /// q35's root bus (`pcie.0`) takes no hot-plug: a new controller needs a
     /// root port or a bridge there.
-    pub fn is_pcie(&self) -> bool {
+    pub(crate) fn is_pcie(&self) -> bool {
         self.machine.contains("q35")
     }
 
@@ -93,7 +93,12 @@ impl PciRoom {
 ///
 /// A PCIe port holding a device is never used: QEMU accepts a second device
 /// there, but behind a port the guest only scans device 0.
-pub fn controller_home(vm: &str, room: &PciRoom, c: &Controller, has_usb: bool) -> Result<Option<String>, String> {
+pub(crate) fn controller_home(
+    vm: &str,
+    room: &PciRoom,
+    c: &Controller,
+    has_usb: bool,
+) -> Result<Option<String>, String> {
     if !room.has_pci {
         return Err(format!(
             "VM {vm} has no PCI bus (QEMU machine {}), so no USB controller can be added",
@@ -124,16 +129,16 @@ pub fn controller_home(vm: &str, room: &PciRoom, c: &Controller, has_usb: bool) 
 
 /// The ports of `c` that take a device of this speed (none for a kind this
 /// tool does not know): `ControllerKind` holds the facts.
-pub fn port_range(c: &Controller, speed: Speed) -> Option<std::ops::RangeInclusive<u8>> {
+pub(crate) fn port_range(c: &Controller, speed: Speed) -> Option<std::ops::RangeInclusive<u8>> {
     c.kind()?.ports_for(c, speed)
 }
 
 /// The controller `vm` creates as `xenusb-<n>` for a device of `speed`.
-pub fn new_controller(vm: &VmConfig, n: u32, speed: Speed) -> Option<Controller> {
+pub(crate) fn new_controller(vm: &VmConfig, n: u32, speed: Speed) -> Option<Controller> {
     Some(ControllerKind::for_vm(vm.usb_version, speed)?.new_controller(format!("xenusb-{n}"), vm.ports))
 }
 
-pub fn is_taken(held: &VmState, controller: &str, port: u8) -> bool {
+pub(crate) fn is_taken(held: &VmState, controller: &str, port: u8) -> bool {
     held.devices.iter().any(|d| d.controller == controller && d.port == port)
         || held.foreign_ports.iter().any(|f| *f == format!("{controller}:{port}"))
 }
@@ -149,7 +154,7 @@ pub fn is_taken(held: &VmState, controller: &str, port: u8) -> bool {
 ///
 /// Never trial and error: every failed device_add costs QEMU ~55 ms, and a
 /// device no port takes is refused here, before any QMP call.
-pub fn place(vm: &VmConfig, held: &VmState, speed: Speed) -> Result<Placement, String> {
+pub(crate) fn place(vm: &VmConfig, held: &VmState, speed: Speed) -> Result<Placement, String> {
     let mut ctrls: Vec<&Controller> = held.controllers.iter().collect();
     // The VM's own (and libxl's) first, then the tool's; each in id order.
     ctrls.sort_by_key(|c| (c.origin == CtrlOrigin::Tool, parse_controller_id(&c.id).unwrap_or(u32::MAX)));
@@ -186,7 +191,7 @@ pub fn place(vm: &VmConfig, held: &VmState, speed: Speed) -> Result<Placement, S
 
 /// Each controller of a VM's view, who made it and how many ports are free:
 /// `xhci (qemu-xhci, the VM's own): 3 of 4 ports free`.
-pub fn describe_controllers(held: &VmState) -> Vec<String> {
+pub(crate) fn describe_controllers(held: &VmState) -> Vec<String> {
     held.controllers
         .iter()
         .map(|c| {
@@ -197,7 +202,7 @@ pub fn describe_controllers(held: &VmState) -> Vec<String> {
         .collect()
 }
 
-pub fn controller_args(c: &Controller) -> Value {
+pub(crate) fn controller_args(c: &Controller) -> Value {
     match c.kind() {
         Some(k) => k.qmp_args(c),
         None => json!({ "driver": c.driver, "id": c.id }),
@@ -208,7 +213,7 @@ pub fn controller_args(c: &Controller) -> Value {
 /// udev's add event (libusb has not heard of the device yet, so hostbus and
 /// hostaddr alone fail then). hostbus/hostaddr are passed too so QOM shows
 /// them, and alone they are what the bind-event fallback uses.
-pub fn device_args(usb_bus: &str, port: u8, bus: u16, addr: u16, hostdevice: Option<&str>) -> Value {
+pub(crate) fn device_args(usb_bus: &str, port: u8, bus: u16, addr: u16, hostdevice: Option<&str>) -> Value {
     let mut a = json!({
         "driver": "usb-host",
         "id": device_id(bus, addr),

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Looked at, fine.
     Ok,
     /// Worth knowing; not wrong.
@@ -19,29 +19,29 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Item {
-    pub kind: Kind,
+pub(crate) struct Item {
+    pub(crate) kind: Kind,
     /// What it is about: "config", "udev rule", "VM win10", ...
-    pub subject: String,
-    pub text: String,
+    pub(crate) subject: String,
+    pub(crate) text: String,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub items: Vec<Item>,
+pub(crate) struct Report {
+    pub(crate) items: Vec<Item>,
 }
 
 impl Report {
-    pub fn push(&mut self, kind: Kind, subject: impl Into<String>, text: impl Into<String>) {
+    pub(crate) fn push(&mut self, kind: Kind, subject: impl Into<String>, text: impl Into<String>) {
         self.items.push(Item { kind, subject: subject.into(), text: text.into() });
     }
 
-    pub fn count(&self, kind: Kind) -> usize {
+    pub(crate) fn count(&self, kind: Kind) -> usize {
         self.items.iter().filter(|i| i.kind == kind).count()
     }
 
     /// The last line: ok, or how many problems, and what was not checked.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let (p, w, n) = (self.count(Kind::Problem), self.count(Kind::Warning), self.count(Kind::NotChecked));
         let mut s = if p == 0 { "ok".to_string() } else { format!("{p} problem(s)") };
         if w > 0 {
@@ -54,7 +54,7 @@ impl Report {
     }
 
     /// One line per item, then the summary.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let mut out = String::new();
         for i in &self.items {
             let tag = match i.kind {
@@ -70,7 +70,7 @@ impl Report {
         out
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "items": self.items,
             "problems": self.count(Kind::Problem),

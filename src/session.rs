@@ -1,188 +1,80 @@
-//! One open conversation with one VM's QEMU, and the only writer to it:
-//! every `device_add`/`device_del` in the program goes through `Session`,
-//! which keeps that VM's `VmState` in step with QEMU and calls the VM's
-//! `Backend` around each change.
+//! One open conversation with one VM, and the only writer to it: every
+//! change the program makes to a VM goes through `Session`, which keeps
+//! that VM's `VmState` in step with what the VM holds. How the VM is reached
+//! and what bookkeeping goes around each change is its backend's business
+//! (`backend::Link`); the session is the same for every backend.
 //!
-//! Generic over the QMP stream (like `qmp::Qmp`) so it runs on in-memory
-//! streams in unit tests. `dry_run` logs each change instead of sending it
-//! and updates the view as if QEMU had accepted it.
+//! `dry_run` prints what each change would do instead of doing it and
+//! updates the view as if the VM had accepted it.
 
-use crate::backend::{Backend, Op};
-use crate::error::Error;
-use crate::libvirt::{DomainLink, LvError};
-pub use crate::qmp::Refusal;
-use crate::qmp::{Conn, Qmp, QmpError, QmpResult};
+use crate::backend::{Link, Op, Opened};
+pub(crate) use crate::backend::{OpError, RecordsReport, Refusal, VmError, VmResult};
 use crate::state::{Attached, Controller, Origin, VmState};
 use crate::types::BusAddr;
-use crate::vm;
-use serde_json::{json, Value};
-use std::fmt;
-use std::io::{BufRead, Write};
+use serde_json::json;
 use std::path::PathBuf;
 
-/// A change that did not happen: QEMU refused it, or the backend vetoed it.
-#[derive(Debug)]
-pub enum OpError {
-    Qmp(QmpError),
-    Backend(Error),
-    /// libvirtd refused or did not answer (a libvirt domain).
-    Libvirt(LvError),
-}
-
-impl OpError {
-    /// libvirt's words when the domain has no free USB port (or no USB bus).
-    pub fn no_usb_port(&self) -> Option<&str> {
-        match self {
-            OpError::Libvirt(LvError::NoUsbPort(m)) => Some(m),
-            _ => None,
-        }
-    }
-
-    pub fn refusal(&self) -> Option<Refusal> {
-        match self {
-            OpError::Qmp(e) => e.refusal(),
-            OpError::Backend(_) | OpError::Libvirt(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            OpError::Qmp(e) => e.fmt(f),
-            OpError::Backend(e) => e.fmt(f),
-            OpError::Libvirt(e) => e.fmt(f),
-        }
-    }
-}
-
-impl From<QmpError> for OpError {
-    fn from(e: QmpError) -> Self {
-        OpError::Qmp(e)
-    }
-}
-
-/// The backend's records beside QEMU's view (`Session::records_report`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordsReport {
-    /// One line: what the records hold.
-    pub described: String,
-    /// Whether they record a USB controller of the VM's (libxl's `usbctrl`).
-    pub has_controller: bool,
-    /// Where they and QEMU disagree, one line each.
-    pub disagreements: Vec<String>,
-}
-
-/// How a session reaches its VM: QEMU's QMP socket, or libvirtd for a
-/// domain whose monitor libvirt owns.
-enum Link<S> {
-    Qmp(Qmp<S>),
-    Libvirt(Box<dyn DomainLink>),
-}
-
-/// A libvirt failure where a QMP one is expected (reading the VM).
-fn lv_read(e: LvError) -> QmpError {
-    match e {
-        LvError::Timeout => QmpError::Timeout(e.to_string()),
-        e => QmpError::Io(e.to_string()),
-    }
-}
-
-pub struct Session<S = Conn> {
+pub(crate) struct Session {
     /// The VM's name in the config.
-    pub vm: String,
-    link: Link<S>,
-    /// The socket as the config knows it (not under --root): kept in state.
-    pub socket: PathBuf,
-    /// Identity of the QEMU behind the socket (`vm::instance_of`).
-    pub instance: String,
-    pub domid: Option<u32>,
+    pub(crate) vm: String,
+    link: Box<dyn Link>,
+    /// Where the VM is, as the config knows it (not under --root): kept in state.
+    pub(crate) socket: PathBuf,
+    /// Identity of this run of the VM (a restart gives a new one).
+    pub(crate) instance: String,
+    pub(crate) domid: Option<u32>,
     view: VmState,
-    /// Declared after `client`, so dropped after it: a Xen backend holds
-    /// libxl's QMP lock, which must outlive the socket.
-    backend: Box<dyn Backend>,
-    pub dry_run: bool,
-    /// What the backend records that QEMU does not hold yet (Xen: libxl is
-    /// adding these controllers right now): the VM is not ready for us.
-    pub pending: Vec<String>,
-    /// Devices of ours (rule/manual) the previous view of this same QEMU
-    /// had, that QEMU no longer holds and the backend says were removed by
-    /// hand (Xen: `xl usbdev-detach` emptied libxl's entry).
-    pub removed_by_hand: Vec<Attached>,
+    pub(crate) dry_run: bool,
+    /// What the backend records that the VM does not hold yet (Xen: libxl
+    /// is adding these controllers right now): the VM is not ready for us.
+    pub(crate) pending: Vec<String>,
+    /// Devices of ours (rule/manual) the previous view of this same run
+    /// had, that the VM no longer holds and the backend says were removed
+    /// by hand (Xen: `xl usbdev-detach` emptied libxl's entry).
+    pub(crate) removed_by_hand: Vec<Attached>,
 }
 
-impl<S: BufRead + Write> Session<S> {
-    pub fn new(vm: &str, client: Qmp<S>, socket: PathBuf, instance: String, domid: Option<u32>) -> Self {
-        let backend: Box<dyn Backend> = Box::new(crate::backend::PlainQemu);
-        let view = VmState::default();
+impl Session {
+    pub(crate) fn new(vm: &str, opened: Opened, dry_run: bool) -> Self {
+        let Opened { mut link, socket, instance, domid } = opened;
+        link.set_dry_run(dry_run);
         Session {
             vm: vm.into(),
-            link: Link::Qmp(client),
+            link,
             socket,
             instance,
             domid,
-            view,
-            backend,
-            dry_run: false,
-            pending: Vec::new(),
-            removed_by_hand: Vec::new(),
-        }
-    }
-
-    /// A session to a libvirt domain (`socket`: how state names it, `instance`:
-    /// its uuid and run id).
-    pub fn libvirt(vm: &str, link: Box<dyn DomainLink>, socket: PathBuf, instance: String) -> Self {
-        Session {
-            vm: vm.into(),
-            link: Link::Libvirt(link),
-            socket,
-            instance,
-            domid: None,
             view: VmState::default(),
-            backend: Box::new(crate::backend::PlainQemu),
-            dry_run: false,
+            dry_run,
             pending: Vec::new(),
             removed_by_hand: Vec::new(),
         }
     }
 
-    /// libvirt places a device itself (it has no hot-plug of controllers).
-    pub fn is_libvirt(&self) -> bool {
-        matches!(self.link, Link::Libvirt(_))
+    /// The VM's owner places devices itself (libvirt): no planner, no new controller.
+    pub(crate) fn places_devices_itself(&self) -> bool {
+        self.link.places_devices_itself()
     }
 
     /// The id the device at `at` has in this VM (QEMU id, or libvirt alias).
-    pub fn id_for(&self, at: BusAddr) -> String {
-        match self.link {
-            Link::Qmp(_) => at.device_id(),
-            Link::Libvirt(_) => crate::libvirt::alias_of(at),
-        }
+    pub(crate) fn id_for(&self, at: BusAddr) -> String {
+        self.link.id_for(at)
     }
 
-    fn enumerate(&mut self) -> QmpResult<VmState> {
-        match &mut self.link {
-            Link::Qmp(q) => vm::enumerate(q),
-            Link::Libvirt(l) => crate::libvirt::view_of(&l.live_xml().map_err(lv_read)?).map_err(QmpError::Protocol),
-        }
+    /// Whether its owner may still be setting it up right after a start
+    /// (`sync` then waits until `pending` is empty).
+    pub(crate) fn settles_after_start(&self) -> bool {
+        self.link.settles_after_start()
     }
 
-    pub fn with_backend(mut self, backend: Box<dyn Backend>) -> Self {
-        self.backend = backend;
-        self
-    }
-
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
-    }
-
-    /// Is `cached` (state's record of this VM) about the QEMU we talk to?
+    /// Is `cached` (state's record of this VM) about the run we talk to?
     /// A restarted VM's QEMU makes a new socket: new inode/ctime.
-    pub fn is_same_instance(&self, cached: &VmState) -> bool {
+    pub(crate) fn is_same_instance(&self, cached: &VmState) -> bool {
         !self.instance.is_empty() && cached.instance == self.instance && cached.socket == self.socket
     }
 
-    /// `cached` if it is about this QEMU (logged when it is not).
-    pub fn known<'a>(&self, cached: Option<&'a VmState>) -> Option<&'a VmState> {
+    /// `cached` if it is about this run (logged when it is not).
+    pub(crate) fn known<'a>(&self, cached: Option<&'a VmState>) -> Option<&'a VmState> {
         let same = cached.filter(|c| self.is_same_instance(c));
         if cached.is_some() && same.is_none() {
             log::info!(
@@ -194,8 +86,8 @@ impl<S: BufRead + Write> Session<S> {
         same
     }
 
-    /// Take state's record when it is about this QEMU, else rebuild from QEMU.
-    pub fn adopt(&mut self, cached: Option<&VmState>) -> QmpResult<()> {
+    /// Take state's record when it is about this run, else rebuild from the VM.
+    pub(crate) fn adopt(&mut self, cached: Option<&VmState>) -> VmResult<()> {
         match self.known(cached) {
             Some(c) => {
                 self.view = c.clone();
@@ -203,7 +95,7 @@ impl<S: BufRead + Write> Session<S> {
                 if self.pending.is_empty() {
                     return Ok(());
                 }
-                // The backend records controllers our cached view lacks: ask QEMU.
+                // The backend records controllers our cached view lacks: ask the VM.
                 let old = self.view.clone();
                 self.reread(&old)
             }
@@ -211,16 +103,16 @@ impl<S: BufRead + Write> Session<S> {
         }
     }
 
-    /// Re-read QEMU, keeping what the current view knew about who asked.
-    pub fn refresh(&mut self) -> QmpResult<()> {
+    /// Re-read the VM, keeping what the current view knew about who asked.
+    pub(crate) fn refresh(&mut self) -> VmResult<()> {
         let old = self.view.clone();
         self.reread(&old)
     }
 
-    /// Rebuild the view from QEMU, keeping from `old` who asked for what.
-    pub fn reread(&mut self, old: &VmState) -> QmpResult<()> {
-        let fresh = self.enumerate()?;
-        let mut v = vm::merge(fresh, old);
+    /// Rebuild the view from the VM, keeping from `old` who asked for what.
+    pub(crate) fn reread(&mut self, old: &VmState) -> VmResult<()> {
+        let fresh = self.link.enumerate()?;
+        let mut v = crate::backend::merge(fresh, old);
         v.socket = self.socket.clone();
         v.instance = self.instance.clone();
         v.domid = self.domid;
@@ -235,7 +127,7 @@ impl<S: BufRead + Write> Session<S> {
             .cloned()
             .collect();
         for d in gone {
-            if self.backend.removed_by_hand(&d).map_err(|e| QmpError::Io(e.to_string()))? {
+            if self.link.removed_by_hand(&d).map_err(|e| VmError::Io(e.to_string()))? {
                 self.removed_by_hand.push(d);
             }
         }
@@ -244,9 +136,9 @@ impl<S: BufRead + Write> Session<S> {
 
     /// Fold the backend's records into the view; finish first what an
     /// interrupted run of ours left half-created (then fold again).
-    fn amend(&mut self) -> QmpResult<Vec<String>> {
-        let pending = self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))?;
-        let unfinished = self.backend.take_unfinished();
+    fn amend(&mut self) -> VmResult<Vec<String>> {
+        let pending = self.link.amend(&mut self.view).map_err(|e| VmError::Io(e.to_string()))?;
+        let unfinished = self.link.take_unfinished();
         if unfinished.is_empty() {
             return Ok(pending);
         }
@@ -265,60 +157,42 @@ impl<S: BufRead + Write> Session<S> {
                 Err(e) => log::warn!("VM {}: could not finish {} ({e}); its records are removed", self.vm, c.id),
             }
         }
-        self.backend.amend(&mut self.view).map_err(|e| QmpError::Io(e.to_string()))
+        self.link.amend(&mut self.view).map_err(|e| VmError::Io(e.to_string()))
     }
 
-    /// What the backend's own records (Xen: libxl's) say beside `qemu`, a
-    /// view just read from QEMU, for `check`; their controllers are marked
-    /// as theirs in `qemu`. None for a backend that keeps no records.
-    pub fn records_report(&mut self, qemu: &mut VmState) -> Option<crate::error::Result<RecordsReport>> {
-        let books = match self.backend.records()? {
-            Ok(b) => b,
-            Err(e) => return Some(Err(e)),
-        };
-        for c in &mut qemu.controllers {
-            if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
-                c.origin = crate::state::CtrlOrigin::Libxl;
-            }
-        }
-        Some(Ok(RecordsReport {
-            described: crate::xen::describe(&books),
-            has_controller: books.iter().any(|c| c.is_devicemodel()),
-            disagreements: crate::xen::disagreements(qemu, &books),
-        }))
+    /// What the backend's own records (Xen: libxl's) say beside `read`, a
+    /// view just read from the VM, for `check`; their controllers are marked
+    /// as theirs in `read`. None for a backend that keeps no records.
+    pub(crate) fn records_report(&mut self, read: &mut VmState) -> Option<crate::error::Result<RecordsReport>> {
+        self.link.records_report(read)
     }
 
-    /// What QEMU holds right now, without touching the view.
-    pub fn read_qemu(&mut self) -> QmpResult<VmState> {
-        self.enumerate()
+    /// What the VM holds right now, without touching the view.
+    pub(crate) fn read_vm(&mut self) -> VmResult<VmState> {
+        self.link.enumerate()
     }
 
-    pub fn view(&self) -> &VmState {
+    pub(crate) fn view(&self) -> &VmState {
         &self.view
     }
 
-    pub fn into_view(self) -> VmState {
+    pub(crate) fn into_view(self) -> VmState {
         self.view
     }
 
-    /// Whether QEMU has a PCI bus (Xen >= 4.20 first runs a `-machine none`
+    /// Whether the VM has a PCI bus (Xen >= 4.20 first runs a `-machine none`
     /// probe QEMU on the domain's socket: nowhere to put a controller).
-    pub fn has_pci_bus(&mut self) -> QmpResult<bool> {
-        let Link::Qmp(q) = &mut self.link else { return Ok(true) };
-        let pci = q.execute("query-pci", None)?;
-        Ok(!pci.as_array().is_some_and(|a| a.is_empty()))
+    pub(crate) fn has_pci_bus(&mut self) -> VmResult<bool> {
+        self.link.has_pci_bus()
     }
 
-    /// Where on QEMU's PCI tree a new controller could go.
-    pub fn pci_room(&mut self) -> QmpResult<crate::plan::PciRoom> {
-        match &mut self.link {
-            Link::Qmp(q) => vm::pci_room(q),
-            Link::Libvirt(_) => Err(QmpError::Protocol("libvirt cannot hot-plug a USB controller".into())),
-        }
+    /// Where on the VM's PCI tree a new controller could go.
+    pub(crate) fn pci_room(&mut self) -> VmResult<crate::plan::PciRoom> {
+        self.link.pci_room()
     }
 
-    /// `device_add` controller `c`, on PCI bus `pci_bus` (None: the machine's root bus).
-    pub fn add_controller(&mut self, c: &Controller, pci_bus: Option<&str>) -> Result<(), OpError> {
+    /// Add controller `c`, on PCI bus `pci_bus` (None: the machine's root bus).
+    pub(crate) fn add_controller(&mut self, c: &Controller, pci_bus: Option<&str>) -> Result<(), OpError> {
         let mut args = crate::plan::controller_args(c);
         if let Some(b) = pci_bus {
             args["bus"] = json!(b);
@@ -328,7 +202,7 @@ impl<S: BufRead + Write> Session<S> {
         Ok(())
     }
 
-    pub fn add_device(&mut self, dev: Attached, hostdevice: Option<&str>) -> Result<(), OpError> {
+    pub(crate) fn add_device(&mut self, dev: Attached, hostdevice: Option<&str>) -> Result<(), OpError> {
         let bus = self
             .view
             .controllers
@@ -343,8 +217,9 @@ impl<S: BufRead + Write> Session<S> {
         Ok(())
     }
 
-    /// `device_del`; Ok(false) when QEMU did not have it (gone counts as done).
-    pub fn del_device(&mut self, at: BusAddr) -> Result<bool, OpError> {
+    /// Remove the device at `at`; Ok(false) when the VM did not have it
+    /// (gone counts as done).
+    pub(crate) fn del_device(&mut self, at: BusAddr) -> Result<bool, OpError> {
         let id = self.id_for(at);
         let place = self.view.devices.iter().find(|d| d.id == id).map(|d| (d.controller.clone(), d.port));
         let found = match self.change(Op::DelDevice { id: id.clone(), at, place }, json!({ "id": id })) {
@@ -356,158 +231,84 @@ impl<S: BufRead + Write> Session<S> {
         Ok(found)
     }
 
-    fn command(op: &Op) -> &'static str {
-        if matches!(op, Op::DelDevice { .. }) {
-            "device_del"
-        } else {
-            "device_add"
-        }
+    /// Does the VM hold a device with id `id`? One cheap question, no
+    /// enumeration: the per-event check when state has no record.
+    pub(crate) fn holds(&mut self, id: &str) -> VmResult<bool> {
+        self.link.holds(id)
     }
 
-    /// Send one change with the backend's hooks around it.
-    /// Does QEMU hold a device with id `id`? One `qom-get` (of its `type`),
-    /// no enumeration: the per-event check when state has no record.
-    pub fn holds(&mut self, id: &str) -> QmpResult<bool> {
-        let path = format!("/machine/peripheral/{id}");
-        let q = match &mut self.link {
-            Link::Qmp(q) => q,
-            Link::Libvirt(_) => return Ok(self.enumerate()?.devices.iter().any(|d| d.id == id)),
-        };
-        match q.execute("qom-get", Some(json!({ "path": path, "property": "type" }))) {
-            Ok(_) => Ok(true),
-            Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Does the VM's usb-host `id` hold its host device open? False once
+    /// the device it opened went away (unplugged, re-enumerated).
+    pub(crate) fn holds_device_open(&mut self, id: &str) -> VmResult<bool> {
+        self.link.holds_device_open(id)
     }
 
-    /// One change through libvirtd: a live `<hostdev>` by host address with our alias.
-    fn lv_change(l: &mut dyn DomainLink, op: &Op) -> Result<(), OpError> {
-        let r = match op {
-            Op::AddDevice { dev, .. } => l.attach(&crate::libvirt::hostdev_xml(dev.at())),
-            Op::DelDevice { at, .. } => match l.detach(&crate::libvirt::hostdev_xml(*at)) {
-                // Gone already: what QEMU's DeviceNotFound means on the QMP path.
-                Err(LvError::DeviceMissing(m)) => {
-                    return Err(OpError::Qmp(QmpError::Qemu { class: "DeviceNotFound".into(), desc: m }))
-                }
-                r => r,
-            },
-            Op::AddController(_) | Op::FinishController(_) => {
-                return Err(OpError::Libvirt(LvError::Refused("libvirt cannot hot-plug a USB controller".into())))
-            }
-        };
-        r.map_err(OpError::Libvirt)
-    }
-
-    /// Does QEMU's usb-host `id` hold its host device open (`attached`)?
-    /// False once the device it opened went away (unplugged, re-enumerated).
-    pub fn holds_device_open(&mut self, id: &str) -> QmpResult<bool> {
-        let path = format!("/machine/peripheral/{id}");
-        // libvirt does not say whether the node is still open; the live XML
-        // at least says whether the hostdev is there (virsh detach-device?).
-        let q = match &mut self.link {
-            Link::Qmp(q) => q,
-            Link::Libvirt(_) => return Ok(self.enumerate()?.devices.iter().any(|d| d.id == id)),
-        };
-        let v = q.execute("qom-get", Some(json!({ "path": path, "property": "attached" })))?;
-        Ok(v.as_bool().unwrap_or(false))
-    }
-
-    fn change(&mut self, op: Op, args: Value) -> Result<(), OpError> {
+    /// Send one change through the backend (or, dry, print it).
+    fn change(&mut self, op: Op, args: serde_json::Value) -> Result<(), OpError> {
         if self.dry_run {
-            // The backend's hooks write (xenstore for Xen): a dry run only
-            // says what would be sent, with QEMU's arguments.
-            if let Link::Libvirt(_) = self.link {
-                let (verb, at) = match &op {
-                    Op::AddDevice { dev, .. } => ("attach", dev.at()),
-                    Op::DelDevice { at, .. } => ("detach", *at),
-                    Op::AddController(_) | Op::FinishController(_) => return Ok(()),
-                };
-                println!(
-                    "would {verb} (live) in libvirt domain of VM {}: {}",
-                    self.vm,
-                    crate::libvirt::hostdev_xml(at)
-                );
-                return Ok(());
+            for line in self.link.describe(&self.vm, &op, &args) {
+                println!("{line}");
             }
-            for line in self.backend.describe(&op) {
-                println!("would {line} ({} bookkeeping) in VM {}", self.backend.name(), self.vm);
-            }
-            println!("would {op} in VM {}: {}", self.vm, json!({ "execute": Self::command(&op), "arguments": args }));
             return Ok(());
         }
-        self.backend.before(&op).map_err(OpError::Backend)?;
-        let q = match &mut self.link {
-            Link::Qmp(q) => q,
-            Link::Libvirt(l) => return Self::lv_change(l.as_mut(), &op),
-        };
-        let res = q.execute(Self::command(&op), Some(args)).map(drop);
-        let after = self.backend.after(&op, res.as_ref().map(|_| ()));
-        res?;
-        after.map_err(OpError::Backend)
+        self.link.send(&op, args)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Result;
-    use std::io::{Cursor, Read};
+    use serde_json::Value;
     use std::sync::{Arc, Mutex};
 
-    /// Scripted QEMU replies in, what we sent out.
-    struct Mem(Cursor<Vec<u8>>, Vec<u8>);
-    impl Read for Mem {
-        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-            self.0.read(b)
-        }
+    /// A VM that records what it is sent: refuses device_adds of `refuse`
+    /// (as QEMU does), vetoes those of `veto` (as a backend's records do),
+    /// and holds nothing (a device_del is DeviceNotFound).
+    struct Recorder {
+        log: Arc<Mutex<Vec<String>>>,
+        refuse: Option<&'static str>,
+        veto: Option<&'static str>,
     }
-    impl BufRead for Mem {
-        fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-            self.0.fill_buf()
+    impl Link for Recorder {
+        fn enumerate(&mut self) -> VmResult<VmState> {
+            Ok(VmState::default())
         }
-        fn consume(&mut self, n: usize) {
-            self.0.consume(n)
+        fn holds(&mut self, _: &str) -> VmResult<bool> {
+            Ok(false)
         }
-    }
-    impl Write for Mem {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.1.write(b)
+        fn holds_device_open(&mut self, _: &str) -> VmResult<bool> {
+            Ok(false)
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+        fn pci_room(&mut self) -> VmResult<crate::plan::PciRoom> {
+            Ok(Default::default())
         }
-    }
-
-    /// Records each hook call; vetoes device_adds of `veto`.
-    struct Recorder(Arc<Mutex<Vec<String>>>, Option<&'static str>);
-    impl Backend for Recorder {
-        fn name(&self) -> &'static str {
-            "recorder"
-        }
-        fn before(&mut self, op: &Op) -> Result<()> {
-            self.0.lock().unwrap().push(format!("before {op}"));
-            match (op, self.1) {
-                (Op::AddDevice { dev, .. }, Some(v)) if dev.id == v => crate::bail!("vetoed {v}"),
+        fn send(&mut self, op: &Op, _: Value) -> Result<(), OpError> {
+            self.log.lock().unwrap().push(format!("send {op}"));
+            match op {
+                Op::AddDevice { dev, .. } if Some(dev.id.as_str()) == self.veto => {
+                    Err(OpError::Records(crate::error::Error::new(format!("vetoed {}", dev.id))))
+                }
+                Op::AddDevice { dev, .. } if Some(dev.id.as_str()) == self.refuse => {
+                    Err(OpError::Vm(VmError::Qemu { class: "GenericError".into(), desc: "failed to open".into() }))
+                }
+                Op::DelDevice { id, .. } => Err(OpError::Vm(VmError::Qemu {
+                    class: "DeviceNotFound".into(),
+                    desc: format!("Device '{id}' not found"),
+                })),
                 _ => Ok(()),
             }
         }
-        fn after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
-            self.0.lock().unwrap().push(format!("after {op}: {}", if outcome.is_ok() { "ok" } else { "failed" }));
-            Ok(())
-        }
-        fn describe(&self, op: &Op) -> Vec<String> {
-            self.0.lock().unwrap().push(format!("describe {op}"));
-            Vec::new()
+        fn describe(&self, vm: &str, op: &Op, _: &Value) -> Vec<String> {
+            self.log.lock().unwrap().push(format!("describe {op}"));
+            vec![format!("would {op} in VM {vm}")]
         }
     }
 
-    fn session(replies: &str, veto: Option<&'static str>) -> (Session<Mem>, Arc<Mutex<Vec<String>>>) {
-        let greeting = "{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n{\"return\": {}, \"id\": \"aua-1\"}\r\n";
-        let q = Qmp::handshake(Mem(Cursor::new(format!("{greeting}{replies}").into_bytes()), Vec::new())).unwrap();
+    fn session(refuse: Option<&'static str>, veto: Option<&'static str>) -> (Session, Arc<Mutex<Vec<String>>>) {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let s = Session::new("a", q, "/run/q".into(), "1:2".into(), None)
-            .with_backend(Box::new(Recorder(log.clone(), veto)));
-        (s, log)
+        let link = Box::new(Recorder { log: log.clone(), refuse, veto });
+        let opened = Opened { link, socket: "/run/q".into(), instance: "1:2".into(), domid: None };
+        (Session::new("a", opened, false), log)
     }
 
     fn rec(bus: u16, addr: u16) -> Attached {
@@ -525,39 +326,26 @@ mod tests {
     }
 
     #[test]
-    fn hooks_run_around_each_change_and_the_view_follows_qemu() {
-        let (mut s, log) = session(
-            concat!(
-                "{\"return\": {}, \"id\": \"aua-2\"}\r\n",
-                "{\"id\": \"aua-3\", \"error\": {\"class\": \"GenericError\", \"desc\": \"failed to open host usb device 1:3\"}}\r\n",
-                "{\"id\": \"aua-4\", \"error\": {\"class\": \"DeviceNotFound\", \"desc\": \"Device 'xenusb-1-9' not found\"}}\r\n",
-            ),
-            None,
-        );
+    fn the_view_follows_what_the_vm_accepted() {
+        let (mut s, log) = session(Some("xenusb-1-3"), None);
         s.add_device(rec(1, 2), None).unwrap();
         assert!(s.add_device(rec(1, 3), Some("/dev/bus/usb/001/003")).is_err());
-        assert!(!s.del_device(BusAddr::new(1, 9)).unwrap());
+        assert!(!s.del_device(BusAddr::new(1, 9)).unwrap(), "DeviceNotFound counts as gone");
         assert_eq!(s.view().devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["xenusb-1-2"]);
-        let log = log.lock().unwrap().clone();
-        assert_eq!(log.len(), 6, "{log:?}");
-        assert!(log[0].starts_with("before device_add xenusb-1-2") && log[1].ends_with(": ok"), "{log:?}");
-        assert!(log[3].ends_with(": failed") && log[5].ends_with(": failed"), "{log:?}");
+        assert_eq!(log.lock().unwrap().len(), 3, "{:?}", log.lock().unwrap());
     }
 
     #[test]
-    fn a_veto_sends_nothing_and_dry_run_sends_nothing() {
-        let (mut s, log) = session("", Some("xenusb-1-2"));
+    fn a_veto_changes_nothing_and_dry_run_sends_nothing() {
+        let (mut s, log) = session(None, Some("xenusb-1-2"));
         let e = s.add_device(rec(1, 2), None).unwrap_err();
-        assert!(matches!(e, OpError::Backend(_)), "{e}");
+        assert!(e.is_records_veto(), "{e}");
+        assert!(s.view().devices.is_empty());
         s.dry_run = true;
         log.lock().unwrap().clear();
         s.add_device(rec(1, 4), None).unwrap();
-        assert_eq!(log.lock().unwrap().len(), 1, "dry run ran the backend's hooks: {:?}", log.lock().unwrap());
         assert_eq!(s.view().devices.len(), 1);
-        // A dry run asks the backend what it would write; its hooks (which write) never run.
+        // A dry run asks the backend what it would do; nothing is sent.
         assert_eq!(*log.lock().unwrap(), ["describe device_add xenusb-1-4 (usb-host 1:4) on xenusb-0 port 1"]);
-        let Link::Qmp(q) = s.link else { unreachable!() };
-        let sent = String::from_utf8(q.into_inner().1).unwrap();
-        assert_eq!(sent.lines().count(), 1, "only qmp_capabilities was sent: {sent}");
     }
 }

@@ -7,7 +7,7 @@ use crate::types::BusAddr;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing to change; say why at this log level.
     Note { level: log::Level, text: String },
     /// Forget an admin's "keep it out" for this bus:addr (it was unplugged).

@@ -12,12 +12,12 @@ use crate::plan;
 use crate::state::{HeldOut, Origin, VmState};
 use crate::types::BusAddr;
 
-pub use crate::step::Step;
+pub(crate) use crate::step::Step;
 
 /// `views`: (index into config.vms, what that VM's QEMU holds, with origins
 /// merged from state). `elsewhere`: bus:addr held by VMs not in `views`
 /// (not running, or not being synced), which must not be attached twice.
-pub fn plan(
+pub(crate) fn plan(
     config: &Config,
     views: &[(usize, &VmState)],
     elsewhere: &[(u16, u16)],

@@ -4,9 +4,9 @@
 //! error is one line. Where the format allows, a round trip: what we
 //! generate as text parses back to what we generated.
 
+use auto_usb_attach::backend::testing::Qmp;
 use auto_usb_attach::config::{self, HubRule, UsbVersion};
 use auto_usb_attach::host::{Action, UdevEvent};
-use auto_usb_attach::qmp::Qmp;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
-    match auto_usb_attach::libvirt::serve(stdin, stdout) {
+    match auto_usb_attach::backend::libvirt_serve(stdin, stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("auto-usb-attach-libvirt: {e}");

@@ -33,7 +33,7 @@ pub const UNITS: &[&str] = &["auto-usb-attach-sync.service", "auto-usb-attach-sy
 
 /// Pairs of rules in different VMs that can match the same device. The
 /// first VM in config order wins; worth a warning, not an error.
-pub fn overlaps(c: &Config) -> Vec<String> {
+pub(super) fn overlaps(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for (i, a) in c.vms.iter().enumerate() {
         for b in &c.vms[i + 1..] {
@@ -104,7 +104,7 @@ fn installed(root: &crate::root::Root, report: &mut Report) {
 /// Prints the report (text or JSON) on stdout and nothing else; exit 1 if
 /// anything is wrong. Without root the VMs cannot be looked at (the lock
 /// and the QMP sockets are root's): they are reported as not checked.
-pub fn check(ctx: &Ctx, config_shown: &Path, as_json: bool) -> Result<()> {
+pub(super) fn check(ctx: &Ctx, config_shown: &Path, as_json: bool) -> Result<()> {
     let report = gather(ctx, config_shown)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report.json()).expect("serialises"));
@@ -168,7 +168,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
         let subject = format!("VM {}", vm.name);
         let would = wanted(i);
         match ctx.connect(&state, vm, true) {
-            Ok(Some(mut r)) => match r.read_qemu() {
+            Ok(Some(mut r)) => match r.read_vm() {
                 Ok(mut v) => {
                     // A Xen domain: libxl's books beside QEMU's view.
                     match r.records_report(&mut v) {

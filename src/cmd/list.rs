@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 /// the host), where it is attached, and which VM's rules want it.
 type Row<'a> = (Option<&'a HostDevice>, Option<(&'a str, &'a Attached)>, Option<String>);
 
-pub fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
+pub(super) fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
     let devices = host::scan(&ctx.root)?;
     let state = ctx.peek_state();
     let mut rows: Vec<Row<'_>> = Vec::new();

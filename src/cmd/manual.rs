@@ -13,7 +13,7 @@ use crate::selector::Selector;
 use crate::state::{HeldOut, Origin};
 use crate::types::BusAddr;
 
-pub fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Result<()> {
+pub(super) fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Result<()> {
     let sel = args.selector().ok_or_else(|| Error::new("name a device, or give --bus and --addr"))?;
     let host = host::scan(&ctx.root)?;
     let dev = sel.resolve(&host)?.clone();
@@ -46,7 +46,7 @@ pub fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Result<()>
     .with_context(|| format!("attach {bus}:{addr}"))
 }
 
-pub fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> {
+pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Result<()> {
     let at = match (&t.id, &t.device, t.bus, t.addr) {
         (Some(id), _, _, _) => BusAddr::from_device_id(id)
             .or_else(|| BusAddr::from_libvirt_alias(id))

@@ -2,11 +2,11 @@
 //! setups and dispatches. Commands execute what the pure planners decide,
 //! through `apply` and `Session`; they share `ctx::Ctx`.
 
-pub mod check;
-pub mod list;
-pub mod manual;
-pub mod sync;
-pub mod udev;
+mod check;
+mod list;
+mod manual;
+mod sync;
+mod udev;
 
 use crate::cli::{Cli, Command};
 use crate::config;

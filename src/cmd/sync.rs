@@ -11,7 +11,7 @@ use crate::session::Session;
 use crate::state::{HeldOut, Origin, State, VmState};
 use crate::step::Step;
 
-pub fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
+pub(super) fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     if let Some(n) = only {
         ctx.config.vm(n)?;
     }
@@ -178,10 +178,6 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
     let mut skipped = Vec::new();
     for &i in targets {
         let vm = &ctx.config.vms[i];
-        // A libvirt domain is running or not: nothing to wait for.
-        if vm.backend == crate::config::BackendKind::Libvirt {
-            continue;
-        }
         loop {
             let cached = ctx.peek_state().vms.get(&vm.name).and_then(|v| v.domid);
             let left = ctx.deadline.remaining(&format!("waiting for VM {}", vm.name))?;
@@ -192,12 +188,14 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
             // Ok(None): ready, or not running; Ok(Some(why)): not ready yet.
             let step = || -> Result<Option<String>> {
                 Ok(match ctx.locate(vm, cached, &probe)? {
-                    Located::Running(r) if r.xen.is_none() => None,
-                    Located::Running(r) => {
-                        // Ready when QEMU holds every controller libxl records
-                        // (libxl writes them before its device_add). Dropping the
-                        // session lets go of the socket and libxl's lock.
-                        let mut s = ctx.session(vm, *r);
+                    Located::Running(opened) => {
+                        // Ready when the VM holds every controller its owner
+                        // records (libxl writes them before its device_add).
+                        // Dropping the session lets go of the socket and its locks.
+                        let mut s = ctx.session(vm, opened);
+                        if !s.settles_after_start() {
+                            return Ok(None);
+                        }
                         if !s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e))? {
                             return Ok(None); // a probe QEMU: connect_all says so and leaves it
                         }
@@ -208,18 +206,16 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                             Some(format!("libxl is still adding {}", s.pending.join(", ")))
                         }
                     }
-                    Located::NotRunning(_) | Located::Libvirt { .. } => None,
-                    Located::NotReady(why) => match ctx.stale_socket_age(vm) {
-                        Some(age) => {
-                            log::info!(
-                                "VM {} is not running ({why}; its socket is {} s old: left by a QEMU that died)",
-                                vm.name,
-                                age.as_secs()
-                            );
-                            None
-                        }
-                        None => Some(why),
-                    },
+                    Located::NotRunning(_) => None,
+                    Located::NotReady { why, stale: Some(age) } => {
+                        log::info!(
+                            "VM {} is not running ({why}; its socket is {} s old: left by a QEMU that died)",
+                            vm.name,
+                            age.as_secs()
+                        );
+                        None
+                    }
+                    Located::NotReady { why, stale: None } => Some(why),
                 })
             };
             let why = match step() {

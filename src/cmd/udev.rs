@@ -12,7 +12,7 @@ use crate::step::Step;
 use crate::types::BusAddr;
 use std::collections::HashMap;
 
-pub fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
+pub(super) fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
     let Some(ev) = UdevEvent::from_env(env)? else {
         log::debug!("ignoring event ACTION={:?}", env.get("ACTION"));
         return Ok(());

@@ -3,9 +3,9 @@
 
 use super::*;
 
-/// The library's own QMP client (`auto_usb_attach::qmp::Client`), plus the
+/// The library's own QMP client (`auto_usb_attach::backend::testing::Client`), plus the
 /// helpers tests use to arrange and read a real QEMU.
-pub struct Qmp(pub auto_usb_attach::qmp::Client);
+pub struct Qmp(pub auto_usb_attach::backend::testing::Client);
 
 impl Qmp {
     /// Connects (retrying while the socket is missing or refusing, up to
@@ -13,7 +13,7 @@ impl Qmp {
     /// the library's client; the greeting wait is bounded by `timeout`, the
     /// connection's life by 6 x `timeout`.
     pub fn connect(path: &Path, timeout: Duration) -> std::io::Result<Qmp> {
-        use auto_usb_attach::qmp::{connect, QmpError};
+        use auto_usb_attach::backend::testing::{connect, QmpError};
         // The library bounds the whole connection by one deadline (an invocation's
         // budget); a test's connection lives longer than one read, hence the margin.
         let deadline = auto_usb_attach::deadline::Deadline::after(timeout * 6);
@@ -37,7 +37,7 @@ impl Qmp {
     /// Sends a command; returns Ok(return value) or Err(QEMU's error object
     /// `{"class", "desc"}`). Events are kept aside by the client.
     pub fn execute(&mut self, cmd: &str, args: Value) -> std::io::Result<Result<Value, Value>> {
-        use auto_usb_attach::qmp::QmpError;
+        use auto_usb_attach::backend::testing::QmpError;
         let args = args.as_object().is_some_and(|o| !o.is_empty()).then_some(args);
         match self.0.execute(cmd, args) {
             Ok(v) => Ok(Ok(v)),

@@ -1,110 +1,167 @@
-//! Where a backend's bookkeeping beside each change to a VM goes.
+//! Xen HVM domains: the device model's QMP socket (`qmp-libxl-<domid>`,
+//! found through xenstore, connected to under libxl's qmp-socket-lock) plus
+//! libxl's own USB records in xenstore, kept exactly as libxl keeps them so
+//! `xl usb-list` stays true and `xl` keeps working beside the tool.
 //!
-//! `Session` calls `before` ahead of every `device_add`/`device_del` it
-//! sends and `after` once QEMU has answered, with the outcome. A backend can
-//! veto a change (an error from `before`: nothing is sent) and undo its own
-//! bookkeeping when QEMU refused (`after` with `Err`). libxl's order, which
-//! the Xen backend follows: write the xenstore port entry, device_add, empty
-//! the entry on failure; on removal empty the entry, device_del, restore it
-//! on failure.
-//!
-//! These hooks are for backends reached over QMP (plain QEMU, Xen); a
-//! libvirt domain is changed through libvirtd instead (`session::Link`).
-//! Also here: finding which Xen domain libxl records an unplugged device in
-//! (`libxl_holder`), for the event path.
+//! `records` reads and writes libxl's xenstore layout, `lock` takes libxl's
+//! lock files; `XenVm` is the `Link`: `Qemu` for QEMU, `Books` around each
+//! change.
 
-use crate::error::Result;
-use crate::qmp::QmpError;
+mod lock;
+mod records;
+
+use super::qemu::{self, Dialled, Qemu};
+use super::wire::qmp::{QmpError, QmpResult, Refusal};
+use super::wire::xenstore as xs;
+use super::{Link, Located, Op, OpError, Opened, RecordsReport};
+use crate::config::{Config, VmConfig};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::root::Root;
 use crate::state::{Attached, Controller, VmState};
-use crate::types::BusAddr;
-use std::fmt;
+use serde_json::Value;
 
-/// One change to a VM, as the session is about to send it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    AddController(Controller),
-    /// `device_add` of a controller the backend already records: an earlier
-    /// run wrote its records and was interrupted before QEMU had it.
-    FinishController(Controller),
-    /// The record the device will have once added (controller, port, host
-    /// bus:addr); `hostdevice` is the node QEMU opens, if any.
-    AddDevice {
-        dev: Attached,
-        hostdevice: Option<String>,
-    },
-    /// `place`: the controller and port the view has it on, if known.
-    DelDevice {
-        id: String,
-        at: BusAddr,
-        place: Option<(String, u8)>,
-    },
+pub(crate) use records::Names;
+
+/// Where libxl puts a domain's QMP socket: `<xen-run-dir>/qmp-libxl-<domid>`.
+const SOCKET_PREFIX: &str = "qmp-libxl-";
+
+/// A Xen domain's device model, reached over QMP, with libxl's records
+/// kept around each change. Field order is drop order: the QMP socket is
+/// closed before `books` lets go of libxl's QMP lock.
+pub(super) struct XenVm {
+    qemu: Qemu,
+    books: Books,
 }
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Op::AddController(c) => write!(f, "device_add {} ({})", c.id, c.driver),
-            Op::FinishController(c) => {
-                write!(f, "device_add {} ({}), finishing an interrupted creation", c.id, c.driver)
-            }
-            Op::AddDevice { dev, .. } => {
-                write!(f, "device_add {} (usb-host {}) on {} port {}", dev.id, dev.at(), dev.controller, dev.port)
-            }
-            Op::DelDevice { id, at, .. } => write!(f, "device_del {id} ({at})"),
-        }
+impl Link for XenVm {
+    fn enumerate(&mut self) -> QmpResult<VmState> {
+        self.qemu.enumerate()
     }
-}
 
-pub trait Backend {
-    /// Short name for logs ("qemu", "xen").
-    fn name(&self) -> &'static str;
-    /// Called before `op` is sent; an error vetoes it (nothing is sent).
-    fn before(&mut self, _op: &Op) -> Result<()> {
-        Ok(())
+    fn holds(&mut self, id: &str) -> QmpResult<bool> {
+        self.qemu.holds(id)
     }
-    /// Called after QEMU answered `op` (`Err`: QEMU refused or did not
-    /// answer; undo what `before` did). An error here is reported, after
-    /// QEMU's own.
-    fn after(&mut self, _op: &Op, _outcome: std::result::Result<(), &QmpError>) -> Result<()> {
-        Ok(())
+
+    fn holds_device_open(&mut self, id: &str) -> QmpResult<bool> {
+        self.qemu.holds_device_open(id)
     }
-    /// For `--dry-run`: what `before` and `after` would write for `op`
-    /// (e.g. xenstore paths and values), one line each, writing nothing.
-    /// The session prints these around the QMP command it would send.
-    fn describe(&self, _op: &Op) -> Vec<String> {
-        Vec::new()
+
+    fn has_pci_bus(&mut self) -> QmpResult<bool> {
+        self.qemu.has_pci_bus()
     }
-    /// Fold the backend's own records into a view just read from QEMU (Xen:
-    /// ports libxl records as used are taken; xl's devices are marked).
-    /// Returns what the backend records that QEMU does not hold yet (Xen:
-    /// controllers libxl is adding right now): the VM is not ready.
-    fn amend(&mut self, _view: &mut VmState) -> Result<Vec<String>> {
-        Ok(Vec::new())
+
+    fn pci_room(&mut self) -> QmpResult<crate::plan::PciRoom> {
+        self.qemu.pci_room()
     }
-    /// `d`, ours, is gone from the same QEMU: did someone remove it by hand
-    /// (Xen: `xl usbdev-detach` leaves libxl's entry empty)?
-    fn removed_by_hand(&mut self, _d: &Attached) -> Result<bool> {
-        Ok(false)
+
+    /// libxl's order: records first (a veto sends nothing), then QEMU, then
+    /// the records undone if QEMU refused.
+    fn send(&mut self, op: &Op, args: Value) -> std::result::Result<(), OpError> {
+        self.books.before(op).map_err(OpError::Records)?;
+        let res = self.qemu.execute(op, args);
+        let after = self.books.after(op, res.as_ref().map(|_| ()));
+        res?;
+        after.map_err(OpError::Records)
     }
-    /// Controllers an interrupted run left recorded but not in QEMU, found by
-    /// the last `amend`: the session finishes them (`Op::FinishController`).
+
+    fn describe(&self, vm: &str, op: &Op, args: &Value) -> Vec<String> {
+        let mut lines: Vec<String> =
+            self.books.describe(op).into_iter().map(|l| format!("would {l} (xen bookkeeping) in VM {vm}")).collect();
+        lines.push(Qemu::<super::wire::qmp::Conn>::describe_line(vm, op, args));
+        lines
+    }
+
+    fn amend(&mut self, view: &mut VmState) -> Result<Vec<String>> {
+        self.books.amend(view)
+    }
+
     fn take_unfinished(&mut self) -> Vec<Controller> {
-        Vec::new()
+        self.books.take_unfinished()
     }
-    /// The backend's own records, where it keeps any (Xen: libxl's).
-    fn records(&mut self) -> Option<Result<Vec<crate::xen::VusbCtrl>>> {
-        None
+
+    fn removed_by_hand(&mut self, d: &Attached) -> Result<bool> {
+        self.books.removed_by_hand(d)
+    }
+
+    fn records_report(&mut self, view: &mut VmState) -> Option<Result<RecordsReport>> {
+        let books = match self.books.books() {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        for c in &mut view.controllers {
+            if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
+                c.origin = crate::state::CtrlOrigin::Libxl;
+            }
+        }
+        Some(Ok(RecordsReport {
+            described: records::describe(&books),
+            has_controller: books.iter().any(|c| c.is_devicemodel()),
+            disagreements: records::disagreements(view, &books),
+        }))
+    }
+
+    fn set_dry_run(&mut self, on: bool) {
+        self.books.dry_run = on;
+    }
+
+    fn settles_after_start(&self) -> bool {
+        true
     }
 }
 
-/// A QEMU/KVM VM with its own QMP socket: QEMU is the only record.
-#[derive(Debug, Default)]
-pub struct PlainQemu;
-
-impl Backend for PlainQemu {
-    fn name(&self) -> &'static str {
-        "qemu"
+/// A Xen domain by name, through xenstore (never by asking sockets: a
+/// socket is libxl's, and a busy one would cost us our budget): name ->
+/// domid -> `<xen-run-dir>/qmp-libxl-<domid>`, connected to under libxl's
+/// qmp-socket-lock for that domain (held until the link is dropped).
+pub(super) fn locate(
+    root: &Root,
+    config: &Config,
+    vm: &VmConfig,
+    cached_domid: Option<u32>,
+    deadline: &Deadline,
+    names: &Names,
+) -> Result<Located> {
+    let mut xs = xs::connect(root, deadline).map_err(|e| {
+        Error::new(format!("VM {}: cannot reach xenstored (is this a Xen dom0 with xenstored running?): {e}", vm.name))
+    })?;
+    let found = records::find_domain(&mut xs, &vm.name, cached_domid, names)
+        .map_err(|e| Error::new(format!("VM {}: looking up its domain in xenstore: {e}", vm.name)))?;
+    let Some(domain) = found else {
+        return Ok(Located::NotRunning(format!("xenstore has no domain named {}", vm.name)));
+    };
+    let domid = domain.domid;
+    let shown = config.xen_run_dir.join(format!("{SOCKET_PREFIX}{domid}"));
+    let path = root.path(&shown);
+    let stale = || {
+        let dir = std::fs::read_dir(root.path(&config.xen_run_dir)).ok()?;
+        let socks = dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(SOCKET_PREFIX))
+            .map(|e| e.path());
+        qemu::stale_age(socks)
+    };
+    if !path.exists() {
+        // libxl records a device model before it starts it.
+        let dm = xs.read_opt(xs::Tx::NONE, &format!("/libxl/{domid}/dm-version")).ok().flatten();
+        return Ok(match dm {
+            Some(_) => Located::NotReady {
+                why: format!("domain {domid} has no QMP socket at {} yet", path.display()),
+                stale: stale(),
+            },
+            None => Located::NotRunning(format!("domain {domid} has no QEMU device model (PV?)")),
+        });
     }
+    let lock_path = lock::path(root, &config.xen_lib_dir, domid, &domain.uuid, lock::Kind::Qmp)?;
+    let qmp_lock =
+        lock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::new(format!("VM {}: {e}", vm.name)))?;
+    let (qemu, instance) = match qemu::dial(&path, deadline) {
+        Ok(Dialled::Up(q, instance)) => (q, instance),
+        Ok(Dialled::Refused(why)) => return Ok(Located::NotReady { why, stale: stale() }),
+        Err(e) => return Err(Error::new(format!("VM {}: QMP {}: {e}", vm.name, path.display()))),
+    };
+    let books = Books::new(domain, xs, qmp_lock, root.clone(), config.xen_lib_dir.clone(), *deadline);
+    Ok(Located::Running(Opened { link: Box::new(XenVm { qemu, books }), socket: shown, instance, domid: Some(domid) }))
 }
 
 /// A Xen domain's device model, whose USB records libxl keeps in xenstore
@@ -128,17 +185,17 @@ impl Backend for PlainQemu {
 /// it takes asynchronously (`libxl__ev_slowlock`), so it never waits for the
 /// QMP lock while holding the userdata lock; and nothing of libxl's waits on
 /// our state lock. Every wait is bounded by the invocation's deadline anyway.
-pub struct Xen {
-    pub domid: u32,
-    pub uuid: String,
-    pub xs: crate::xenstore::Client,
-    pub root: crate::root::Root,
-    pub lib_dir: std::path::PathBuf,
-    pub deadline: crate::deadline::Deadline,
-    /// libxl's qmp-socket-lock, held for as long as the session's socket is
-    /// open: `Session` declares its QMP client before its backend, so the
-    /// socket is closed before this is released.
-    pub qmp_lock: Option<crate::xenlock::XenLock>,
+pub(super) struct Books {
+    domid: u32,
+    uuid: String,
+    xs: xs::Client,
+    root: crate::root::Root,
+    lib_dir: std::path::PathBuf,
+    deadline: crate::deadline::Deadline,
+    /// libxl's qmp-socket-lock, held for as long as the socket is open:
+    /// `XenVm` declares its QMP link before its books, so the socket is
+    /// closed before this is released.
+    _qmp_lock: Option<lock::XenLock>,
     /// What `before` changed, for `after` to undo: (node, old value).
     undo: Option<(String, Vec<u8>)>,
     /// The mark `before` wrote beside libxl's records (`xen::mark_dir`), for
@@ -147,24 +204,26 @@ pub struct Xen {
     /// Found by `amend`: controllers of ours an interrupted run left unfinished.
     unfinished: Vec<Controller>,
     /// A dry run: `amend` says what it would repair and writes nothing.
-    pub dry_run: bool,
+    dry_run: bool,
 }
 
-impl Xen {
-    pub fn new(
-        link: crate::vm::XenLink,
+impl Books {
+    fn new(
+        domain: records::Domain,
+        xs: xs::Client,
+        qmp_lock: lock::XenLock,
         root: crate::root::Root,
         lib_dir: std::path::PathBuf,
         deadline: crate::deadline::Deadline,
-    ) -> Xen {
-        Xen {
-            domid: link.domain.domid,
-            uuid: link.domain.uuid,
-            xs: link.xs,
+    ) -> Books {
+        Books {
+            domid: domain.domid,
+            uuid: domain.uuid,
+            xs,
             root,
             lib_dir,
             deadline,
-            qmp_lock: Some(link.qmp_lock),
+            _qmp_lock: Some(qmp_lock),
             undo: None,
             mark: None,
             unfinished: Vec::new(),
@@ -172,39 +231,33 @@ impl Xen {
         }
     }
 
-    fn userdata_lock(&self) -> Result<crate::xenlock::XenLock> {
-        let p = crate::xenlock::path(
-            &self.root,
-            &self.lib_dir,
-            self.domid,
-            &self.uuid,
-            crate::xenlock::Kind::DomainUserdata,
-        )?;
-        crate::xenlock::XenLock::acquire(&p, &self.deadline)
+    fn userdata_lock(&self) -> Result<lock::XenLock> {
+        let p = lock::path(&self.root, &self.lib_dir, self.domid, &self.uuid, lock::Kind::DomainUserdata)?;
+        lock::XenLock::acquire(&p, &self.deadline)
     }
 
-    fn xs_err(&self, e: crate::xenstore::XsError) -> crate::error::Error {
+    fn xs_err(&self, e: xs::XsError) -> crate::error::Error {
         crate::error::Error::new(format!("Xen domain {}: libxl's records: {e}", self.domid))
     }
 
     /// libxl's records of this domain's USB controllers.
-    pub fn books(&mut self) -> Result<Vec<crate::xen::VusbCtrl>> {
+    fn books(&mut self) -> Result<Vec<records::VusbCtrl>> {
         let domid = self.domid;
-        crate::xen::read_vusb(&mut self.xs, crate::xenstore::Tx::NONE, domid).map_err(|e| self.xs_err(e))
+        records::read_vusb(&mut self.xs, xs::Tx::NONE, domid).map_err(|e| self.xs_err(e))
     }
 
     /// Undo what `before` wrote when QEMU refused `op` or did not answer.
     fn undo_after(&mut self, op: &Op, outcome: std::result::Result<(), &QmpError>) -> Result<()> {
         let Some((node, old)) = self.undo.take() else { return Ok(()) };
         let Err(e) = outcome else { return Ok(()) };
-        let tx = crate::xenstore::Tx::NONE;
+        let tx = xs::Tx::NONE;
         match op {
             Op::AddController(_) | Op::FinishController(_) => {
                 let _lock = self.userdata_lock()?;
                 self.xs.rm(tx, &node).map_err(|e| self.xs_err(e))
             }
             // Gone from QEMU already: the entry stays empty.
-            Op::DelDevice { .. } if e.refusal() == Some(crate::qmp::Refusal::DeviceNotFound) => Ok(()),
+            Op::DelDevice { .. } if e.refusal() == Some(Refusal::DeviceNotFound) => Ok(()),
             _ => self.xs.write(tx, &node, &old).map_err(|e| self.xs_err(e)),
         }
     }
@@ -220,17 +273,17 @@ impl Xen {
     fn repair_interrupted(
         &mut self,
         view: &mut VmState,
-        books: &[crate::xen::VusbCtrl],
+        books: &[records::VusbCtrl],
         pending: &mut Vec<String>,
     ) -> Result<()> {
         let domid = self.domid;
-        let crate::xen::DeadMarks { controllers: ctrls, ports, freeing } =
-            crate::xen::dead_marks(&mut self.xs, domid).map_err(|e| self.xs_err(e))?;
-        let tx = crate::xenstore::Tx::NONE;
+        let records::DeadMarks { controllers: ctrls, ports, freeing } =
+            records::dead_marks(&mut self.xs, domid).map_err(|e| self.xs_err(e))?;
+        let tx = xs::Tx::NONE;
         let mut unmark = Vec::new();
         for devid in ctrls {
             let id = format!("xenusb-{devid}");
-            let spec = books.iter().find(|b| b.devid == devid).and_then(crate::xen::controller_of);
+            let spec = books.iter().find(|b| b.devid == devid).and_then(records::controller_of);
             match spec {
                 Some(c) if pending.contains(&id) => {
                     pending.retain(|p| *p != id);
@@ -243,13 +296,13 @@ impl Xen {
                         self.unfinished.push(c);
                     }
                 }
-                _ => unmark.push(crate::xen::ctrl_mark(domid, devid)),
+                _ => unmark.push(records::ctrl_mark(domid, devid)),
             }
         }
         for (devid, port) in ports {
             let id = format!("xenusb-{devid}");
             let held = view.devices.iter().any(|d| d.controller == id && d.port == port);
-            let node = crate::xen::port_path(domid, devid, port);
+            let node = records::port_path(domid, devid, port);
             if !held {
                 let entry = self.xs.read_opt(tx, &node).map_err(|e| self.xs_err(e))?.unwrap_or_default();
                 if !entry.is_empty() {
@@ -267,14 +320,14 @@ impl Xen {
                 }
                 view.foreign_ports.retain(|f| *f != format!("{id}:{port}"));
             }
-            unmark.push(crate::xen::port_mark(domid, devid, port));
+            unmark.push(records::port_mark(domid, devid, port));
         }
         for (devid, port, busid) in freeing {
             // A removal cut off: if QEMU kept the device, libxl's entry says so again;
             // if it went, the entry stays empty.
             let id = format!("xenusb-{devid}");
             let held = view.devices.iter().any(|d| d.controller == id && d.port == port);
-            let node = crate::xen::port_path(domid, devid, port);
+            let node = records::port_path(domid, devid, port);
             let entry = self.xs.read_opt(tx, &node).map_err(|e| self.xs_err(e))?;
             let want = if held { busid.as_str() } else { "" };
             if entry.is_some_and(|e| e != want && (e.is_empty() || e == busid)) {
@@ -285,7 +338,7 @@ impl Xen {
                 self.xs.write(tx, &node, want.as_bytes()).map_err(|e| self.xs_err(e))?;
                 log::info!("Xen domain {domid}: {node} = {want:?} again, after an interrupted detach");
             }
-            unmark.push(crate::xen::freeing_mark(domid, devid, port));
+            unmark.push(records::freeing_mark(domid, devid, port));
         }
         if !self.dry_run && !unmark.is_empty() {
             self.unmark(&unmark).map_err(|e| self.xs_err(e))?;
@@ -294,13 +347,13 @@ impl Xen {
     }
 
     /// Remove `marks`, and the domain's mark directory once it holds none.
-    fn unmark(&mut self, marks: &[String]) -> crate::xenstore::XsResult<()> {
-        let tx = crate::xenstore::Tx::NONE;
+    fn unmark(&mut self, marks: &[String]) -> xs::XsResult<()> {
+        let tx = xs::Tx::NONE;
         for m in marks {
             self.xs.rm(tx, m)?;
         }
-        let dir = crate::xen::mark_dir(self.domid);
-        for sub in crate::xen::MARK_KINDS {
+        let dir = records::mark_dir(self.domid);
+        for sub in records::MARK_KINDS {
             match self.xs.directory(tx, &format!("{dir}/{sub}")) {
                 Ok(left) if !left.is_empty() => return Ok(()),
                 Err(e) if !e.is_enoent() => return Err(e),
@@ -311,11 +364,11 @@ impl Xen {
     }
 
     fn add_device(&mut self, dev: &Attached) -> Result<()> {
-        let Some(devid) = crate::xen::devid_of(&dev.controller) else { return Ok(()) };
-        let node = crate::xen::port_path(self.domid, devid, dev.port);
+        let Some(devid) = records::devid_of(&dev.controller) else { return Ok(()) };
+        let node = records::port_path(self.domid, devid, dev.port);
         let busid = dev.port_path.clone();
-        let mark = crate::xen::port_mark(self.domid, devid, dev.port);
-        let writer = crate::xen::writer();
+        let mark = records::port_mark(self.domid, devid, dev.port);
+        let writer = records::writer();
         let _lock = self.userdata_lock()?;
         let deadline = self.deadline;
         let res = self.xs.transaction(&deadline, |xs, tx| {
@@ -327,7 +380,7 @@ impl Xen {
                     xs.write(tx, &mark, writer.as_bytes())?;
                     Ok(true)
                 }
-                Some(v) => Err(crate::xenstore::XsError::Xenstored {
+                Some(v) => Err(xs::XsError::Xenstored {
                     errno: "EBUSY".into(),
                     what: format!("libxl records port {} of {} as used by {v}", dev.port, dev.controller),
                 }),
@@ -337,7 +390,7 @@ impl Xen {
             Ok(true) => {
                 log::debug!("xenstore: {node} = {busid:?}");
                 self.undo = Some((node, Vec::new()));
-                self.mark = Some(crate::xen::port_mark(self.domid, devid, dev.port));
+                self.mark = Some(records::port_mark(self.domid, devid, dev.port));
                 Ok(())
             }
             Ok(false) => {
@@ -354,10 +407,8 @@ impl Xen {
     }
 }
 
-impl Backend for Xen {
-    fn name(&self) -> &'static str {
-        "xen"
-    }
+impl Books {
+    // The hooks around each change, in the order `XenVm::send` calls them.
 
     fn before(&mut self, op: &Op) -> Result<()> {
         self.undo = None;
@@ -366,30 +417,30 @@ impl Backend for Xen {
             Op::AddController(c) => {
                 let _lock = self.userdata_lock()?;
                 let (domid, deadline) = (self.domid, self.deadline);
-                let devid = crate::xen::devid_of(&c.id).unwrap_or_default();
-                let (mark, writer) = (crate::xen::ctrl_mark(domid, devid), crate::xen::writer());
+                let devid = records::devid_of(&c.id).unwrap_or_default();
+                let (mark, writer) = (records::ctrl_mark(domid, devid), records::writer());
                 self.xs
                     .transaction(&deadline, |xs, tx| {
-                        crate::xen::write_ctrl(xs, tx, domid, c)?;
+                        records::write_ctrl(xs, tx, domid, c)?;
                         xs.write(tx, &mark, writer.as_bytes())
                     })
                     .map_err(|e| self.xs_err(e))?;
-                self.undo = Some((crate::xen::ctrl_dir(domid, devid), Vec::new()));
+                self.undo = Some((records::ctrl_dir(domid, devid), Vec::new()));
                 self.mark = Some(mark);
                 Ok(())
             }
             // The records are there; if QEMU refuses again, they go.
             Op::FinishController(c) => {
-                let devid = crate::xen::devid_of(&c.id).unwrap_or_default();
-                self.undo = Some((crate::xen::ctrl_dir(self.domid, devid), Vec::new()));
-                self.mark = Some(crate::xen::ctrl_mark(self.domid, devid));
+                let devid = records::devid_of(&c.id).unwrap_or_default();
+                self.undo = Some((records::ctrl_dir(self.domid, devid), Vec::new()));
+                self.mark = Some(records::ctrl_mark(self.domid, devid));
                 Ok(())
             }
             Op::AddDevice { dev, .. } => self.add_device(dev),
             Op::DelDevice { place: Some((ctrl, port)), .. } => {
-                let Some(devid) = crate::xen::devid_of(ctrl) else { return Ok(()) };
-                let node = crate::xen::port_path(self.domid, devid, *port);
-                let tx = crate::xenstore::Tx::NONE;
+                let Some(devid) = records::devid_of(ctrl) else { return Ok(()) };
+                let node = records::port_path(self.domid, devid, *port);
+                let tx = xs::Tx::NONE;
                 let old = match self.xs.read(tx, &node) {
                     Ok(v) => v,
                     Err(e) if e.is_enoent() => return Ok(()),
@@ -398,8 +449,8 @@ impl Backend for Xen {
                 // libxl__device_usbdev_remove_xenstore: a plain write, no lock.
                 // Ours adds a mark naming what the entry held, in the same
                 // transaction, so a cut-off device_del can be told and undone.
-                let mark = crate::xen::freeing_mark(self.domid, devid, *port);
-                let value = format!("{} {}", crate::xen::writer(), String::from_utf8_lossy(&old));
+                let mark = records::freeing_mark(self.domid, devid, *port);
+                let value = format!("{} {}", records::writer(), String::from_utf8_lossy(&old));
                 let deadline = self.deadline;
                 self.xs
                     .transaction(&deadline, |xs, tx| {
@@ -440,26 +491,26 @@ impl Backend for Xen {
         let domid = self.domid;
         match op {
             Op::AddController(c) => {
-                let Some(devid) = crate::xen::devid_of(&c.id) else { return Vec::new() };
+                let Some(devid) = records::devid_of(&c.id) else { return Vec::new() };
                 let n = c.ports.max(c.usb3_ports);
-                let ver = crate::xen::usb_ver(&c.driver).map(|v| v.to_string()).unwrap_or_default();
+                let ver = records::usb_ver(&c.driver).map(|v| v.to_string()).unwrap_or_default();
                 vec![format!(
                     "write xenstore {} = {{type = \"devicemodel\", usb-ver = \"{ver}\", num-ports = \"{n}\", \
                      port/1..{n} = \"\"}} (under libxl's domain-userdata-lock)",
-                    crate::xen::ctrl_dir(domid, devid)
+                    records::ctrl_dir(domid, devid)
                 )]
             }
-            Op::AddDevice { dev, .. } => match crate::xen::devid_of(&dev.controller) {
+            Op::AddDevice { dev, .. } => match records::devid_of(&dev.controller) {
                 Some(devid) => vec![format!(
                     "write xenstore {} = {:?} if libxl records {} (under libxl's domain-userdata-lock)",
-                    crate::xen::port_path(domid, devid, dev.port),
+                    records::port_path(domid, devid, dev.port),
                     dev.port_path,
                     dev.controller
                 )],
                 None => Vec::new(),
             },
-            Op::DelDevice { place: Some((ctrl, port)), .. } => match crate::xen::devid_of(ctrl) {
-                Some(devid) => vec![format!("write xenstore {} = \"\"", crate::xen::port_path(domid, devid, *port))],
+            Op::DelDevice { place: Some((ctrl, port)), .. } => match records::devid_of(ctrl) {
+                Some(devid) => vec![format!("write xenstore {} = \"\"", records::port_path(domid, devid, *port))],
                 None => Vec::new(),
             },
             Op::DelDevice { place: None, .. } | Op::FinishController(_) => Vec::new(),
@@ -468,48 +519,54 @@ impl Backend for Xen {
 
     fn amend(&mut self, view: &mut VmState) -> Result<Vec<String>> {
         let books = self.books()?;
-        let mut pending = crate::xen::fold_into(view, &books);
+        let mut pending = records::fold_into(view, &books);
         self.repair_interrupted(view, &books, &mut pending)?;
         Ok(pending)
     }
 
     fn removed_by_hand(&mut self, d: &Attached) -> Result<bool> {
-        let Some(devid) = crate::xen::devid_of(&d.controller) else { return Ok(false) };
-        let node = crate::xen::port_path(self.domid, devid, d.port);
-        match self.xs.read_opt(crate::xenstore::Tx::NONE, &node) {
+        let Some(devid) = records::devid_of(&d.controller) else { return Ok(false) };
+        let node = records::port_path(self.domid, devid, d.port);
+        match self.xs.read_opt(xs::Tx::NONE, &node) {
             Ok(v) => Ok(v.is_some_and(|v| v.is_empty())),
             Err(e) => Err(self.xs_err(e)),
         }
-    }
-
-    fn records(&mut self) -> Option<Result<Vec<crate::xen::VusbCtrl>>> {
-        Some(self.books())
     }
 }
 
 /// Where libxl records a host device (`xl usbdev-attach`): the configured
 /// VM (index into `config.vms`), its domain, and the controller and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LibxlPlace {
-    pub vm: usize,
-    pub domid: u32,
-    pub devid: u32,
-    pub port: u8,
+pub(crate) struct LibxlPlace {
+    pub(crate) vm: usize,
+    pub(crate) domid: u32,
+    pub(crate) devid: u32,
+    pub(crate) port: u8,
 }
 
 /// Which of the Xen VMs `vms` ((index, name, cached domid)) has a domain in
 /// whose records libxl has `busid` on a port, within `deadline`.
-pub fn libxl_holder(
+pub(super) fn libxl_holder(
     root: &crate::root::Root,
     deadline: &crate::deadline::Deadline,
     vms: &[(usize, &str, Option<u32>)],
     busid: &str,
-    names: &crate::xen::Names,
-) -> crate::xenstore::XsResult<Option<LibxlPlace>> {
-    let mut xs = crate::xenstore::connect(root, deadline)?;
+    names: &records::Names,
+) -> Result<Option<LibxlPlace>> {
+    holder(root, deadline, vms, busid, names).map_err(|e| crate::error::Error::new(format!("xenstore: {e}")))
+}
+
+fn holder(
+    root: &crate::root::Root,
+    deadline: &crate::deadline::Deadline,
+    vms: &[(usize, &str, Option<u32>)],
+    busid: &str,
+    names: &records::Names,
+) -> xs::XsResult<Option<LibxlPlace>> {
+    let mut xs = xs::connect(root, deadline)?;
     for &(vm, name, cached) in vms {
-        let Some(dom) = crate::xen::find_domain(&mut xs, name, cached, names)? else { continue };
-        let books = crate::xen::read_vusb(&mut xs, crate::xenstore::Tx::NONE, dom.domid)?;
+        let Some(dom) = records::find_domain(&mut xs, name, cached, names)? else { continue };
+        let books = records::read_vusb(&mut xs, xs::Tx::NONE, dom.domid)?;
         if let Some((devid, port)) = books
             .iter()
             .filter(|c| c.is_devicemodel())
@@ -523,16 +580,16 @@ pub fn libxl_holder(
 
 /// Empty libxl's entry at `place` if it still names `busid` (QEMU no longer
 /// has the device: the entry must not outlive it).
-pub fn empty_libxl_entry(
+pub(super) fn empty_libxl_entry(
     root: &crate::root::Root,
     deadline: &crate::deadline::Deadline,
     place: &LibxlPlace,
     busid: &str,
 ) -> Result<()> {
-    let err = |e: crate::xenstore::XsError| crate::error::Error::new(format!("Xen domain {}: {e}", place.domid));
-    let mut xs = crate::xenstore::connect(root, deadline).map_err(err)?;
-    let node = crate::xen::port_path(place.domid, place.devid, place.port);
-    let tx = crate::xenstore::Tx::NONE;
+    let err = |e: xs::XsError| crate::error::Error::new(format!("Xen domain {}: {e}", place.domid));
+    let mut xs = xs::connect(root, deadline).map_err(err)?;
+    let node = records::port_path(place.domid, place.devid, place.port);
+    let tx = xs::Tx::NONE;
     if xs.read_opt(tx, &node).map_err(err)?.as_deref() == Some(busid) {
         xs.write(tx, &node, b"").map_err(err)?;
         log::info!("emptied libxl's entry for {busid} ({node})");

@@ -39,9 +39,8 @@ pub const PAYLOAD_MAX: usize = 4096;
 pub enum Op {
     Directory = 1,
     Read = 2,
+    #[cfg(test)]
     GetPerms = 3,
-    Watch = 4,
-    Unwatch = 5,
     TransactionStart = 6,
     TransactionEnd = 7,
     Write = 11,
@@ -58,9 +57,8 @@ impl Op {
         match self {
             Op::Directory => "DIRECTORY",
             Op::Read => "READ",
+            #[cfg(test)]
             Op::GetPerms => "GET_PERMS",
-            Op::Watch => "WATCH",
-            Op::Unwatch => "UNWATCH",
             Op::TransactionStart => "TRANSACTION_START",
             Op::TransactionEnd => "TRANSACTION_END",
             Op::Write => "WRITE",
@@ -264,6 +262,7 @@ impl<S: Read + Write> Xs<S> {
 
     /// Permissions as xenstored spells them: the first is the owner and the
     /// default for everyone else ("n0"), then per-domain grants ("r3").
+    #[cfg(test)]
     pub fn get_perms(&mut self, tx: Tx, path: &str) -> XsResult<Vec<String>> {
         let body = self.request(Op::GetPerms, tx, &Self::path_arg(path)?, &format!("get_perms {path}"))?;
         Ok(split_strings(&body))
@@ -481,7 +480,8 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    const TRANSCRIPT: &str = include_str!("../tests/fixtures/xenstored-4.17-transcript.txt");
+    const TRANSCRIPT: &str =
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/xenstored-4.17-transcript.txt"));
 
     struct Exchange {
         conn: String,

@@ -28,15 +28,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// libxl's XEN_LIB_DIR on Debian and upstream's default.
-pub const XEN_LIB_DIR: &str = crate::config::DEFAULT_XEN_LIB_DIR;
+#[cfg(test)]
+const XEN_LIB_DIR: &str = crate::config::DEFAULT_XEN_LIB_DIR;
 
 /// Which of libxl's locks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Around every QMP connection to `qmp-libxl-<domid>`.
     Qmp,
-    /// libxl's devlock ("libxl-device-changes-lock").
-    DeviceChanges,
     /// Around libxl's device records + saved domain config ("domain-userdata-lock").
     DomainUserdata,
 }
@@ -45,7 +44,6 @@ impl Kind {
     pub fn userid(self) -> &'static str {
         match self {
             Kind::Qmp => "qmp-socket-lock",
-            Kind::DeviceChanges => "libxl-device-changes-lock",
             Kind::DomainUserdata => "domain-userdata-lock",
         }
     }
@@ -122,10 +120,6 @@ impl XenLock {
             deadline.remaining(&what())?;
         }
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for XenLock {
@@ -167,9 +161,6 @@ mod tests {
             path(&r, Path::new(XEN_LIB_DIR), 7, UUID, Kind::Qmp).unwrap(),
             PathBuf::from(format!("/tmp/r/var/lib/xen/userdata-l.7.{UUID}.qmp-socket-lock"))
         );
-        assert!(path(&r, Path::new(XEN_LIB_DIR), 7, UUID, Kind::DeviceChanges)
-            .unwrap()
-            .ends_with(format!("userdata-l.7.{UUID}.libxl-device-changes-lock")));
         assert!(path(&r, Path::new(XEN_LIB_DIR), 7, UUID, Kind::DomainUserdata)
             .unwrap()
             .ends_with(format!("userdata-l.7.{UUID}.domain-userdata-lock")));

@@ -14,8 +14,8 @@
 //! Generic over the xenstore stream so every function here is unit-tested
 //! on in-memory replies; the Xen backend (`backend::Xen`) calls them.
 
+use crate::backend::wire::xenstore::{Tx, Xs, XsError, XsResult};
 use crate::state::{Controller, CtrlOrigin, Origin, VmState};
-use crate::xenstore::{Tx, Xs, XsError, XsResult};
 use std::io::{Read, Write};
 
 /// A running domain as xenstore names it.

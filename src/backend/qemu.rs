@@ -1,155 +1,136 @@
-//! Finding a VM's QEMU and reading what it really holds.
-//!
-//! A VM is either an explicit QMP socket (plain QEMU/KVM, never touching
-//! xenstore) or a Xen domain name: xenstore gives its domid
-//! (`/local/domain/<domid>/name`), libxl puts its device model's socket at
-//! `<xen-run-dir>/qmp-libxl-<domid>`, and every connection to it is made
-//! under libxl's qmp-socket-lock. The domid is cached in state.
+//! Plain QEMU/KVM: a VM with its own QMP socket (`qmp = ...` in the config),
+//! where QEMU is the only record. Also what every QMP-speaking backend
+//! shares: reading a VM's USB controllers, devices and PCI room from QOM,
+//! and sending `device_add`/`device_del` (`Qemu`, which the Xen backend
+//! wraps with libxl's bookkeeping).
 
-use crate::config::{Config, VmConfig};
+use super::wire::qmp::{self, Conn, Qmp, QmpError, QmpResult, Refusal};
+use super::{Link, Located, Op, OpError, Opened};
+use crate::config::VmConfig;
 use crate::controller::ControllerKind;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::plan::{parse_controller_id, parse_device_id};
-use crate::qmp::{self, Client, Qmp, QmpError, QmpResult};
 use crate::root::Root;
 use crate::state::{Attached, Controller, CtrlOrigin, Origin, VmState};
-use crate::{xen, xenlock, xenstore};
 use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const XEN_SOCKET_PREFIX: &str = "qmp-libxl-";
-
-/// What a session to a Xen domain carries besides QMP: the domain, a
-/// xenstore connection, and libxl's QMP lock (held while the socket is open).
-pub struct XenLink {
-    pub domain: xen::Domain,
-    pub xs: xenstore::Client,
-    pub qmp_lock: xenlock::XenLock,
+/// One QEMU's QMP monitor, as a `Link`. Generic over the stream so unit
+/// tests run it on scripted bytes.
+pub(super) struct Qemu<S = Conn> {
+    pub(super) q: Qmp<S>,
 }
 
-pub struct Running {
-    pub client: Client,
-    /// The socket as the config knows it (not under --root): kept in state.
-    pub socket: PathBuf,
-    pub instance: String,
-    pub domid: Option<u32>,
-    /// Declared after `client`: dropped after it, so the socket is closed
-    /// before libxl's lock is released.
-    pub xen: Option<XenLink>,
+impl<S: BufRead + Write> Qemu<S> {
+    pub(super) fn execute(&mut self, op: &Op, args: Value) -> QmpResult<()> {
+        let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
+        self.q.execute(command, Some(args)).map(drop)
+    }
+
+    /// The line a dry run prints for `op`.
+    pub(super) fn describe_line(vm: &str, op: &Op, args: &Value) -> String {
+        let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
+        format!("would {op} in VM {vm}: {}", json!({ "execute": command, "arguments": args }))
+    }
+
+    fn qom_type(&mut self, id: &str, prop: &str) -> QmpResult<Value> {
+        qom_get(&mut self.q, &format!("/machine/peripheral/{id}"), prop)
+    }
 }
 
-pub enum Located {
-    Running(Box<Running>),
-    /// Why it is not running, for the log / the error message.
-    NotRunning(String),
-    /// Its QEMU is starting: a socket that refuses connections, or (Xen >=
-    /// 4.20) the short-lived unnamed probe QEMU libxl runs first on the
-    /// same path. Worth retrying shortly.
-    NotReady(String),
-    /// A running libvirt domain, reached through libvirtd; `shown` is how
-    /// state names it (`libvirt:<uri>#<domain>`).
-    Libvirt {
-        opened: crate::libvirt::Opened,
-        shown: PathBuf,
-    },
+impl<S: BufRead + Write> Link for Qemu<S> {
+    fn enumerate(&mut self) -> QmpResult<VmState> {
+        enumerate(&mut self.q)
+    }
+
+    /// One `qom-get` of its `type`: no enumeration.
+    fn holds(&mut self, id: &str) -> QmpResult<bool> {
+        match self.qom_type(id, "type") {
+            Ok(_) => Ok(true),
+            Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// usb-host's `attached`: false once the device it opened went away.
+    fn holds_device_open(&mut self, id: &str) -> QmpResult<bool> {
+        Ok(self.qom_type(id, "attached")?.as_bool().unwrap_or(false))
+    }
+
+    fn has_pci_bus(&mut self) -> QmpResult<bool> {
+        let pci = self.q.execute("query-pci", None)?;
+        Ok(!pci.as_array().is_some_and(|a| a.is_empty()))
+    }
+
+    fn pci_room(&mut self) -> QmpResult<crate::plan::PciRoom> {
+        pci_room(&mut self.q)
+    }
+
+    fn send(&mut self, op: &Op, args: Value) -> std::result::Result<(), OpError> {
+        Ok(self.execute(op, args)?)
+    }
+
+    fn describe(&self, vm: &str, op: &Op, args: &Value) -> Vec<String> {
+        vec![Self::describe_line(vm, op, args)]
+    }
 }
 
 /// Identity of the QEMU that created the socket: a restarted VM's QEMU
 /// creates a fresh socket file (new inode, new ctime).
-pub fn instance_of(path: &Path) -> Option<String> {
+pub(super) fn instance_of(path: &Path) -> Option<String> {
     let m = std::fs::metadata(path).ok()?;
     Some(format!("{}:{}.{:09}", m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
-fn not_running(e: &QmpError) -> bool {
-    // A socket file left behind by a dead QEMU refuses connections.
-    matches!(e, QmpError::NotListening(_))
+/// A socket this old that refuses connections was left by a QEMU that died,
+/// not made by one still starting (`timing::stale_socket()`).
+pub(super) fn stale_age(paths: impl IntoIterator<Item = PathBuf>) -> Option<Duration> {
+    let age = |p: &Path| std::fs::symlink_metadata(p).ok()?.modified().ok()?.elapsed().ok();
+    let youngest = paths.into_iter().filter_map(|p| age(&p)).min()?;
+    (youngest >= crate::timing::stale_socket()).then_some(youngest)
 }
 
-fn open(path: &Path, shown: PathBuf, domid: Option<u32>, deadline: &Deadline, cap: Duration) -> QmpResult<Running> {
+/// How a connection attempt ended.
+pub(super) enum Dialled {
+    Up(Qemu, String),
+    /// A socket that refuses connections: QEMU is starting, or died.
+    Refused(String),
+}
+
+/// Connect to the QMP socket at `path` (under the root), greeted and
+/// negotiated; `instance` is read before connecting.
+pub(super) fn dial(path: &Path, deadline: &Deadline) -> QmpResult<Dialled> {
     let instance = instance_of(path).unwrap_or_default();
-    let client = qmp::connect(path, deadline, cap)?;
-    log::debug!("{}: {}", path.display(), client.greeting);
-    Ok(Running { client, socket: shown, instance, domid, xen: None })
-}
-
-/// Connect to `vm`'s QEMU. `cached_domid` is tried first for Xen names.
-pub fn locate(
-    root: &Root,
-    config: &Config,
-    vm: &VmConfig,
-    cached_domid: Option<u32>,
-    deadline: &Deadline,
-    names: &xen::Names,
-) -> Result<Located> {
-    let ctx = |e: QmpError, p: &Path| Error::new(format!("VM {}: QMP {}: {e}", vm.name, p.display()));
-    if let Some(t) = &vm.libvirt {
-        let shown = PathBuf::from(format!("libvirt:{}#{}", t.uri, t.domain));
-        return match crate::libvirt::open(&t.uri, &t.domain, deadline) {
-            Ok(Ok(opened)) => Ok(Located::Libvirt { opened, shown }),
-            Ok(Err(why)) => Ok(Located::NotRunning(why)),
-            Err(e) => Err(Error::new(format!("VM {}: libvirt {}: {e}", vm.name, t.uri))),
-        };
-    }
-    if let Some(q) = &vm.qmp {
-        let path = root.path(q);
-        if !path.exists() {
-            return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
+    match qmp::connect(path, deadline, Duration::MAX) {
+        Ok(q) => {
+            log::debug!("{}: {}", path.display(), q.greeting);
+            Ok(Dialled::Up(Qemu { q }, instance))
         }
-        return match open(&path, q.clone(), None, deadline, Duration::MAX) {
-            Ok(r) => Ok(Located::Running(Box::new(r))),
-            Err(e) if not_running(&e) => Ok(Located::NotReady(e.to_string())),
-            Err(e) => Err(ctx(e, &path)),
-        };
+        Err(e @ QmpError::NotListening(_)) => Ok(Dialled::Refused(e.to_string())),
+        Err(e) => Err(e),
     }
-    locate_xen(root, config, vm, cached_domid, deadline, names)
 }
 
-/// A Xen domain by name, through xenstore (never by asking sockets: a
-/// socket is libxl's, and a busy one would cost us our budget): name ->
-/// domid -> `<xen-run-dir>/qmp-libxl-<domid>`, connected to under libxl's
-/// qmp-socket-lock for that domain (held until the session ends).
-fn locate_xen(
-    root: &Root,
-    config: &Config,
-    vm: &VmConfig,
-    cached_domid: Option<u32>,
-    deadline: &Deadline,
-    names: &xen::Names,
-) -> Result<Located> {
-    let mut xs = xenstore::connect(root, deadline).map_err(|e| {
-        Error::new(format!("VM {}: cannot reach xenstored (is this a Xen dom0 with xenstored running?): {e}", vm.name))
-    })?;
-    let found = xen::find_domain(&mut xs, &vm.name, cached_domid, names)
-        .map_err(|e| Error::new(format!("VM {}: looking up its domain in xenstore: {e}", vm.name)))?;
-    let Some(domain) = found else {
-        return Ok(Located::NotRunning(format!("xenstore has no domain named {}", vm.name)));
+/// A `qmp = ...` VM: its socket, connected to.
+pub(super) fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
+    let Some(shown) = &vm.qmp else {
+        return Err(Error::new(format!("VM {}: backend qemu needs a qmp socket", vm.name)));
     };
-    let domid = domain.domid;
-    let shown = config.xen_run_dir.join(format!("{XEN_SOCKET_PREFIX}{domid}"));
-    let path = root.path(&shown);
+    let path = root.path(shown);
     if !path.exists() {
-        // libxl records a device model before it starts it.
-        let dm = xs.read_opt(xenstore::Tx::NONE, &format!("/libxl/{domid}/dm-version")).ok().flatten();
-        return Ok(match dm {
-            Some(_) => Located::NotReady(format!("domain {domid} has no QMP socket at {} yet", path.display())),
-            None => Located::NotRunning(format!("domain {domid} has no QEMU device model (PV?)")),
-        });
+        return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
     }
-    let lock_path = xenlock::path(root, &config.xen_lib_dir, domid, &domain.uuid, xenlock::Kind::Qmp)?;
-    let qmp_lock =
-        xenlock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::new(format!("VM {}: {e}", vm.name)))?;
-    let mut r = match open(&path, shown, Some(domid), deadline, Duration::MAX) {
-        Ok(r) => r,
-        Err(e) if not_running(&e) => return Ok(Located::NotReady(e.to_string())),
-        Err(e) => return Err(Error::new(format!("VM {}: QMP {}: {e}", vm.name, path.display()))),
-    };
-    r.xen = Some(XenLink { domain, xs, qmp_lock });
-    Ok(Located::Running(Box::new(r)))
+    match dial(&path, deadline) {
+        Ok(Dialled::Up(link, instance)) => {
+            Ok(Located::Running(Opened { link: Box::new(link), socket: shown.clone(), instance, domid: None }))
+        }
+        Ok(Dialled::Refused(why)) => Ok(Located::NotReady { why, stale: stale_age([path]) }),
+        Err(e) => Err(Error::new(format!("VM {}: QMP {}: {e}", vm.name, path.display()))),
+    }
 }
 
 fn qom_get<S: BufRead + Write>(q: &mut Qmp<S>, path: &str, prop: &str) -> QmpResult<Value> {
@@ -173,7 +154,7 @@ const CONTAINERS: [&str; 3] = ["/machine/peripheral", "/machine/peripheral-anon"
 /// `qom-list`, with a container QEMU has not made (`-M none`) as empty.
 fn qom_list_opt<S: BufRead + Write>(q: &mut Qmp<S>, path: &str) -> QmpResult<Vec<(String, String)>> {
     match qom_list(q, path) {
-        Err(e) if e.refusal() == Some(crate::qmp::Refusal::DeviceNotFound) => Ok(Vec::new()),
+        Err(e) if e.refusal() == Some(Refusal::DeviceNotFound) => Ok(Vec::new()),
         r => r,
     }
 }
@@ -238,7 +219,7 @@ fn controllers<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<Vec<(Controller,
 /// explicit device are counted as used. A guess that hot-plugging by hand
 /// made wrong costs one refused `device_add` ("in use?"), after which the
 /// caller re-reads and places again.
-pub fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
+pub(super) fn enumerate<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<VmState> {
     let mut view = VmState::default();
     for (c, bus) in controllers(q)? {
         let mut auto_placed = 0usize;
@@ -295,7 +276,7 @@ const BRIDGE_SLOTS: usize = 32;
 /// Where a new USB controller could go (`plan::controller_home` decides).
 /// Read from QOM, not `query-pci`: before the guest's firmware numbers the
 /// buses, `query-pci` shows no device behind any bridge.
-pub fn pci_room<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<crate::plan::PciRoom> {
+pub(super) fn pci_room<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<crate::plan::PciRoom> {
     let machine = qom_get(q, "/machine", "type")?.as_str().unwrap_or_default().to_string();
     let pci = q.execute("query-pci", None)?;
     let mut room =
@@ -333,19 +314,4 @@ pub fn pci_room<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<crate::plan::Pc
         }
     }
     Ok(room)
-}
-
-/// Merge what QEMU holds (`fresh`) with what state remembered about the same
-/// QEMU: QEMU is the truth for what exists; state keeps who asked for it.
-pub fn merge(fresh: VmState, old: &VmState) -> VmState {
-    let mut out = fresh;
-    for d in &mut out.devices {
-        if let Some(o) = old.devices.iter().find(|o| o.id == d.id && o.bus == d.bus && o.addr == d.addr) {
-            d.origin = o.origin;
-            d.port_path = o.port_path.clone();
-            d.usb_id = o.usb_id.clone();
-            d.serial = o.serial.clone();
-        }
-    }
-    out
 }

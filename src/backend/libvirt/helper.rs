@@ -5,7 +5,7 @@
 //! an event for a Xen or QEMU VM costs no libvirt start-up.
 
 use super::proto::{Reply, Request};
-use super::{DomainLink, LvError, Opened};
+use super::{Domain, DomainLink, LvError};
 use crate::deadline::Deadline;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -74,7 +74,7 @@ fn helper_path() -> Result<PathBuf, LvError> {
     Ok(exe.with_file_name(HELPER))
 }
 
-pub(super) fn open(uri: &str, name: &str, deadline: &Deadline) -> Result<Result<Opened, String>, LvError> {
+pub(super) fn open(uri: &str, name: &str, deadline: &Deadline) -> Result<Result<Domain, String>, LvError> {
     let path = helper_path()?;
     let mut child = Command::new(&path)
         .env_clear()
@@ -101,7 +101,7 @@ pub(super) fn open(uri: &str, name: &str, deadline: &Deadline) -> Result<Result<
     });
     let mut h = Helper { child, stdin, replies, deadline: *deadline };
     match h.call(&Request::Open { uri: uri.into(), domain: name.into() })? {
-        Reply::Ok(instance) => Ok(Ok(Opened { link: Box::new(h), instance })),
+        Reply::Ok(instance) => Ok(Ok(Domain { link: Box::new(h), instance })),
         Reply::NotRunning(why) => Ok(Err(why)),
         Reply::Error(e) => Err(e),
     }
