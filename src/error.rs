@@ -3,7 +3,7 @@
 //!
 //! We keep this tiny instead of pulling in anyhow: the tool only ever needs to
 //! add context and print the chain, and the QMP layer has its own typed error
-//! for the cases callers must inspect (`qmp::QmpError`).
+//! for the cases callers must inspect (`backend::VmError`).
 
 use std::fmt;
 

@@ -54,7 +54,7 @@ pub(crate) struct Placement {
 }
 
 /// Where on a VM's PCI tree a new USB controller could be hot-plugged, as
-/// read from QEMU (`vm::pci_room`) when one is needed.
+/// read from QEMU (`Link::pci_room`) when one is needed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct PciRoom {
     /// QEMU's machine type: `pc-q35-7.2-machine`, `pc-i440fx-7.2-machine`,

@@ -2,7 +2,7 @@
 //!
 //! It is a cache of QEMU's own view plus our intent (who attached what, on
 //! whose behalf). Losing it is never fatal: the tool rebuilds from QEMU
-//! (`vm::enumerate`). It is versioned kebab-case JSON, written atomically
+//! (`backend::Link::enumerate`). It is versioned kebab-case JSON, written atomically
 //! (temp file, fsync, rename, fsync dir) and only under the lock.
 
 use crate::error::{Context, Error, Result};

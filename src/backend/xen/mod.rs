@@ -167,7 +167,7 @@ pub(super) fn locate(
 /// A Xen domain's device model, whose USB records libxl keeps in xenstore
 /// (`crate::xen`). The hooks keep them exactly as libxl does:
 ///
-/// - new controller: its full records (`xen::write_ctrl`) in one
+/// - new controller: its full records (`records::write_ctrl`) in one
 ///   transaction under libxl's domain-userdata-lock, before `device_add`;
 ///   removed again if QEMU refuses;
 /// - new device: its port entry (sysfs bus id) in a transaction under the
@@ -198,7 +198,7 @@ pub(super) struct Books {
     _qmp_lock: Option<lock::XenLock>,
     /// What `before` changed, for `after` to undo: (node, old value).
     undo: Option<(String, Vec<u8>)>,
-    /// The mark `before` wrote beside libxl's records (`xen::mark_dir`), for
+    /// The mark `before` wrote beside libxl's records (`records::mark_dir`), for
     /// `after` to remove once QEMU answered and any undo is done.
     mark: Option<String>,
     /// Found by `amend`: controllers of ours an interrupted run left unfinished.

@@ -12,7 +12,7 @@
 //!   reads it); everything below inherits that.
 //!
 //! Generic over the xenstore stream so every function here is unit-tested
-//! on in-memory replies; the Xen backend (`backend::Xen`) calls them.
+//! on in-memory replies; the Xen backend (`Books` in `backend/xen/mod.rs`) calls them.
 
 use crate::backend::wire::xenstore::{Tx, Xs, XsError, XsResult};
 use crate::state::{Controller, CtrlOrigin, Origin, VmState};
@@ -88,7 +88,7 @@ pub fn usb_ver(driver: &str) -> Option<u8> {
 /// transaction, and unmarked once QEMU has answered. A mark whose writer is
 /// gone is a change that was interrupted (the run was killed, or QEMU did
 /// not answer within the budget and the undo could not run): the next run
-/// that reads the domain finishes or undoes it (`backend::Xen::amend`).
+/// that reads the domain finishes or undoes it (`Books::amend`).
 pub fn mark_dir(domid: u32) -> String {
     format!("/tool/auto-usb-attach/{domid}")
 }
