@@ -1,7 +1,7 @@
-//! Executing attach and detach steps through a `Session`, keeping state in
-//! step: placement comes from `plan`, each change goes through the session
-//! (and so through the VM's backend). Shared by the udev, manual and sync
-//! commands.
+//! The one step executor (`Exec`): every command runs the steps its planner
+//! decided here, through a `Session` per VM, keeping state in step.
+//! Placement comes from `plan`; each change goes through the session (and
+//! so through the VM's backend).
 
 use crate::config::VmConfig;
 use crate::ctx::{qmp_err, vm_err, Ctx};
@@ -12,45 +12,183 @@ use crate::plan::{self, Placement};
 use crate::session::Refusal;
 use crate::session::Session;
 use crate::state::{Attached, Origin, State};
+use crate::step::Step;
 use crate::types::BusAddr;
 
-/// Drop the record of `at` in `vm` (without touching QEMU).
-pub(crate) fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
+/// Drop the record of `at` in `vm` (without touching the VM).
+fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
     if let Some(v) = state.vms.get_mut(vm) {
         v.devices.retain(|d| d.at() != at);
     }
 }
 
-/// Connect to `vm` and attach `dev`, recording it in `state`. A VM that is
-/// not running is fine when `quiet` (logged), an error otherwise.
-pub(crate) fn attach(
-    ctx: &Ctx,
-    state: &mut State,
-    vm: &VmConfig,
-    dev: &HostDevice,
-    origin: Origin,
-    hostdevice: Option<&str>,
-    quiet: bool,
-) -> Result<()> {
-    let Some(mut s) = ctx.connect(state, vm, quiet)? else { return Ok(()) };
-    s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-    if !s.pending.is_empty() {
-        // libxl has written these controllers' records and not yet added
-        // them to QEMU: it is building the domain (or running `xl
-        // usbctrl-attach`). Creating or using controllers now could take an
-        // id libxl is about to use; the path unit's sync comes after.
-        let why = format!("libxl is still adding {} (domain starting?)", s.pending.join(", "));
-        drop(s);
-        if quiet {
-            log::info!("VM {} is not ready ({why}); leaving {} to sync", vm.name, dev.at());
-            return Ok(());
-        }
-        return Err(Error::new(format!("VM {} is not ready: {why}", vm.name)));
+/// How the steps' outcomes are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Driven by an event or `sync`: a VM that is not running or not ready
+    /// is logged and left to the next trigger; routine outcomes are quiet.
+    Triggered,
+    /// Asked for by hand: a VM that is not running or not ready is an error.
+    ByHand,
+}
+
+/// The one step executor: the udev event, `sync`, and `attach`/`detach` by
+/// hand all run their planned steps here, so logging, dry runs, a VM that
+/// is not running and a failure half-way are handled one way.
+///
+/// Sessions are opened when a step first needs its VM (`sync` hands in the
+/// ones it opened to plan) and kept for the VM's later steps; `finish`
+/// writes their views into state, failed or not (a controller created
+/// before a failed device_add is real). A failed step is logged and
+/// returned; the VM's later steps are skipped (its view is in doubt), the
+/// other VMs' steps still run.
+pub(crate) struct Exec<'c> {
+    ctx: &'c Ctx,
+    mode: Mode,
+    sessions: Vec<(usize, Session)>,
+    /// VMs a step failed on, and VMs not running or not ready (skipped).
+    done_with: Vec<usize>,
+}
+
+impl<'c> Exec<'c> {
+    pub(crate) fn new(ctx: &'c Ctx, mode: Mode) -> Self {
+        Exec { ctx, mode, sessions: Vec::new(), done_with: Vec::new() }
     }
-    let result = attach_on(&mut s, vm, dev, origin, hostdevice, &ctx.deadline);
-    // Saved even on failure: a controller created before a failed device_add is real.
-    state.vms.insert(vm.name.clone(), s.into_view());
-    result
+
+    /// With sessions already open and read (`sync`).
+    pub(crate) fn with_sessions(ctx: &'c Ctx, sessions: Vec<(usize, Session)>) -> Self {
+        Exec { ctx, mode: Mode::Triggered, sessions, done_with: Vec::new() }
+    }
+
+    fn quiet(&self) -> bool {
+        self.mode == Mode::Triggered
+    }
+
+    /// Run `steps` in order; every failure is logged and returned.
+    pub(crate) fn run(&mut self, state: &mut State, steps: &[Step]) -> Vec<Error> {
+        let mut failures = Vec::new();
+        for step in steps {
+            let vm = match step {
+                Step::Attach { vm, .. } | Step::Detach { vm, .. } => Some(*vm),
+                Step::Note { .. } | Step::Release { .. } | Step::Forget { .. } => None,
+            };
+            if vm.is_some_and(|v| self.done_with.contains(&v)) {
+                log::debug!("skipping \"{step}\": an earlier step on its VM did not go through");
+                continue;
+            }
+            if let Err(e) = self.step(state, step) {
+                log::warn!("{e}");
+                failures.push(e);
+                self.done_with.extend(vm);
+            }
+        }
+        failures
+    }
+
+    fn step(&mut self, state: &mut State, step: &Step) -> Result<()> {
+        let ctx = self.ctx;
+        match step {
+            Step::Note { level, text } => log::log!(*level, "{text}"),
+            Step::Release { at } => state.held_out.retain(|h| (h.bus, h.addr) != (at.bus, at.addr)),
+            Step::Forget { vm, at, .. } => drop_record(state, vm, *at),
+            Step::Detach { vm, id, at, why } => {
+                if !self.ctx.dry_run {
+                    log::info!("VM {}: detaching {id}: {why}", ctx.config.vms[*vm].name);
+                }
+                self.detach(state, *vm, *at)?;
+            }
+            Step::Attach { vm, dev, open_node, origin } => {
+                let node = open_node.then(|| ctx.node(dev));
+                let cfg = &ctx.config.vms[*vm];
+                let loud = !self.quiet();
+                let Some(s) = self.session(state, *vm, loud)? else { return Ok(()) };
+                if !s.pending.is_empty() {
+                    // libxl has written these controllers' records and not yet
+                    // added them to QEMU: it is building the domain (or running
+                    // `xl usbctrl-attach`). Creating or using controllers now
+                    // could take an id libxl is about to use; the path unit's
+                    // sync comes after.
+                    let why = format!("libxl is still adding {} (domain starting?)", s.pending.join(", "));
+                    self.done_with.push(*vm);
+                    if self.quiet() {
+                        log::info!("VM {} is not ready ({why}); leaving {} to sync", cfg.name, dev.at());
+                        return Ok(());
+                    }
+                    return Err(Error::new(format!("VM {} is not ready: {why}", cfg.name)));
+                }
+                attach_on(s, cfg, dev, *origin, node.as_deref(), &ctx.deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open session to configured VM `vm`, opened and read now if need
+    /// be; None when it is not running (an error instead when `loud`).
+    fn session(&mut self, state: &mut State, vm: usize, loud: bool) -> Result<Option<&mut Session>> {
+        if let Some(i) = self.sessions.iter().position(|(v, _)| *v == vm) {
+            return Ok(Some(&mut self.sessions[i].1));
+        }
+        let cfg = &self.ctx.config.vms[vm];
+        let Some(mut s) = self.ctx.connect(state, cfg, !loud)? else {
+            self.done_with.push(vm);
+            return Ok(None);
+        };
+        s.adopt(state.vms.get(&cfg.name)).map_err(|e| qmp_err(cfg, "reading devices (qom-list)", e))?;
+        self.sessions.push((vm, s));
+        Ok(self.sessions.last_mut().map(|(_, s)| s))
+    }
+
+    /// Remove the device at `at` from configured VM `vm` and its record.
+    /// Gone already (VM not running, restarted, not there) counts as done;
+    /// true if the VM had it.
+    pub(crate) fn detach(&mut self, state: &mut State, vm: usize, at: BusAddr) -> Result<bool> {
+        let quiet = self.quiet();
+        let cfg = &self.ctx.config.vms[vm];
+        // A VM that is not running holds nothing: done, by hand too.
+        let Some(s) = self.session(state, vm, false)? else {
+            drop_record(state, &cfg.name, at);
+            return Ok(false);
+        };
+        let id = s.id_for(at);
+        if !s.view().devices.iter().any(|d| d.id == id) {
+            // Not in our records: ask the VM by id (one question) before any
+            // removal, so the backend is never asked to undo what isn't there.
+            if !s.holds(&id).map_err(|e| qmp_err(cfg, &format!("looking up {id} (qom-get)"), e))? {
+                if !quiet {
+                    log::info!("{id} was not in VM {}", cfg.name);
+                }
+                return Ok(false);
+            }
+            log::info!("VM {}: QEMU holds {id}, which state had lost; removing it", cfg.name);
+        }
+        detach_on(s, cfg, at, quiet)
+    }
+
+    /// Write every session's view into state (what each VM holds now).
+    pub(crate) fn finish(self, state: &mut State) {
+        for (vm, s) in self.sessions {
+            let name = &self.ctx.config.vms[vm].name;
+            state.vms.insert(name.clone(), s.into_view());
+        }
+    }
+}
+
+/// Run `steps` with one `Exec` and save what the VMs hold: the first
+/// failure is the error (with how many more failed).
+pub(crate) fn execute(ctx: &Ctx, state: &mut State, steps: &[Step], mode: Mode) -> Result<()> {
+    let mut x = Exec::new(ctx, mode);
+    let failures = x.run(state, steps);
+    x.finish(state);
+    first_of(failures)
+}
+
+/// Ok, the one failure, or the first of several with their count.
+pub(crate) fn first_of(mut failures: Vec<Error>) -> Result<()> {
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => Err(Error::new(format!("{n} steps failed; first: {}", failures.remove(0)))),
+    }
 }
 
 /// Attach through libvirtd, which picks the controller and port itself and
@@ -108,7 +246,7 @@ enum Tried {
 
 /// Attach over an open session, keeping its view in step with QEMU. At most
 /// one re-read of QEMU when it shows our view was stale.
-pub(crate) fn attach_on(
+fn attach_on(
     s: &mut Session,
     vm: &VmConfig,
     dev: &HostDevice,
@@ -257,34 +395,8 @@ fn log_attached(vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, deadli
     );
 }
 
-/// `device_del` `at` from `vm` and drop the record. Gone already (VM not
-/// running, restarted, DeviceNotFound) counts as done; true if QEMU had it.
-pub(crate) fn detach_from(ctx: &Ctx, state: &mut State, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
-    let Some(mut s) = ctx.connect(state, vm, true)? else {
-        drop_record(state, &vm.name, at);
-        return Ok(false);
-    };
-    s.adopt(state.vms.get(&vm.name)).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-    let id = s.id_for(at);
-    if !s.view().devices.iter().any(|d| d.id == id) {
-        // Not in our records: ask QEMU by id (one qom-get) before any
-        // device_del, so the backend is never asked to undo what isn't there.
-        if !s.holds(&id).map_err(|e| qmp_err(vm, &format!("looking up {id} (qom-get)"), e))? {
-            if !quiet {
-                log::info!("{id} was not in VM {}", vm.name);
-            }
-            state.vms.insert(vm.name.clone(), s.into_view());
-            return Ok(false);
-        }
-        log::info!("VM {}: QEMU holds {id}, which state had lost; removing it", vm.name);
-    }
-    let res = detach_on(&mut s, vm, at, quiet);
-    state.vms.insert(vm.name.clone(), s.into_view());
-    res
-}
-
 /// `device_del` `at` over an open session; true if QEMU had it.
-pub(crate) fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
     let id = s.id_for(at);
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {
@@ -294,4 +406,74 @@ pub(crate) fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool
         false => {}
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Link, Op, OpError, Opened, VmError, VmResult};
+    use crate::state::VmState;
+    use serde_json::Value;
+    use std::sync::{Arc, Mutex};
+
+    /// A VM whose every question is logged; `broken` fails them all.
+    struct Asked(Arc<Mutex<Vec<String>>>, bool);
+    impl Link for Asked {
+        fn enumerate(&mut self) -> VmResult<VmState> {
+            Ok(VmState::default())
+        }
+        fn holds(&mut self, id: &str) -> VmResult<bool> {
+            self.0.lock().unwrap().push(format!("holds {id}"));
+            if self.1 {
+                return Err(VmError::Timeout("no answer".into()));
+            }
+            Ok(false)
+        }
+        fn holds_device_open(&mut self, _: &str) -> VmResult<bool> {
+            Ok(false)
+        }
+        fn pci_room(&mut self) -> VmResult<crate::plan::PciRoom> {
+            Ok(Default::default())
+        }
+        fn send(&mut self, _: &Op, _: Value) -> std::result::Result<(), OpError> {
+            Ok(())
+        }
+        fn describe(&self, _: &str, _: &Op, _: &Value) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn session(name: &str, log: &Arc<Mutex<Vec<String>>>, broken: bool) -> Session {
+        let link = Box::new(Asked(log.clone(), broken));
+        Session::new(name, Opened { link, socket: "/q".into(), instance: "i".into(), domid: None }, false)
+    }
+
+    #[test]
+    fn a_failed_step_skips_its_vms_later_steps_and_the_others_still_run() {
+        let config = crate::config::parse_str(
+            "[[vm]]\nname = \"a\"\nqmp = \"/a\"\n[[vm]]\nname = \"b\"\nqmp = \"/b\"\n",
+            "test",
+        )
+        .unwrap();
+        let ctx = Ctx {
+            root: crate::root::Root::new("/nonexistent"),
+            config,
+            deadline: Deadline::after(std::time::Duration::from_secs(5)),
+            dry_run: false,
+            xen_names: Default::default(),
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sessions = vec![(0, session("a", &log, true)), (1, session("b", &log, false))];
+        let detach =
+            |vm, addr| Step::Detach { vm, id: BusAddr::new(1, addr).device_id(), at: BusAddr::new(1, addr), why: "t" };
+        let steps = [detach(0, 2), detach(0, 3), detach(1, 4)];
+        let mut x = Exec::with_sessions(&ctx, sessions);
+        let mut state = State::default();
+        let failures = x.run(&mut state, &steps);
+        x.finish(&mut state);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].to_string().contains("VM a"), "{}", failures[0]);
+        assert_eq!(*log.lock().unwrap(), ["holds xenusb-1-2", "holds xenusb-1-4"]);
+        assert_eq!(state.vms.len(), 2, "both views are saved, the failed VM's too");
+    }
 }

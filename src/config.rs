@@ -357,6 +357,11 @@ pub fn load(path: &Path, shown: &Path) -> Result<Config> {
 }
 
 impl Config {
+    /// The index in `vms` of the VM named `name` (which must be configured).
+    pub fn index_of(&self, name: &str) -> usize {
+        self.vms.iter().position(|v| v.name == name).expect("a configured VM")
+    }
+
     pub fn vm(&self, name: &str) -> Result<&VmConfig> {
         self.vms
             .iter()

@@ -4,7 +4,7 @@
 //! here and `sync` uses it too.
 
 use crate::host::{Action, HostDevice};
-use crate::state::{Attached, State};
+use crate::state::{Attached, Origin, State};
 use crate::step::Step;
 use crate::types::BusAddr;
 use log::Level;
@@ -65,7 +65,7 @@ pub(crate) fn on_add(
             });
         }
     }
-    steps.push(Step::Attach { vm, dev: dev.clone(), open_node: action == Action::Add });
+    steps.push(Step::Attach { vm, dev: dev.clone(), open_node: action == Action::Add, origin: Origin::Rule });
     steps
 }
 

@@ -3,6 +3,7 @@
 //! else. `Display` says each step in one line (logs, and a future --dry-run).
 
 use crate::host::HostDevice;
+use crate::state::Origin;
 use crate::types::BusAddr;
 use std::fmt;
 
@@ -19,7 +20,8 @@ pub(crate) enum Step {
     /// Attach `dev` to configured VM `vm`; `open_node`: QEMU opens
     /// /dev/bus/usb/BBB/DDD itself (needed on udev's add event; on bind
     /// libusb knows the device and hostbus/hostaddr alone suit any QEMU).
-    Attach { vm: usize, dev: HostDevice, open_node: bool },
+    /// `origin`: who asked (a rule, or an admin by hand).
+    Attach { vm: usize, dev: HostDevice, open_node: bool, origin: Origin },
 }
 
 impl fmt::Display for Step {

@@ -54,7 +54,7 @@ pub(crate) fn plan(
         {
             continue;
         }
-        steps.push(Step::Attach { vm, dev: h.clone(), open_node: true });
+        steps.push(Step::Attach { vm, dev: h.clone(), open_node: true, origin: Origin::Rule });
     }
     steps
 }

@@ -2,7 +2,7 @@
 //! is remembered (`held_out`) until the device is unplugged, so the next
 //! event or sync does not put it straight back.
 
-use crate::apply;
+use crate::apply::{self, Exec, Mode};
 use crate::cli::{DetachTarget, DeviceArgs};
 use crate::config::VmConfig;
 use crate::ctx::Ctx;
@@ -11,6 +11,7 @@ use crate::host;
 use crate::plan;
 use crate::selector::Selector;
 use crate::state::{HeldOut, Origin};
+use crate::step::Step;
 use crate::types::BusAddr;
 
 pub(super) fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Result<()> {
@@ -33,7 +34,8 @@ pub(super) fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Res
             (None, _) => crate::bail!("{bus}:{addr} matches no VM's rules; name one with --vm"),
         },
     };
-    let hostdevice = ctx.node(&dev);
+    let index = ctx.config.index_of(&vm.name);
+    let step = Step::Attach { vm: index, dev, open_node: true, origin: Origin::Manual };
     ctx.with_state(|state| {
         if let Some((owner, _)) = state.find(bus, addr) {
             if owner != vm.name {
@@ -41,7 +43,7 @@ pub(super) fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Res
             }
         }
         state.held_out.retain(|h| (h.bus, h.addr) != (bus, addr));
-        apply::attach(ctx, state, vm, &dev, Origin::Manual, Some(&hostdevice), false)
+        apply::execute(ctx, state, &[step], Mode::ByHand)
     })
     .with_context(|| format!("attach {bus}:{addr}"))
 }
@@ -71,8 +73,10 @@ pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Resu
         let asked_all = vm_name.is_none() && !recorded;
         let mut done_in = None;
         let mut unasked = Vec::new();
+        let mut x = Exec::new(ctx, Mode::ByHand);
+        let mut failed = None;
         for vm in candidates {
-            match apply::detach_from(ctx, state, vm, at, false) {
+            match x.detach(state, ctx.config.index_of(&vm.name), at) {
                 Ok(true) => {
                     done_in = Some(vm.name.clone());
                     break;
@@ -81,8 +85,15 @@ pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Resu
                 // Looking everywhere: a VM that cannot be asked (its backend
                 // down) is said, and the others are still asked.
                 Err(e) if asked_all => unasked.push(e.to_string()),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
+        }
+        x.finish(state);
+        if let Some(e) = failed {
+            return Err(e);
         }
         match done_in {
             // A stale record (its QEMU restarted or gone) was dropped: done.

@@ -2,13 +2,13 @@
 //! `crate::sync::plan` decides the steps from what QEMU really holds and
 //! what the host really has; this file connects, executes and records.
 
-use crate::apply;
+use crate::apply::{self, Exec};
 use crate::ctx::Located;
 use crate::ctx::{qmp_err, Ctx};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::session::Session;
-use crate::state::{HeldOut, Origin, State, VmState};
+use crate::state::{HeldOut, State, VmState};
 use crate::step::Step;
 
 pub(super) fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
@@ -28,7 +28,7 @@ pub(super) fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
         let host = host::scan(&ctx.root)?;
         // "Keep it out until unplugged": unplugged now, so the intent ends.
         state.held_out.retain(|h| host.iter().any(|d| (d.bus, d.addr) == (h.bus, h.addr)));
-        let mut sessions = connect_all(ctx, state, &targets, &host, &mut skipped)?;
+        let sessions = connect_all(ctx, state, &targets, &host, &mut skipped)?;
         let elsewhere: Vec<(u16, u16)> = state
             .vms
             .iter()
@@ -37,24 +37,21 @@ pub(super) fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
             .collect();
         let views: Vec<(usize, &VmState)> = sessions.iter().map(|(i, s)| (*i, s.view())).collect();
         let steps = crate::sync::plan(&ctx.config, &views, &elsewhere, &host, &state.held_out);
-        let mut failures = execute(ctx, &mut sessions, &steps);
-        for (i, s) in sessions {
-            let name = &ctx.config.vms[i].name;
+        for (i, s) in &sessions {
             let touched =
-                steps.iter().any(|s| matches!(s, Step::Attach { vm, .. } | Step::Detach { vm, .. } if *vm == i));
+                steps.iter().any(|s| matches!(s, Step::Attach { vm, .. } | Step::Detach { vm, .. } if vm == i));
             if !touched {
+                let name = &ctx.config.vms[*i].name;
                 log::debug!("VM {name}: in sync ({} device(s) attached); nothing to do", s.view().devices.len());
             }
-            state.vms.insert(name.clone(), s.into_view());
         }
+        let mut x = Exec::with_sessions(ctx, sessions);
+        let failures = x.run(state, &steps);
+        x.finish(state);
         if total > 0 && skipped.len() == total {
             return Err(skipped.remove(0).1);
         }
-        match failures.len() {
-            0 => Ok(()),
-            1 => Err(failures.remove(0)),
-            n => Err(Error::new(format!("{n} steps failed; first: {}", failures.remove(0)))),
-        }
+        apply::first_of(failures)
     })
 }
 
@@ -134,35 +131,6 @@ fn connect_all(
         sessions.push((i, s));
     }
     Ok(sessions)
-}
-
-/// Run the steps (detaches come first in the plan); every failure is
-/// logged and returned, and the rest still run.
-fn execute(ctx: &Ctx, sessions: &mut [(usize, Session)], steps: &[Step]) -> Vec<Error> {
-    let mut failures = Vec::new();
-    for step in steps {
-        let res = match step {
-            Step::Detach { vm, id, at, why } => {
-                let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
-                let cfg = &ctx.config.vms[*vm];
-                if !s.dry_run {
-                    log::info!("VM {}: detaching {id}: {why}", cfg.name);
-                }
-                apply::detach_on(s, cfg, *at, false).map(drop)
-            }
-            Step::Attach { vm, dev, .. } => {
-                let (_, s) = sessions.iter_mut().find(|(i, _)| i == vm).expect("planned for a connected VM");
-                let node = ctx.node(dev);
-                apply::attach_on(s, &ctx.config.vms[*vm], dev, Origin::Rule, Some(&node), &ctx.deadline)
-            }
-            Step::Note { .. } | Step::Release { .. } | Step::Forget { .. } => Ok(()),
-        };
-        if let Err(e) = res {
-            log::warn!("{e}");
-            failures.push(e);
-        }
-    }
-    failures
 }
 
 /// Before `sync` takes the lock: wait (within most of the budget) for VMs

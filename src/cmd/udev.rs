@@ -1,13 +1,13 @@
 //! `udev`: handle one udev event. `events` decides the steps; this file
 //! only executes them under the state lock.
 
-use crate::apply;
+use crate::apply::{self, Mode};
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::events;
 use crate::host::{Action, UdevEvent};
 use crate::plan;
-use crate::state::{Origin, State};
+use crate::state::State;
 use crate::step::Step;
 use crate::types::BusAddr;
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
         // on to libxl's books below.
         let ours = state.find(at.bus, at.addr).is_some();
         let steps = events::on_remove(&ctx.config, state, at, routed);
-        execute(ctx, state, steps)?;
+        apply::execute(ctx, state, &steps, Mode::Triggered)?;
         Ok((!ours).then(|| state.clone()))
     })?;
     match left {
@@ -63,7 +63,7 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     };
     ctx.with_state(|state| {
         let steps = events::on_add(&ctx.config, state, &dev, ev.action, vm);
-        execute(ctx, state, steps)
+        apply::execute(ctx, state, &steps, Mode::Triggered)
     })
 }
 
@@ -81,32 +81,11 @@ fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: &State) -> Result<()>
         place.port,
         vm.name
     );
+    let why = "unplugged; libxl records it (xl usbdev-attach)";
+    let step = Step::Detach { vm: place.vm, id: at.device_id(), at, why };
     ctx.with_state(|state| {
-        if let Some(mut s) = ctx.connect_hinted(vm, Some(place.domid), true)? {
-            s.refresh().map_err(|e| crate::ctx::qmp_err(vm, "reading devices (qom-list)", e))?;
-            let res = apply::detach_on(&mut s, vm, at, true);
-            state.vms.insert(vm.name.clone(), s.into_view());
-            res?;
-        }
+        apply::execute(ctx, state, &[step], Mode::Triggered)?;
         // QEMU no longer has it either way: libxl's entry must not outlive it.
         ctx.empty_libxl_entry(&place, busid)
     })
-}
-
-fn execute(ctx: &Ctx, state: &mut State, steps: Vec<Step>) -> Result<()> {
-    for step in steps {
-        match step {
-            Step::Note { level, text } => log::log!(level, "{text}"),
-            Step::Release { at } => state.held_out.retain(|h| (h.bus, h.addr) != (at.bus, at.addr)),
-            Step::Forget { vm, at, .. } => apply::drop_record(state, &vm, at),
-            Step::Detach { vm, at, .. } => {
-                apply::detach_from(ctx, state, &ctx.config.vms[vm], at, true)?;
-            }
-            Step::Attach { vm, dev, open_node } => {
-                let node = open_node.then(|| ctx.node(&dev));
-                apply::attach(ctx, state, &ctx.config.vms[vm], &dev, Origin::Rule, node.as_deref(), true)?;
-            }
-        }
-    }
-    Ok(())
 }
