@@ -4,7 +4,7 @@
 //! so through the VM's backend).
 
 use crate::config::VmConfig;
-use crate::ctx::{qmp_err, vm_err, Ctx};
+use crate::ctx::{vm_err, Ctx};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::host::HostDevice;
@@ -77,7 +77,7 @@ impl<'c> Exec<'c> {
                 continue;
             }
             if let Err(e) = self.step(state, step) {
-                log::warn!("{e}");
+                log::warn!("{e:#}");
                 failures.push(e);
                 self.done_with.extend(vm);
             }
@@ -133,7 +133,7 @@ impl<'c> Exec<'c> {
             self.done_with.push(vm);
             return Ok(None);
         };
-        s.adopt(state.vms.get(&cfg.name)).map_err(|e| qmp_err(cfg, "reading devices (qom-list)", e))?;
+        s.adopt(state.vms.get(&cfg.name)).map_err(|e| vm_err(cfg, "reading devices (qom-list)", e))?;
         self.sessions.push((vm, s));
         Ok(self.sessions.last_mut().map(|(_, s)| s))
     }
@@ -153,7 +153,7 @@ impl<'c> Exec<'c> {
         if !s.view().devices.iter().any(|d| d.id == id) {
             // Not in our records: ask the VM by id (one question) before any
             // removal, so the backend is never asked to undo what isn't there.
-            if !s.holds(&id).map_err(|e| qmp_err(cfg, &format!("looking up {id} (qom-get)"), e))? {
+            if !s.holds(&id).map_err(|e| vm_err(cfg, &format!("looking up {id} (qom-get)"), e))? {
                 if !quiet {
                     log::info!("{id} was not in VM {}", cfg.name);
                 }
@@ -210,7 +210,7 @@ fn attach_libvirt(s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Orig
     match s.add_device(rec, None) {
         Ok(()) if s.dry_run => Ok(()),
         Ok(()) => {
-            s.refresh().map_err(|e| qmp_err(vm, "reading the live domain XML", e))?;
+            s.refresh().map_err(|e| vm_err(vm, "reading the live domain XML", e))?;
             let (controller, port) = s
                 .view()
                 .devices
@@ -289,8 +289,7 @@ fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) 
     let id = s.id_for(dev.at());
     let Some(rec) = s.view().devices.iter().find(|d| d.id == id) else { return Ok(false) };
     if crate::events::same_device(rec, dev) {
-        let open =
-            !fresh || s.holds_device_open(&id).map_err(|e| qmp_err(vm, &format!("reading {id} (qom-get)"), e))?;
+        let open = !fresh || s.holds_device_open(&id).map_err(|e| vm_err(vm, &format!("reading {id} (qom-get)"), e))?;
         if open {
             log::info!("{} ({}) is already attached to VM {} as {id}", dev.port_path, dev.id_string(), vm.name);
             return Ok(true);
@@ -316,9 +315,9 @@ fn try_once(
     retried: &mut bool,
     deadline: &Deadline,
 ) -> Result<Tried> {
-    let reread = |s: &mut Session| s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e));
+    let reread = |s: &mut Session| s.refresh().map_err(|e| vm_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
-        let room = s.pci_room().map_err(|e| qmp_err(vm, "reading its PCI slots (qom-list)", e))?;
+        let room = s.pci_room().map_err(|e| vm_err(vm, "reading its PCI slots (qom-list)", e))?;
         let has_usb = s.view().controllers.iter().any(|c| c.kind().is_some());
         let home = plan::controller_home(&vm.name, &room, c, has_usb)
             .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
@@ -369,7 +368,7 @@ fn try_once(
         // before it waits for the QMP lock we hold). Either way: re-read both.
         Err(e) if !*retried && (e.refusal() == Some(Refusal::StaleView) || e.is_records_veto()) => {
             *retried = true;
-            log::info!("VM {}: {e}; re-reading QEMU's devices", vm.name);
+            log::info!("VM {}: {e:#}; re-reading QEMU's devices", vm.name);
             reread(s)?;
             Ok(Tried::Again)
         }

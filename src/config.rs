@@ -3,7 +3,7 @@
 //! Parsing (`parse_str`) is pure so tests feed it strings; `load` adds the file
 //! I/O. Every error is one line naming the file, the key and the problem.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -98,7 +98,9 @@ impl HubRule {
                 .ok()
                 .filter(|v| *v > 0 && n.bytes().all(|c| c.is_ascii_digit()))
                 .map(HubRule::Bus)
-                .ok_or_else(|| Error::new(format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
+                .ok_or_else(|| {
+                    Error::of(ErrorKind::Config, format!("{s:?} is not usbN or a port path like \"1-4.2\""))
+                });
         }
         let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
         let ok = s.split_once('-').is_some_and(|(bus, path)| {
@@ -108,7 +110,7 @@ impl HubRule {
                 && path.split('.').all(|p| digits(p) && p.parse::<u8>().is_ok_and(|p| p > 0))
         });
         if !ok {
-            return Err(Error::new(format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
+            return Err(Error::of(ErrorKind::Config, format!("{s:?} is not usbN or a port path like \"1-4.2\"")));
         }
         Ok(HubRule::Port(s.to_string()))
     }
@@ -142,7 +144,8 @@ pub struct DeviceRule {
 
 impl DeviceRule {
     pub fn parse(s: &str) -> Result<DeviceRule> {
-        let bad = || Error::new(format!("{s:?} is not vendor:product[:serial] in hex, like \"046d:c52b\""));
+        let bad =
+            || Error::of(ErrorKind::Config, format!("{s:?} is not vendor:product[:serial] in hex, like \"046d:c52b\""));
         let mut it = s.splitn(3, ':');
         // Exactly 4 hex digits: from_str_radix alone would also take "+46d".
         let hex4 = |p: Option<&str>| {
@@ -211,9 +214,9 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
                 format!(" line {line_no} ({line}):")
             })
             .unwrap_or_default();
-        Error::new(format!("{origin}:{at} {}", e.message().trim().replace('\n', " ")))
+        Error::of(ErrorKind::Config, format!("{origin}:{at} {}", e.message().trim().replace('\n', " ")))
     })?;
-    let err = |key: &str, msg: String| Error::new(format!("{origin}: {key}: {msg}"));
+    let err = |key: &str, msg: String| Error::of(ErrorKind::Config, format!("{origin}: {key}: {msg}"));
 
     let timeout = match raw.timeout {
         None => 10.0,
@@ -350,9 +353,10 @@ pub fn load(path: &Path, shown: &Path) -> Result<Config> {
     // A regular file only, read up to a cap: a FIFO or /dev/zero here would
     // otherwise hold the invocation (and udev's queue for the device) forever.
     let bytes = crate::fsio::read_regular(path, crate::fsio::READ_CAP)
-        .map_err(|e| Error::new(format!("{}: cannot read config: {e}", shown.display())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Error::new(format!("{}: cannot read config: not UTF-8 text", shown.display())))?;
+        .map_err(|e| Error::caused(format!("{}: cannot read config", shown.display()), e).as_kind(ErrorKind::Config))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::of(ErrorKind::Config, format!("{}: cannot read config: not UTF-8 text", shown.display()))
+    })?;
     parse_str(&text, &shown.display().to_string())
 }
 
@@ -366,7 +370,7 @@ impl Config {
         self.vms
             .iter()
             .find(|v| v.name == name)
-            .ok_or_else(|| Error::new(format!("no VM named {name:?} in the config")))
+            .ok_or_else(|| Error::of(ErrorKind::Config, format!("no VM named {name:?} in the config")))
     }
 }
 

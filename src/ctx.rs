@@ -46,9 +46,9 @@ impl Ctx {
                 // when QEMU lacks it).
                 return Err(match out {
                     Ok(_) => Error::new(format!(
-                        "QEMU changed as asked, but {save}; the next event or sync rebuilds it from QEMU"
+                        "QEMU changed as asked, but {save:#}; the next event or sync rebuilds it from QEMU"
                     )),
-                    Err(e) => Error::new(format!("{e}; and {save}")),
+                    Err(e) => Error::new(format!("{e:#}; and {save:#}")),
                 });
             }
         }
@@ -87,7 +87,7 @@ impl Ctx {
                 Ok(None)
             }
             Located::NotRunning(why) | Located::NotReady { why, .. } => {
-                Err(Error::new(format!("VM {} is not running: {why}", vm.name)))
+                Err(Error::of(crate::error::ErrorKind::NotRunning, format!("VM {} is not running: {why}", vm.name)))
             }
         }
     }
@@ -119,7 +119,7 @@ impl Ctx {
         match crate::backend::libxl_holder(&self.root, &probe, &vms, busid, &self.xen_names) {
             Ok(found) => found,
             Err(e) => {
-                log::debug!("{busid} ({at}) removed; not asking libxl's records ({e}); the next sync checks them");
+                log::debug!("{busid} ({at}) removed; not asking libxl's records ({e:#}); the next sync checks them");
                 None
             }
         }
@@ -131,12 +131,10 @@ impl Ctx {
     }
 }
 
-/// `VM name: what: cause`.
-pub(crate) fn vm_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(format!("VM {}: {what}: {e}", vm.name))
-}
-
-/// `vm_err` for a QMP failure.
-pub(crate) fn qmp_err(vm: &VmConfig, what: &str, e: impl std::fmt::Display) -> Error {
-    vm_err(vm, what, e)
+/// `VM name: what`, caused by `e` (a refusal, a timeout, ...).
+pub(crate) fn vm_err<E>(vm: &VmConfig, what: &str, e: E) -> Error
+where
+    E: std::error::Error + crate::error::Classify + Send + Sync + 'static,
+{
+    Error::caused(format!("VM {}: {what}", vm.name), e)
 }

@@ -27,7 +27,10 @@ impl Deadline {
     pub fn remaining(&self, what: &str) -> Result<Duration> {
         let now = Instant::now();
         if now >= self.end {
-            return Err(Error::new(format!("timed out {what} ({:.1} s budget used up)", self.budget.as_secs_f64())));
+            return Err(Error::of(
+                crate::error::ErrorKind::Timeout,
+                format!("timed out {what} ({:.1} s budget used up)", self.budget.as_secs_f64()),
+            ));
         }
         Ok(self.end - now)
     }

@@ -42,6 +42,14 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+impl std::error::Error for ReadError {}
+
+impl crate::error::Classify for ReadError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failed
+    }
+}
+
 fn kind_name(m: &Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = m.file_type();
@@ -167,10 +175,10 @@ impl Dir {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let mut b = std::fs::DirBuilder::new();
                 b.recursive(true).mode(DIR_MODE);
-                b.create(path).map_err(|e| Error::new(format!("cannot create state dir {}: {e}", path.display())))?;
+                b.create(path).map_err(|e| Error::caused(format!("cannot create state dir {}", path.display()), e))?;
                 let d = Dir::open(path)?;
                 d.fd.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))
-                    .map_err(|e| Error::new(format!("cannot set mode of {}: {e}", path.display())))?;
+                    .map_err(|e| Error::caused(format!("cannot set mode of {}", path.display()), e))?;
                 Ok(d)
             }
             _ => Dir::open(path),
@@ -194,7 +202,7 @@ impl Dir {
             Error::new(format!("state dir {}: {why}", path.display()))
         })?;
         let fd = File::from(fd);
-        let m = fd.metadata().map_err(|e| Error::new(format!("state dir {}: {e}", path.display())))?;
+        let m = fd.metadata().map_err(|e| Error::caused(format!("state dir {}", path.display()), e))?;
         if let Some(why) = vet(&m, false) {
             crate::bail!("refusing to run: state dir {} is {why}", path.display());
         }
@@ -232,13 +240,13 @@ impl Dir {
         )
         .map_err(|e| Error::new(format!("cannot open {}: {}", self.shown(name), std::io::Error::from(e))))?;
         let f = File::from(fd);
-        let m = f.metadata().map_err(|e| Error::new(format!("cannot open {}: {e}", self.shown(name))))?;
+        let m = f.metadata().map_err(|e| Error::caused(format!("cannot open {}", self.shown(name)), e))?;
         if !m.file_type().is_file() {
             crate::bail!("cannot open {}: is {}, not a regular file", self.shown(name), kind_name(&m));
         }
         if m.mode() & 0o7777 != mode {
             f.set_permissions(std::fs::Permissions::from_mode(mode))
-                .map_err(|e| Error::new(format!("cannot set mode of {}: {e}", self.shown(name))))?;
+                .map_err(|e| Error::caused(format!("cannot set mode of {}", self.shown(name)), e))?;
         }
         Ok(f)
     }

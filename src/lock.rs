@@ -41,7 +41,7 @@ impl LockGuard {
                     ))?;
                     std::thread::sleep(left.min(crate::timing::poll()));
                 }
-                Err((_, e)) => return Err(Error::new(format!("cannot lock {}: {e}", path.display()))),
+                Err((_, e)) => return Err(Error::caused(format!("cannot lock {}", path.display()), e)),
             }
         }
     }

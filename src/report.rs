@@ -24,6 +24,9 @@ pub(crate) struct Item {
     /// What it is about: "config", "udev rule", "VM win10", ...
     pub(crate) subject: String,
     pub(crate) text: String,
+    /// For a finding that is an error: its kind (timeout, refused, ...).
+    #[serde(rename = "error-kind", skip_serializing_if = "Option::is_none")]
+    pub(crate) error_kind: Option<crate::error::ErrorKind>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -33,7 +36,13 @@ pub(crate) struct Report {
 
 impl Report {
     pub(crate) fn push(&mut self, kind: Kind, subject: impl Into<String>, text: impl Into<String>) {
-        self.items.push(Item { kind, subject: subject.into(), text: text.into() });
+        self.items.push(Item { kind, subject: subject.into(), text: text.into(), error_kind: None });
+    }
+
+    /// A problem that is error `e`: its whole chain, and its kind.
+    pub(crate) fn push_error(&mut self, subject: impl Into<String>, e: &crate::error::Error) {
+        let text = format!("{e:#}");
+        self.items.push(Item { kind: Kind::Problem, subject: subject.into(), text, error_kind: Some(e.kind()) });
     }
 
     pub(crate) fn count(&self, kind: Kind) -> usize {
@@ -103,5 +112,8 @@ mod tests {
         );
         assert_eq!(j["items"][1]["kind"], "not-checked");
         assert_eq!(j["items"][2]["subject"], "udev rule");
+        assert!(j["items"][2].get("error-kind").is_none());
+        r.push_error("VM a", &crate::error::Error::of(crate::error::ErrorKind::Timeout, "no answer"));
+        assert_eq!(r.json()["items"][3]["error-kind"], "timeout");
     }
 }

@@ -127,7 +127,7 @@ impl Session {
             .cloned()
             .collect();
         for d in gone {
-            if self.link.removed_by_hand(&d).map_err(|e| VmError::Io(e.to_string()))? {
+            if self.link.removed_by_hand(&d).map_err(|e| VmError::Io(format!("{e:#}")))? {
                 self.removed_by_hand.push(d);
             }
         }
@@ -137,7 +137,7 @@ impl Session {
     /// Fold the backend's records into the view; finish first what an
     /// interrupted run of ours left half-created (then fold again).
     fn amend(&mut self) -> VmResult<Vec<String>> {
-        let pending = self.link.amend(&mut self.view).map_err(|e| VmError::Io(e.to_string()))?;
+        let pending = self.link.amend(&mut self.view).map_err(|e| VmError::Io(format!("{e:#}")))?;
         let unfinished = self.link.take_unfinished();
         if unfinished.is_empty() {
             return Ok(pending);
@@ -154,10 +154,10 @@ impl Session {
                     );
                     self.view.controllers.push(c);
                 }
-                Err(e) => log::warn!("VM {}: could not finish {} ({e}); its records are removed", self.vm, c.id),
+                Err(e) => log::warn!("VM {}: could not finish {} ({e:#}); its records are removed", self.vm, c.id),
             }
         }
-        self.link.amend(&mut self.view).map_err(|e| VmError::Io(e.to_string()))
+        self.link.amend(&mut self.view).map_err(|e| VmError::Io(format!("{e:#}")))
     }
 
     /// What the backend's own records (Xen: libxl's) say beside `read`, a

@@ -178,12 +178,12 @@ impl State {
         let d = crate::fsio::Dir::create(dir)?;
         let why = match d.read(FILE, crate::fsio::READ_CAP) {
             Err(crate::fsio::ReadError::Missing) => return Ok(State::default()),
-            Ok(bytes) => match std::str::from_utf8(&bytes).map_err(|e| Error::new(format!("not UTF-8: {e}"))) {
+            Ok(bytes) => match std::str::from_utf8(&bytes).map_err(|e| Error::caused("not UTF-8", e)) {
                 Ok(text) => match State::parse_str(text) {
                     Ok(s) => return Ok(s),
-                    Err(e) => e.to_string(),
+                    Err(e) => format!("{e:#}"),
                 },
-                Err(e) => e.to_string(),
+                Err(e) => format!("{e:#}"),
             },
             Err(e) => e.to_string(),
         };

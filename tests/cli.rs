@@ -171,6 +171,7 @@ fn check_json_prints_one_document_even_when_the_config_is_broken() {
     let item = &j["items"][0];
     assert_eq!((item["kind"].as_str(), item["subject"].as_str()), (Some("problem"), Some("config")), "{j}");
     assert!(item["text"].as_str().unwrap().contains("usb-version"), "{j}");
+    assert_eq!(item["error-kind"].as_str(), Some("config"), "{j}");
     assert_eq!(r.error_lines().len(), 1, "{}", r.stderr);
 }
 

@@ -120,6 +120,25 @@ impl fmt::Display for OpError {
     }
 }
 
+impl std::error::Error for OpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            OpError::Records(e) => std::error::Error::source(e),
+            OpError::Vm(_) | OpError::Libvirt(_) => None,
+        }
+    }
+}
+
+impl crate::error::Classify for OpError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            OpError::Vm(e) => e.kind(),
+            OpError::Records(e) => e.kind(),
+            OpError::Libvirt(e) => e.kind(),
+        }
+    }
+}
+
 impl From<VmError> for OpError {
     fn from(e: VmError) -> Self {
         OpError::Vm(e)

@@ -129,7 +129,7 @@ pub(super) fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<
             Ok(Located::Running(Opened { link: Box::new(link), socket: shown.clone(), instance, domid: None }))
         }
         Ok(Dialled::Refused(why)) => Ok(Located::NotReady { why, stale: stale_age([path]) }),
-        Err(e) => Err(Error::new(format!("VM {}: QMP {}: {e}", vm.name, path.display()))),
+        Err(e) => Err(Error::caused(format!("VM {}: QMP {}", vm.name, path.display()), e)),
     }
 }
 

@@ -156,7 +156,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                 report.push(
                     Kind::NotChecked,
                     format!("VM {}", vm.name),
-                    format!("not root, cannot take the state lock ({e}); would get: {}", wanted(i)),
+                    format!("not root, cannot take the state lock ({e:#}); would get: {}", wanted(i)),
                 );
             }
             return Ok(report);
@@ -190,7 +190,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                                 report.push(Kind::Problem, subject.clone(), format!("libxl and QEMU disagree: {d}"));
                             }
                         }
-                        Some(Err(e)) => report.push(Kind::Problem, subject.clone(), e.to_string()),
+                        Some(Err(e)) => report.push_error(subject.clone(), &e),
                         None => {}
                     }
                     let ctrls = plan::describe_controllers(&v);
@@ -208,17 +208,19 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                         ),
                     );
                 }
-                Err(e) => report.push(Kind::Problem, subject, format!("QMP {}: {e}", r.socket.display())),
+                Err(e) => {
+                    report.push_error(subject, &crate::error::Error::caused(format!("QMP {}", r.socket.display()), e))
+                }
             },
             Ok(None) => report.push(
                 Kind::Ok,
                 subject,
                 format!("not running, backend {}; would get: {would}", vm.backend.as_str()),
             ),
-            Err(e) if !is_root && e.to_string().contains("ermission denied") => {
-                report.push(Kind::NotChecked, subject, format!("not root: {e}; would get: {would}"))
+            Err(e) if !is_root && e.kind() == crate::error::ErrorKind::Denied => {
+                report.push(Kind::NotChecked, subject, format!("not root: {e:#}; would get: {would}"))
             }
-            Err(e) => report.push(Kind::Problem, subject, e.to_string()),
+            Err(e) => report.push_error(subject, &e),
         }
     }
     drop(lock);

@@ -84,7 +84,7 @@ pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Resu
                 Ok(false) => {}
                 // Looking everywhere: a VM that cannot be asked (its backend
                 // down) is said, and the others are still asked.
-                Err(e) if asked_all => unasked.push(e.to_string()),
+                Err(e) if asked_all => unasked.push(format!("{e:#}")),
                 Err(e) => {
                     failed = Some(e);
                     break;

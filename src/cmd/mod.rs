@@ -35,13 +35,13 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         Ok(c) => c,
         // Listing the host side needs no config.
         Err(e) if matches!(cli.command, Command::List { .. }) && !config_path.exists() => {
-            log::debug!("{e}");
+            log::debug!("{e:#}");
             config::parse_str("", "(none)")?
         }
         // `check --json` always prints one JSON document, a broken config included.
         Err(e) if matches!(cli.command, Command::Check { json: true }) => {
             let mut report = crate::report::Report::default();
-            report.push(crate::report::Kind::Problem, "config", e.to_string());
+            report.push_error("config", &e);
             println!("{}", serde_json::to_string_pretty(&report.json()).expect("serialises"));
             return Err(e);
         }

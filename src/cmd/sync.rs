@@ -4,7 +4,7 @@
 
 use crate::apply::{self, Exec};
 use crate::ctx::Located;
-use crate::ctx::{qmp_err, Ctx};
+use crate::ctx::{vm_err, Ctx};
 use crate::error::{Error, Result};
 use crate::host;
 use crate::session::Session;
@@ -74,7 +74,7 @@ fn connect_all(
             Ok(c) => c,
             // Busy or failing: this VM waits for the next sync; the others go on.
             Err(e) => {
-                log::warn!("skipping VM {} this time: {e}", vm.name);
+                log::warn!("skipping VM {} this time: {e:#}", vm.name);
                 skipped.push((i, e));
                 continue;
             }
@@ -87,10 +87,10 @@ fn connect_all(
             }
             continue;
         };
-        let ready = s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e)).and_then(|pci| {
+        let ready = s.has_pci_bus().map_err(|e| vm_err(vm, "query-pci", e)).and_then(|pci| {
             if pci {
                 let old = s.known(state.vms.get(&vm.name)).cloned().unwrap_or_default();
-                s.reread(&old).map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+                s.reread(&old).map_err(|e| vm_err(vm, "reading devices (qom-list)", e))?;
             }
             Ok(pci)
         });
@@ -102,7 +102,7 @@ fn connect_all(
             }
             // Busy or failing: this VM waits for the next sync; the others go on.
             Err(e) => {
-                log::warn!("skipping VM {} this time: {e}", vm.name);
+                log::warn!("skipping VM {} this time: {e:#}", vm.name);
                 skipped.push((i, e));
                 continue;
             }
@@ -164,10 +164,10 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                         if !s.settles_after_start() {
                             return Ok(None);
                         }
-                        if !s.has_pci_bus().map_err(|e| qmp_err(vm, "query-pci", e))? {
+                        if !s.has_pci_bus().map_err(|e| vm_err(vm, "query-pci", e))? {
                             return Ok(None); // a probe QEMU: connect_all says so and leaves it
                         }
-                        s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
+                        s.refresh().map_err(|e| vm_err(vm, "reading devices (qom-list)", e))?;
                         if s.pending.is_empty() {
                             None
                         } else {
@@ -190,7 +190,7 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                 Ok(None) => break,
                 Ok(Some(why)) => why,
                 Err(e) => {
-                    log::warn!("skipping VM {} this time: {e}", vm.name);
+                    log::warn!("skipping VM {} this time: {e:#}", vm.name);
                     skipped.push((i, e));
                     break;
                 }

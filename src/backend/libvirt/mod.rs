@@ -60,6 +60,17 @@ impl fmt::Display for LvError {
 
 impl std::error::Error for LvError {}
 
+impl crate::error::Classify for LvError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            LvError::Unreachable(_) => ErrorKind::Unreachable,
+            LvError::Timeout => ErrorKind::Timeout,
+            LvError::DeviceMissing(_) | LvError::NoUsbPort(_) | LvError::Refused(_) => ErrorKind::Refused,
+        }
+    }
+}
+
 /// One running domain, through libvirtd. `Session` drives it; tests use a fake.
 pub(super) trait DomainLink {
     /// The live domain XML (`virsh dumpxml`).
@@ -158,6 +169,6 @@ pub(super) fn locate(vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
             Ok(Located::Running(Opened { link, socket, instance: d.instance, domid: None }))
         }
         Ok(Err(why)) => Ok(Located::NotRunning(why)),
-        Err(e) => Err(Error::new(format!("VM {}: libvirt {}: {e}", vm.name, t.uri))),
+        Err(e) => Err(Error::caused(format!("VM {}: libvirt {}", vm.name, t.uri), e)),
     }
 }

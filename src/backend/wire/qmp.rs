@@ -29,20 +29,37 @@ pub enum QmpError {
     NotListening(String),
     /// Something that is not QMP.
     Protocol(String),
+    /// The socket's permissions keep us out (not root?).
+    Denied(String),
 }
 
 impl fmt::Display for QmpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             QmpError::Qemu { class, desc } => write!(f, "QEMU said {class}: {desc}"),
-            QmpError::Timeout(m) | QmpError::Io(m) | QmpError::NotListening(m) | QmpError::Protocol(m) => {
-                f.write_str(m)
-            }
+            QmpError::Timeout(m)
+            | QmpError::Io(m)
+            | QmpError::NotListening(m)
+            | QmpError::Protocol(m)
+            | QmpError::Denied(m) => f.write_str(m),
         }
     }
 }
 
 impl std::error::Error for QmpError {}
+
+impl crate::error::Classify for QmpError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            QmpError::Qemu { .. } => ErrorKind::Refused,
+            QmpError::Timeout(_) => ErrorKind::Timeout,
+            QmpError::NotListening(_) => ErrorKind::Unreachable,
+            QmpError::Denied(_) => ErrorKind::Denied,
+            QmpError::Io(_) | QmpError::Protocol(_) => ErrorKind::Failed,
+        }
+    }
+}
 
 impl QmpError {
     pub fn class(&self) -> Option<&str> {
@@ -54,7 +71,11 @@ impl QmpError {
     pub fn desc(&self) -> &str {
         match self {
             QmpError::Qemu { desc, .. } => desc,
-            QmpError::Timeout(m) | QmpError::Io(m) | QmpError::NotListening(m) | QmpError::Protocol(m) => m,
+            QmpError::Timeout(m)
+            | QmpError::Io(m)
+            | QmpError::NotListening(m)
+            | QmpError::Protocol(m)
+            | QmpError::Denied(m) => m,
         }
     }
 }
@@ -317,6 +338,9 @@ fn connect_unix(path: &Path, deadline: &Deadline) -> QmpResult<UnixStream> {
             }
             Err(e @ (Errno::ECONNREFUSED | Errno::ENOENT)) => {
                 return Err(QmpError::NotListening(format!("cannot connect to {}: {}", path.display(), e.desc())))
+            }
+            Err(e @ (Errno::EACCES | Errno::EPERM)) => {
+                return Err(QmpError::Denied(format!("cannot connect to {}: {}", path.display(), e.desc())))
             }
             Err(e) => return Err(QmpError::Io(format!("cannot connect to {}: {}", path.display(), e.desc()))),
         }

@@ -126,6 +126,17 @@ impl fmt::Display for XsError {
 
 impl std::error::Error for XsError {}
 
+impl crate::error::Classify for XsError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            XsError::Xenstored { .. } => ErrorKind::Refused,
+            XsError::Timeout(_) => ErrorKind::Timeout,
+            XsError::Io(_) | XsError::Protocol(_) => ErrorKind::Failed,
+        }
+    }
+}
+
 pub type XsResult<T> = Result<T, XsError>;
 
 fn io_err(e: std::io::Error, what: &str) -> XsError {

@@ -92,7 +92,7 @@ impl XenLock {
                 .mode(0o666)
                 .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
                 .open(path)
-                .map_err(|e| Error::new(format!("cannot open libxl's lock {}: {e}", path.display())))?;
+                .map_err(|e| Error::caused(format!("cannot open libxl's lock {}", path.display()), e))?;
             let mut file = file;
             let lock = loop {
                 match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -105,7 +105,7 @@ impl XenLock {
                     Err((_, e)) => return Err(Error::new(format!("cannot lock {}: {}", path.display(), e.desc()))),
                 }
             };
-            let held = lock.metadata().map_err(|e| Error::new(format!("cannot fstat {}: {e}", path.display())))?;
+            let held = lock.metadata().map_err(|e| Error::caused(format!("cannot fstat {}", path.display()), e))?;
             match std::fs::symlink_metadata(path) {
                 Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => {
                     return Ok(XenLock { path: path.to_path_buf(), lock: Some(lock) })
@@ -114,7 +114,7 @@ impl XenLock {
                 // one) after we opened it: our inode is no lock. Start again.
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::new(format!("cannot stat {}: {e}", path.display()))),
+                Err(e) => return Err(Error::caused(format!("cannot stat {}", path.display()), e)),
             }
             drop(lock); // unlock + close, without unlinking: the path is not ours
             deadline.remaining(&what())?;

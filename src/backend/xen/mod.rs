@@ -123,10 +123,10 @@ pub(super) fn locate(
     names: &Names,
 ) -> Result<Located> {
     let mut xs = xs::connect(root, deadline).map_err(|e| {
-        Error::new(format!("VM {}: cannot reach xenstored (is this a Xen dom0 with xenstored running?): {e}", vm.name))
+        Error::caused(format!("VM {}: cannot reach xenstored (is this a Xen dom0 with xenstored running?)", vm.name), e)
     })?;
     let found = records::find_domain(&mut xs, &vm.name, cached_domid, names)
-        .map_err(|e| Error::new(format!("VM {}: looking up its domain in xenstore: {e}", vm.name)))?;
+        .map_err(|e| Error::caused(format!("VM {}: looking up its domain in xenstore", vm.name), e))?;
     let Some(domain) = found else {
         return Ok(Located::NotRunning(format!("xenstore has no domain named {}", vm.name)));
     };
@@ -154,11 +154,11 @@ pub(super) fn locate(
     }
     let lock_path = lock::path(root, &config.xen_lib_dir, domid, &domain.uuid, lock::Kind::Qmp)?;
     let qmp_lock =
-        lock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::new(format!("VM {}: {e}", vm.name)))?;
+        lock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::caused(format!("VM {}", vm.name), e))?;
     let (qemu, instance) = match qemu::dial(&path, deadline) {
         Ok(Dialled::Up(q, instance)) => (q, instance),
         Ok(Dialled::Refused(why)) => return Ok(Located::NotReady { why, stale: stale() }),
-        Err(e) => return Err(Error::new(format!("VM {}: QMP {}: {e}", vm.name, path.display()))),
+        Err(e) => return Err(Error::caused(format!("VM {}: QMP {}", vm.name, path.display()), e)),
     };
     let books = Books::new(domain, xs, qmp_lock, root.clone(), config.xen_lib_dir.clone(), *deadline);
     Ok(Located::Running(Opened { link: Box::new(XenVm { qemu, books }), socket: shown, instance, domid: Some(domid) }))
@@ -237,7 +237,7 @@ impl Books {
     }
 
     fn xs_err(&self, e: xs::XsError) -> crate::error::Error {
-        crate::error::Error::new(format!("Xen domain {}: libxl's records: {e}", self.domid))
+        crate::error::Error::caused(format!("Xen domain {}: libxl's records", self.domid), e)
     }
 
     /// libxl's records of this domain's USB controllers.
@@ -553,7 +553,7 @@ pub(super) fn libxl_holder(
     busid: &str,
     names: &records::Names,
 ) -> Result<Option<LibxlPlace>> {
-    holder(root, deadline, vms, busid, names).map_err(|e| crate::error::Error::new(format!("xenstore: {e}")))
+    holder(root, deadline, vms, busid, names).map_err(|e| crate::error::Error::caused("xenstore", e))
 }
 
 fn holder(
@@ -586,7 +586,7 @@ pub(super) fn empty_libxl_entry(
     place: &LibxlPlace,
     busid: &str,
 ) -> Result<()> {
-    let err = |e: xs::XsError| crate::error::Error::new(format!("Xen domain {}: {e}", place.domid));
+    let err = |e: xs::XsError| crate::error::Error::caused(format!("Xen domain {}", place.domid), e);
     let mut xs = xs::connect(root, deadline).map_err(err)?;
     let node = records::port_path(place.domid, place.devid, place.port);
     let tx = xs::Tx::NONE;
