@@ -6,11 +6,11 @@
 //! streams; `connect` builds one on a UNIX socket whose every read and write
 //! is bounded by the invocation's deadline.
 
+use super::{ConnectError, DeadlineStream};
 use crate::deadline::Deadline;
 use serde_json::{json, Value};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -233,45 +233,6 @@ fn read_json<S: BufRead>(stream: &mut S, what: &str) -> QmpResult<Value> {
     }
 }
 
-/// A UNIX stream whose reads and writes each time out at the deadline.
-pub struct DeadlineStream {
-    sock: UnixStream,
-    deadline: Deadline,
-    /// While waiting for the greeting we may use less than the whole budget.
-    cap: Duration,
-}
-
-impl DeadlineStream {
-    fn arm(&self, read: bool) -> std::io::Result<()> {
-        let t = self
-            .deadline
-            .capped("on QMP", self.cap)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()))?;
-        if read {
-            self.sock.set_read_timeout(Some(t))
-        } else {
-            self.sock.set_write_timeout(Some(t))
-        }
-    }
-}
-
-impl Read for DeadlineStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm(true)?;
-        self.sock.read(buf)
-    }
-}
-
-impl Write for DeadlineStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.arm(false)?;
-        self.sock.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.sock.flush()
-    }
-}
-
 /// `BufRead + Write` over one socket.
 pub struct Conn(BufReader<DeadlineStream>);
 
@@ -302,49 +263,19 @@ pub type Client = Qmp<Conn>;
 /// Connect and handshake. `greeting_cap` bounds the wait for the greeting
 /// (a busy socket) separately from the whole budget.
 pub fn connect(path: &Path, deadline: &Deadline, greeting_cap: Duration) -> QmpResult<Client> {
-    let sock = connect_unix(path, deadline)?;
-    let conn = Conn(BufReader::new(DeadlineStream { sock, deadline: *deadline, cap: greeting_cap }));
+    let sock = super::connect_unix(path, deadline).map_err(|e| match e {
+        ConnectError::NotListening(m) => QmpError::NotListening(m),
+        ConnectError::Denied(m) => QmpError::Denied(m),
+        ConnectError::Timeout(m) => QmpError::Timeout(m),
+        ConnectError::Io(m) => QmpError::Io(m),
+    })?;
+    let mut stream = DeadlineStream::socket(sock, deadline, "on QMP");
+    stream.set_cap(greeting_cap);
+    let conn = Conn(BufReader::new(stream));
     let mut q = Qmp::handshake(conn)?;
     // Past the greeting the socket is ours: the rest of the budget applies.
-    q.stream.0.get_mut().cap = Duration::MAX;
+    q.stream.0.get_mut().set_cap(Duration::MAX);
     Ok(q)
-}
-
-/// Non-blocking connect, retried until the deadline: a full backlog answers
-/// EAGAIN at once instead of blocking us past our budget.
-fn connect_unix(path: &Path, deadline: &Deadline) -> QmpResult<UnixStream> {
-    use nix::errno::Errno;
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    use std::os::fd::{AsRawFd, OwnedFd};
-    let addr = UnixAddr::new(path).map_err(|e| QmpError::Io(format!("bad socket path {}: {e}", path.display())))?;
-    loop {
-        let fd: OwnedFd =
-            socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-                .map_err(|e| QmpError::Io(format!("socket: {e}")))?;
-        match connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => {
-                let s = UnixStream::from(fd);
-                s.set_nonblocking(false).map_err(|e| QmpError::Io(format!("socket: {e}")))?;
-                return Ok(s);
-            }
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                if deadline.remaining("").is_err() {
-                    return Err(QmpError::Timeout(format!(
-                        "timed out connecting to {} (backlog full)",
-                        path.display()
-                    )));
-                }
-                std::thread::sleep(crate::timing::poll());
-            }
-            Err(e @ (Errno::ECONNREFUSED | Errno::ENOENT)) => {
-                return Err(QmpError::NotListening(format!("cannot connect to {}: {}", path.display(), e.desc())))
-            }
-            Err(e @ (Errno::EACCES | Errno::EPERM)) => {
-                return Err(QmpError::Denied(format!("cannot connect to {}: {}", path.display(), e.desc())))
-            }
-            Err(e) => return Err(QmpError::Io(format!("cannot connect to {}: {}", path.display(), e.desc()))),
-        }
-    }
 }
 
 #[cfg(test)]

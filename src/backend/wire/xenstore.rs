@@ -14,16 +14,15 @@
 //! UNIX socket (or /dev/xen/xenbus) under `--root`, with every read and write
 //! bounded by the invocation's deadline.
 
+use super::{ConnectError, DeadlineStream};
 use crate::deadline::Deadline;
 use crate::root::Root;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
 /// xenstored's socket (Xen 4.17's xenstored and oxenstored both listen here).
 pub const SOCKET: &str = "/run/xenstored/socket";
@@ -367,118 +366,29 @@ fn split_strings(body: &[u8]) -> Vec<String> {
     body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
 }
 
-enum Transport {
-    Socket(UnixStream),
-    Xenbus(File),
-}
-
-/// A connection whose every read and write waits at most until the deadline
-/// (poll(2) on the descriptor: works for the socket and the xenbus device alike).
-pub struct DeadlineStream {
-    t: Transport,
-    deadline: Deadline,
-}
-
-impl DeadlineStream {
-    fn fd(&self) -> BorrowedFd<'_> {
-        match &self.t {
-            Transport::Socket(s) => s.as_fd(),
-            Transport::Xenbus(f) => f.as_fd(),
-        }
-    }
-
-    fn wait(&self, flags: nix::poll::PollFlags) -> std::io::Result<()> {
-        use nix::poll::{poll, PollFd, PollTimeout};
-        loop {
-            let left = self
-                .deadline
-                .capped("on xenstore", Duration::from_secs(3600))
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()))?;
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(self.fd(), flags)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) => continue, // the deadline check above ends this
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(std::io::Error::from(e)),
-            }
-        }
-    }
-}
-
-impl Read for DeadlineStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.wait(nix::poll::PollFlags::POLLIN)?;
-        match &mut self.t {
-            Transport::Socket(s) => s.read(buf),
-            Transport::Xenbus(f) => f.read(buf),
-        }
-    }
-}
-
-impl Write for DeadlineStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.t {
-            Transport::Socket(s) => {
-                let left = self
-                    .deadline
-                    .capped("on xenstore", Duration::from_secs(3600))
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::TimedOut, e.to_string()))?;
-                s.set_write_timeout(Some(left))?;
-                s.write(buf)
-            }
-            // The xenbus device takes a whole request at once and never
-            // blocks a writer (nor reports POLLOUT: don't poll for it).
-            Transport::Xenbus(f) => f.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 pub type Client = Xs<DeadlineStream>;
 
 /// Connect to xenstored: its socket under `root`, else the xenbus device.
 pub fn connect(root: &Root, deadline: &Deadline) -> XsResult<Client> {
     let sock = root.path(SOCKET);
     let sock_err = match connect_unix(&sock, deadline) {
-        Ok(s) => return Ok(Xs::new(DeadlineStream { t: Transport::Socket(s), deadline: *deadline })),
+        Ok(s) => return Ok(Xs::new(DeadlineStream::socket(s, deadline, "on xenstore"))),
         Err(e @ XsError::Timeout(_)) => return Err(e),
         Err(e) => e,
     };
     let dev = root.path(XENBUS);
     match OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_CLOEXEC).open(&dev) {
-        Ok(f) => Ok(Xs::new(DeadlineStream { t: Transport::Xenbus(f), deadline: *deadline })),
+        Ok(f) => Ok(Xs::new(DeadlineStream::device(f, deadline, "on xenstore"))),
         Err(e) => Err(XsError::Io(format!("{}; and cannot open {}: {e}", sock_err.detail(), dev.display()))),
     }
 }
 
-/// Non-blocking connect, retried until the deadline while the backlog is full.
+/// The shared connect, in xenstore's terms.
 fn connect_unix(path: &Path, deadline: &Deadline) -> XsResult<UnixStream> {
-    use nix::errno::Errno;
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    use std::os::fd::{AsRawFd, OwnedFd};
-    let addr = UnixAddr::new(path).map_err(|e| XsError::Io(format!("bad socket path {}: {e}", path.display())))?;
-    loop {
-        let fd: OwnedFd =
-            socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)
-                .map_err(|e| XsError::Io(format!("socket: {e}")))?;
-        match connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => {
-                let s = UnixStream::from(fd);
-                s.set_nonblocking(false).map_err(|e| XsError::Io(format!("socket: {e}")))?;
-                return Ok(s);
-            }
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                if deadline.remaining("").is_err() {
-                    return Err(XsError::Timeout(format!("timed out connecting to {} (backlog full)", path.display())));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(XsError::Io(format!("cannot connect to {}: {}", path.display(), e.desc()))),
-        }
-    }
+    super::connect_unix(path, deadline).map_err(|e| match e {
+        ConnectError::Timeout(m) => XsError::Timeout(m),
+        ConnectError::NotListening(m) | ConnectError::Denied(m) | ConnectError::Io(m) => XsError::Io(m),
+    })
 }
 
 #[cfg(test)]
@@ -490,6 +400,7 @@ mod tests {
     //! transaction), only that header field is rewritten.
     use super::*;
     use std::io::Cursor;
+    use std::time::Duration;
 
     const TRANSCRIPT: &str =
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/xenstored-4.17-transcript.txt"));
