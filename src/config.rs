@@ -423,56 +423,50 @@ usb-version = 2
         assert!(parse_str("", "t").unwrap().vms.is_empty());
     }
 
-    fn bad(text: &str, want: &[&str]) {
-        let e = parse_str(text, "/etc/x.toml").unwrap_err().to_string();
-        assert!(!e.contains("enum") && !e.contains("variant"), "names an internal type: {e}");
-        assert!(!e.contains('\n'), "multi-line error: {e}");
-        assert!(e.starts_with("/etc/x.toml"), "{e}");
-        for w in want {
-            assert!(e.contains(w), "{e:?} lacks {w:?}");
-        }
-    }
+    /// tests/cases/config-errors.txt: one refused config a line, `TEXT => WORD | WORD ...`.
+    const ERROR_CASES: &str = include_str!("../tests/cases/config-errors.txt");
 
     #[test]
     fn errors_name_file_key_and_problem() {
-        bad("stat-dir = \"/x\"", &["line 1", "unknown field", "stat-dir"]);
-        bad("[[vm]]\nname = \"a\"\nport = 3\n", &["line 3", "unknown field", "port"]);
-        bad("[[vm]]\nname = \"a\"\nports = \"3\"\n", &["line 3"]);
-        bad("timeout = 0", &["timeout", "0.1 to 120"]);
-        bad("timeout = 500", &["timeout"]);
-        bad("timeout = 0.0000001", &["timeout", "0.1 to 120"]);
-        bad("timeout = 1e308", &["timeout", "0.1 to 120"]);
-        bad("timeout = nan", &["timeout"]);
-        bad("timeout = \"5\"", &["timeout", "number of seconds", "string"]);
-        bad("[[vm]]\nname = \"a\"\ndevices = [\"+46d:c52b\"]\n", &["devices", "+46d:c52b"]);
-        bad("[[vm]]\nname = \"a\"\ndevices = [\"046d:+52b\"]\n", &["devices"]);
-        bad("[[vm]]\nname = \"a\"\nhubs = [\"usb+3\"]\n", &["hubs"]);
-        bad("[[vm]]\nname = \"a\"\nhubs = [\"1-+4\"]\n", &["hubs"]);
-        bad("state-dir = \"run/x\"", &["state-dir", "absolute"]);
-        bad("[[vm]]\nname = \"a b\"\n", &["vm[0].name"]);
-        bad("[[vm]]\nname = \"a\"\n[[vm]]\nname = \"a\"\n", &["vm \"a\": name", "twice"]);
-        bad("[[vm]]\nname = \"a\"\nusb-version = 4\n", &["usb-version", "got 4"]);
-        bad("[[vm]]\nname = \"a\"\nports = 16\n", &["ports", "1..15"]);
-        bad("[[vm]]\nname = \"a\"\nports = 0\n", &["ports"]);
-        bad("[[vm]]\nname = \"a\"\nusb-version = 1\nports = 4\n", &["ports", "usb-version 3"]);
-        bad("[[vm]]\nname = \"a\"\nmax-controllers = 9\n", &["max-controllers", "0..8"]);
-        bad("[[vm]]\nname = \"a\"\nbackend = \"qemu\"\n", &["qmp", "needs the VM's QMP socket"]);
-        bad("[[vm]]\nname = \"a\"\nbackend = \"xen\"\nqmp = \"/q\"\n", &["qmp", "remove qmp"]);
-        bad("[[vm]]\nname = \"a\"\nbackend = \"vbox\"\n", &["backend", "\"vbox\""]);
-        bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nqmp = \"/q\"\n", &["qmp", "never uses"]);
-        bad("[[vm]]\nname = \"a\"\ndomain = \"x\"\n", &["domain", "only applies"]);
-        bad("[[vm]]\nname = \"a\"\nbackend = \"libvirt\"\nuri = \"nope\"\n", &["uri", "not a libvirt URI"]);
+        let mut n = 0;
+        for (i, line) in ERROR_CASES.lines().enumerate() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("config-errors.txt:{}", i + 1);
+            let (text, want) = line.rsplit_once(" => ").unwrap_or_else(|| panic!("{at}: no ` => `"));
+            let text = format!("{}\n", text.trim().replace("\\n", "\n"));
+            let e = match parse_str(&text, "/etc/x.toml") {
+                Ok(_) => panic!("{at}: accepted {text:?}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(!e.contains("enum") && !e.contains("variant"), "{at}: names an internal type: {e}");
+            assert!(!e.contains('\n'), "{at}: multi-line error: {e}");
+            assert!(e.starts_with("/etc/x.toml"), "{at}: {e}");
+            for w in want.split(" | ").map(str::trim) {
+                assert!(e.contains(w), "{at}: {e:?} lacks {w:?}");
+            }
+            n += 1;
+        }
+        assert!(n >= 35, "only {n} cases read");
+    }
+
+    #[test]
+    fn a_libvirt_vm_defaults_to_its_name_on_the_system_uri() {
         let c = parse_str("[[vm]]\nname = \"w\"\nbackend = \"libvirt\"\n", "t").unwrap();
         let t = c.vms[0].libvirt.clone().unwrap();
         assert_eq!((t.uri.as_str(), t.domain.as_str()), ("qemu:///system", "w"));
-        bad("[[vm]]\nname = \"a\"\nhubs = [\"usbx\"]\n", &["hubs", "usbx"]);
-        bad("[[vm]]\nname = \"a\"\nhubs = [\"1-\"]\n", &["hubs"]);
-        bad("[[vm]]\nname = \"a\"\nhubs = [\"1-4.a\"]\n", &["hubs"]);
-        bad("[[vm]]\nname = \"a\"\ndevices = [\"46d:c52b\"]\n", &["devices", "46d:c52b"]);
-        bad("[[vm]]\nname = \"a\"\ndevices = [\"046d:c52b:\"]\n", &["devices"]);
-        bad("[[vm]]\nname = \"a\"\nqmp = \"rel.sock\"\n", &["qmp", "absolute"]);
-        bad("[[vm]]\nqmp = \"/x\"\n", &["name"]);
-        bad("[vm]\nname = \"a\"\n", &["vm"]);
+    }
+
+    /// The example file and the toml(5) page's EXAMPLE are configs the tool accepts.
+    #[test]
+    fn the_documented_examples_parse() {
+        let example = include_str!("../examples/auto-usb-attach.toml");
+        parse_str(example, "examples/auto-usb-attach.toml").unwrap();
+        let page = include_str!("../man/auto-usb-attach.toml.5");
+        let block = page.split(".SH EXAMPLE\n.nf\n").nth(1).and_then(|r| r.split("\n.fi\n").next()).expect("EXAMPLE");
+        let c = parse_str(&block.replace("\\-", "-"), "auto-usb-attach.toml(5)").unwrap();
+        assert_eq!(c.vms.len(), 3);
     }
 
     #[test]

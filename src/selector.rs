@@ -118,49 +118,58 @@ impl Selector {
 
 #[cfg(test)]
 mod tests {
+    //! The cases are data: tests/cases/selectors.txt, one a line. Adding a case is one line there.
     use super::*;
+
+    const CASES: &str = include_str!("../tests/cases/selectors.txt");
+
+    /// The case lines whose first column is `verb`, split on " | ", with their line numbers.
+    fn cases(verb: &str) -> Vec<(usize, Vec<&'static str>)> {
+        let rows: Vec<_> = CASES
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|(n, l)| (n + 1, l.split('|').map(str::trim).collect::<Vec<_>>()))
+            .filter(|(_, cols)| cols[0] == verb)
+            .collect();
+        assert!(!rows.is_empty(), "no {verb} cases in tests/cases/selectors.txt");
+        rows
+    }
 
     fn p(s: &str) -> Selector {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
+    /// "bus 3 addr 7", "port 1-4.2", "vendor 046d product c52b [serial S]", built without the parser.
+    fn expected(text: &str) -> Selector {
+        let w: Vec<&str> = text.split_whitespace().collect();
+        let hex = |s: &str| u16::from_str_radix(s, 16).unwrap();
+        match w.as_slice() {
+            ["bus", b, "addr", a] => Selector::BusAddr(BusAddr::new(b.parse().unwrap(), a.parse().unwrap())),
+            ["port", path] => Selector::Port(path.to_string()),
+            ["vendor", v, "product", p] => Selector::Id { vendor: hex(v), product: hex(p), serial: None },
+            ["vendor", v, "product", p, "serial", s] => {
+                Selector::Id { vendor: hex(v), product: hex(p), serial: Some(s.to_string()) }
+            }
+            _ => panic!("bad expectation {text:?} in tests/cases/selectors.txt"),
+        }
+    }
+
     #[test]
-    fn the_three_forms_parse() {
-        assert_eq!(p("3:7"), Selector::BusAddr(BusAddr::new(3, 7)));
-        assert_eq!(p("003:007"), Selector::BusAddr(BusAddr::new(3, 7)));
-        assert_eq!(p("1-4.2"), Selector::Port("1-4.2".into()));
-        assert_eq!(p("12-1"), Selector::Port("12-1".into()));
-        assert_eq!(p("046d:c52b"), Selector::Id { vendor: 0x046d, product: 0xc52b, serial: None });
-        assert_eq!(p("1234:5678"), Selector::Id { vendor: 0x1234, product: 0x5678, serial: None });
-        assert_eq!(
-            p("046d:c52b:AB:12"),
-            Selector::Id { vendor: 0x046d, product: 0xc52b, serial: Some("AB:12".into()) }
-        );
-        for s in ["3:7", "1-4.2", "046d:c52b", "046d:c52b:X1"] {
-            assert_eq!(p(s).to_string(), s);
+    fn the_three_forms_parse_and_show_again() {
+        for (line, c) in cases("parse") {
+            let (input, want, shown) = (c[1], c[2], c[3]);
+            assert_eq!(p(input), expected(want), "selectors.txt:{line}: {input}");
+            assert_eq!(p(input).to_string(), shown, "selectors.txt:{line}: {input}");
         }
     }
 
     #[test]
     fn bad_selectors_are_refused_with_the_forms() {
-        for s in [
-            "",
-            "3",
-            "0:7",
-            "3:128",
-            "1000:1",
-            "3:7:1",
-            "46d:c52b",
-            "046d:c52bx",
-            "046d:c52b:",
-            "usb3",
-            "1-",
-            "1-4..2",
-            "x-1",
-            "1-0",
-        ] {
-            let e = s.parse::<Selector>().unwrap_err();
-            assert!(e.contains("expected BUS:ADDR"), "{s:?}: {e}");
+        for (line, c) in cases("refuse") {
+            let input = c.get(1).copied().unwrap_or("");
+            let e = input.parse::<Selector>().unwrap_err();
+            assert!(e.contains("expected BUS:ADDR"), "selectors.txt:{line}: {input:?}: {e}");
         }
     }
 
@@ -172,15 +181,18 @@ mod tests {
         b.serial = Some("B".into());
         let c = HostDevice::fixture(1, 2, "1-4.2", 0x1050, 0x0407);
         let host = vec![c, a, b];
-        assert_eq!(p("3:7").resolve(&host).unwrap().port_path, "3-1.2");
-        assert_eq!(p("1-4.2").resolve(&host).unwrap().at(), BusAddr::new(1, 2));
-        assert_eq!(p("1050:0407").resolve(&host).unwrap().at(), BusAddr::new(1, 2));
-        assert_eq!(p("046d:c52b:B").resolve(&host).unwrap().at(), BusAddr::new(3, 9));
-        let e = p("046d:c52b").resolve(&host).unwrap_err().to_string();
-        assert!(e.contains("ambiguous") && e.contains("3:7 at 3-1.2 (serial A)") && e.contains("3:9 at 3-2"), "{e}");
-        let e = p("4:1").resolve(&host).unwrap_err().to_string();
-        assert!(e.starts_with("no host USB device matches 4:1"), "{e}");
-        let e = p("046d:c52b:C").resolve(&host).unwrap_err().to_string();
-        assert!(e.contains("no host USB device matches 046d:c52b:C"), "{e}");
+        for (line, c) in cases("resolve") {
+            let (input, want) = (c[1], c[2]);
+            let got = p(input).resolve(&host);
+            match want.strip_prefix("error: ") {
+                Some(words) => {
+                    let e = got.unwrap_err().to_string();
+                    for w in words.split("; ") {
+                        assert!(e.contains(w), "selectors.txt:{line}: {input}: {e:?} lacks {w:?}");
+                    }
+                }
+                None => assert_eq!(got.unwrap().at().to_string(), want, "selectors.txt:{line}: {input}"),
+            }
+        }
     }
 }

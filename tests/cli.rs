@@ -1,8 +1,9 @@
 //! The command line as an admin meets it: device selectors, `--dry-run`
 //! against a real `qemu-system-x86_64` (nothing changes, the output names
 //! the QMP commands), `check` (report only, `--json`, without root), `list`
-//! (hubs, numbers), help, completions, the man page against `--help`, and
-//! the "must be run as root" refusal.
+//! (hubs, numbers), help, completions (and where `make install` puts them),
+//! and the "must be run as root" refusal. The man page against `--help`:
+//! man_page.rs.
 
 mod common;
 use common::*;
@@ -273,85 +274,6 @@ fn bin(args: &[&str]) -> Run {
     let mut c = std::process::Command::new(BIN);
     c.env_clear().args(args);
     run_cmd(c, "/nonexistent-root")
-}
-
-/// Long options (without the dashes) in a roff fragment: `\-\-dry\-run`.
-fn roff_longs(text: &str) -> std::collections::BTreeSet<String> {
-    let t = text.replace("\\-", "-");
-    let mut out = std::collections::BTreeSet::new();
-    for (i, _) in t.match_indices("--") {
-        let name: String = t[i + 2..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-        if !name.is_empty() {
-            out.insert(name);
-        }
-    }
-    out
-}
-
-/// Long options `--help` lists under `heading` ("Options:" or "Global options:").
-fn help_longs(help: &str, heading: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let mut inside = false;
-    for l in help.lines() {
-        if !l.starts_with(' ') {
-            inside = l == heading;
-            continue;
-        }
-        if inside {
-            if let Some(i) = l.find("--") {
-                out.insert(l[i + 2..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect());
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn the_man_page_synopsis_and_options_match_help() {
-    let man = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/auto-usb-attach.8")).unwrap();
-    let section = |name: &str| {
-        let start = man.find(&format!(".SH {name}\n")).unwrap_or_else(|| panic!("no {name} section"));
-        let rest = &man[start + 4..];
-        rest[..rest.find("\n.SH ").unwrap_or(rest.len())].to_string()
-    };
-    let synopsis = section("SYNOPSIS");
-    let top = bin(&["--help"]).stdout;
-    let commands: Vec<String> = top
-        .lines()
-        .skip_while(|l| *l != "Commands:")
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .filter(|c| c != "help")
-        .chain(["completions".to_string()]) // hidden from --help, documented
-        .collect();
-    assert!(commands.len() >= 6, "{top}");
-    let blocks: Vec<&str> = synopsis.split("\n.br\n").collect();
-    assert_eq!(blocks.len(), commands.len(), "one synopsis line per command: {commands:?}\n{synopsis}");
-    for cmd in &commands {
-        let block = blocks
-            .iter()
-            .find(|b| b.lines().any(|l| l == format!(".B {cmd}") || l == format!(".B auto-usb-attach {cmd}")))
-            .unwrap_or_else(|| panic!("no synopsis for {cmd}"));
-        let help = bin(&[cmd.as_str(), "--help"]);
-        help.ok();
-        let mut want = help_longs(&help.stdout, "Options:");
-        want.remove("help");
-        assert_eq!(roff_longs(block), want, "{cmd}: man synopsis vs --help\n{block}\n{}", help.stdout);
-        // Every subcommand's own options are described in COMMANDS too.
-        let commands_section = section("COMMANDS");
-        for o in &want {
-            assert!(roff_longs(&commands_section).contains(o), "COMMANDS does not describe {cmd} --{o}");
-        }
-    }
-    // Global options: each in OPTIONS, and OPTIONS describes nothing else (--root is hidden from help only).
-    let mut global = help_longs(&top, "Global options:");
-    global.extend(help_longs(&top, "Options:"));
-    global.insert("root".into());
-    let options = section("OPTIONS");
-    let described: std::collections::BTreeSet<String> =
-        options.split("\n.TP\n").skip(1).flat_map(|entry| roff_longs(entry.lines().next().unwrap_or(""))).collect();
-    assert_eq!(described, global, "man OPTIONS vs --help's global options\n{options}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Files, as an admin meets them (issue 10): nothing is written through a symlink, nothing
+//! Files, as an admin meets them: nothing is written through a symlink, nothing
 //! unsafe is trusted (the state dir, the config and their parents), modes do
 //! not depend on the umask, a bad state file never wedges the tool, and a
 //! FIFO or device at the config path cannot hang it. Fake root, fake QMP

@@ -1,4 +1,4 @@
-//! Where QEMU is the truth (issue 10): QEMU decides once state
+//! Where QEMU is the truth, not the state file: QEMU decides once state
 //! is lost (remove and re-add of a bus:addr with no record), a QEMU going
 //! away before its greeting, a stale socket and a busy VM during sync. Real
 //! `qemu-system-x86_64` (see qemu_real.rs for what it can and cannot do

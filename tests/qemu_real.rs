@@ -456,7 +456,7 @@ fn xen_reboot_gets_a_new_domid_and_the_tool_follows() {
 
 #[test]
 fn xen_bookkeeping_is_libxls_and_libxls_ports_are_respected() {
-    let r = rig("q-xen-books", &config_xen("win10", "ports = 4"));
+    let r = rig("q-xen-records", &config_xen("win10", "ports = 4"));
     let xs = FakeXenstored::start(&r.root);
     xs.domain(9, "win10");
     let q9 = r.qemu("win10", "/run/xen/qmp-libxl-9");

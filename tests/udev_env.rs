@@ -157,41 +157,45 @@ fn remove_for_a_recorded_device_sends_device_del_and_drops_the_record() {
     r.root.assert_state_clean();
 }
 
+/// tests/cases/udev-env.txt: one event a line, changed from the routed device's real environment.
 #[test]
-fn bad_busnum_is_a_one_line_error_naming_it() {
-    let r = rig("u-badbus", "");
+fn events_are_ignored_or_refused_by_their_environment() {
+    let r = rig("u-env-cases", "");
     let f = r.fake();
-    let mut env = r.dev.udev_env("add");
-    set(&mut env, "BUSNUM", "abc");
-    r.root.udev(&env).fails(1, &["BUSNUM", "abc"]);
-    assert_eq!(f.connections(), 0);
-    let mut env = r.dev.udev_env("remove");
-    set(&mut env, "DEVNUM", "7x");
-    r.root.udev(&env).fails(1, &["DEVNUM"]);
-    assert_eq!(f.connections(), 0);
-    assert!(r.root.state_text().is_none() || !r.root.state_has_device(3, 7));
-}
-
-#[test]
-fn missing_action_is_an_error() {
-    let r = rig("u-noaction", "");
-    let mut env = r.dev.udev_env("add");
-    env.retain(|(k, _)| k != "ACTION");
-    r.root.udev(&env).fails(1, &["ACTION"]);
-}
-
-#[test]
-fn change_and_interface_events_are_no_ops() {
-    let r = rig("u-change", "");
-    let f = r.fake();
-    r.root.udev(&r.dev.udev_env("change")).ok();
-    r.root.udev(&r.dev.udev_env("unbind")).ok();
-    let mut intf = r.dev.udev_env("add");
-    set(&mut intf, "DEVTYPE", "usb_interface");
-    set(&mut intf, "DEVPATH", &format!("{}/3-1.2:1.0", r.dev.devpath()));
-    r.root.udev(&intf).ok();
-    assert_eq!(f.connections(), 0, "{:?}", f.commands());
-    assert!(r.root.state_text().is_none() || !r.root.state_has_device(3, 7));
+    let mut n = 0;
+    for (i, line) in include_str!("cases/udev-env.txt").lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("udev-env.txt:{}: {line}", i + 1);
+        let cols: Vec<&str> = line.split(" | ").map(str::trim).collect();
+        let [action, changes, expected] = cols[..] else { panic!("{at}: want 3 columns") };
+        let mut env = r.dev.udev_env(action);
+        for c in changes.split_whitespace().filter(|c| *c != "-") {
+            match c.strip_prefix('-') {
+                Some(key) => env.retain(|(k, _)| k != key),
+                None => {
+                    let (k, v) = c.split_once('=').unwrap_or_else(|| panic!("{at}: bad change {c:?}"));
+                    set(&mut env, k, &v.replace("{devpath}", &r.dev.devpath()));
+                }
+            }
+        }
+        eprintln!("case {at}");
+        let run = r.root.udev(&env);
+        match expected.strip_prefix("error: ") {
+            Some(words) => {
+                run.fails(1, &words.split("; ").collect::<Vec<_>>());
+            }
+            None if expected == "ignored" => {
+                run.ok();
+            }
+            None => panic!("{at}: expected must be `ignored` or `error: ...`"),
+        }
+        assert_eq!(f.connections(), 0, "{at}: connected to QMP: {:?}", f.commands());
+        assert!(r.root.state_text().is_none() || !r.root.state_has_device(3, 7), "{at}: recorded");
+        n += 1;
+    }
+    assert!(n >= 6, "only {n} cases read");
 }
 
 #[test]

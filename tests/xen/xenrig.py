@@ -226,7 +226,7 @@ class XenEnv(Env):
         return tree
 
     def vusb(self, name):
-        """libxl's books for <name>: {ctrl devid: {"usb-ver", "num-ports", "type", "ports": {n: busid}}}."""
+        """libxl's records for <name>: {ctrl devid: {"usb-ver", "num-ports", "type", "ports": {n: busid}}}."""
         domid = self.vms[name]
         base = "/libxl/%d/device/vusb/" % domid
         out = {}
@@ -242,7 +242,7 @@ class XenEnv(Env):
         return out
 
     def libxl_port_of(self, name, busid):
-        """(ctrl, port) where libxl's books hold <busid> for domain <name>, or None."""
+        """(ctrl, port) where libxl's records hold <busid> for domain <name>, or None."""
         for c, d in self.vusb(name).items():
             for p, v in d["ports"].items():
                 if v == busid:
