@@ -363,7 +363,7 @@ fn try_once(
             *hostdevice = None;
             Ok(Tried::Again)
         }
-        // StaleView: QEMU says our view is old. Records veto: libxl's books say
+        // StaleView: QEMU says our view is old. Records veto: libxl's records say
         // the port was taken meanwhile (`xl usbdev-attach` records its port
         // before it waits for the QMP lock we hold). Either way: re-read both.
         Err(e) if !*retried && (e.refusal() == Some(Refusal::StaleView) || e.is_records_veto()) => {

@@ -1,9 +1,11 @@
 //! auto-usb-attach as a library: the binary (`main.rs`) is a thin shell over
-//! `cmd::run`, and the integration tests use these real types (state, QMP
-//! client, planners) instead of copies.
+//! `cmd::run`, and the integration tests use the few public types (config,
+//! state, sysfs devices, the deadline, and the raw QMP client through
+//! `backend::testing`) instead of copies. Everything else is `pub(crate)`.
 //!
-//! The layers and which may use which are in docs/ARCHITECTURE.md; the rule
-//! itself is `tests/architecture.rs`, which fails on an import across a layer.
+//! The layers and which may use which are in docs/ARCHITECTURE.md; the
+//! compiler holds most of them (private modules), and `tests/architecture.rs`
+//! the rest: it fails on an import across a layer.
 
 pub(crate) mod apply;
 pub mod backend;

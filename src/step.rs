@@ -1,6 +1,6 @@
 //! What the pure planners (`events` for one udev event, `sync` for a whole
-//! convergence) decide, as data: the commands execute steps and nothing
-//! else. `Display` says each step in one line (logs, and a future --dry-run).
+//! convergence) decide, as data; `apply::Exec` runs them, for every command.
+//! `Display` says each step in one line (the logs).
 
 use crate::host::HostDevice;
 use crate::state::Origin;

@@ -176,7 +176,7 @@ fn the_checker_sees_an_import_across_a_layer() {
     std::fs::create_dir_all(dir.join("backend/xen")).unwrap();
     std::fs::write(
         dir.join("cmd/x.rs"),
-        "use crate::{ctx, backend::xen::Books};\nfn f() { crate::backend::wire::qmp::connect(); }\n",
+        "use crate::{ctx, backend::xen::LibxlRecords};\nfn f() { crate::backend::wire::qmp::connect(); }\n",
     )
     .unwrap();
     std::fs::write(dir.join("plan.rs"), "use crate::session::Session; // and a comment: crate::backend::wire\n")

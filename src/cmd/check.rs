@@ -170,11 +170,11 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
         match ctx.connect(&state, vm, true) {
             Ok(Some(mut r)) => match r.read_vm() {
                 Ok(mut v) => {
-                    // A Xen domain: libxl's books beside QEMU's view.
+                    // A Xen domain: libxl's records beside QEMU's view.
                     match r.records_report(&mut v) {
-                        Some(Ok(books)) => {
-                            report.push(Kind::Ok, subject.clone(), format!("libxl records {}", books.described));
-                            if !books.has_controller {
+                        Some(Ok(recs)) => {
+                            report.push(Kind::Ok, subject.clone(), format!("libxl records {}", recs.described));
+                            if !recs.has_controller {
                                 // A controller hot-plugged while the guest's firmware runs
                                 // has made HVM guests reboot (seen on Xen 4.17 and 4.20);
                                 // libxl adds its own while the domain is still paused.
@@ -186,7 +186,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                                      usbctrl = ['type=devicemodel,version=3,ports=15'] to the domain's xl config",
                                 );
                             }
-                            for d in books.disagreements {
+                            for d in recs.disagreements {
                                 report.push(Kind::Problem, subject.clone(), format!("libxl and QEMU disagree: {d}"));
                             }
                         }

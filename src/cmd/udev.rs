@@ -42,7 +42,7 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     let left = ctx.with_state(|state| {
         // Ours by state's records; a routed device state has no record
         // of is looked up in QEMU by `on_remove`'s Detach and still goes
-        // on to libxl's books below.
+        // on to libxl's records below.
         let ours = state.find(at.bus, at.addr).is_some();
         let steps = events::on_remove(&ctx.config, state, at, routed);
         apply::execute(ctx, state, &steps, Mode::Triggered)?;
@@ -69,7 +69,7 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
 
 /// A device we hold no record of was unplugged: if libxl records it in a
 /// configured Xen domain (`xl usbdev-attach`), clean it out of QEMU and of
-/// libxl's books together, as the original tool did. libxl's records are
+/// libxl's records together, as the original tool did. libxl's records are
 /// asked first, without our lock and bounded (`Ctx::libxl_holder`); only a
 /// domain that has it is then changed, under the lock (and libxl's).
 fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: &State) -> Result<()> {

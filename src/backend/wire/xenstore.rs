@@ -1,6 +1,6 @@
 //! A small xenstore client speaking xenstored's documented wire protocol
 //! (Xen docs/misc/xenstore.txt, xen/include/public/io/xs_wire.h), so the tool
-//! can read and keep libxl's books (`/local/domain/<domid>/name`,
+//! can read and keep libxl's records (`/local/domain/<domid>/name`,
 //! `/libxl/<domid>/device/vusb/...`) without linking libxenstore (the Rust
 //! crates for it are GPL; this tool is MIT).
 //!

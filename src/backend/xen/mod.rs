@@ -4,7 +4,7 @@
 //! `xl usb-list` stays true and `xl` keeps working beside the tool.
 //!
 //! `records` reads and writes libxl's xenstore layout, `lock` takes libxl's
-//! lock files; `XenVm` is the `Link`: `Qemu` for QEMU, `Books` around each
+//! lock files; `XenVm` is the `Link`: `Qemu` for QEMU, `LibxlRecords` around each
 //! change.
 
 mod lock;
@@ -28,10 +28,10 @@ const SOCKET_PREFIX: &str = "qmp-libxl-";
 
 /// A Xen domain's device model, reached over QMP, with libxl's records
 /// kept around each change. Field order is drop order: the QMP socket is
-/// closed before `books` lets go of libxl's QMP lock.
+/// closed before `libxl` lets go of libxl's QMP lock.
 pub(super) struct XenVm {
     qemu: Qemu,
-    books: Books,
+    libxl: LibxlRecords,
 }
 
 impl Link for XenVm {
@@ -58,51 +58,51 @@ impl Link for XenVm {
     /// libxl's order: records first (a veto sends nothing), then QEMU, then
     /// the records undone if QEMU refused.
     fn send(&mut self, op: &Op, args: Value) -> std::result::Result<(), OpError> {
-        self.books.before(op).map_err(OpError::Records)?;
+        self.libxl.before(op).map_err(OpError::Records)?;
         let res = self.qemu.execute(op, args);
-        let after = self.books.after(op, res.as_ref().map(|_| ()));
+        let after = self.libxl.after(op, res.as_ref().map(|_| ()));
         res?;
         after.map_err(OpError::Records)
     }
 
     fn describe(&self, vm: &str, op: &Op, args: &Value) -> Vec<String> {
         let mut lines: Vec<String> =
-            self.books.describe(op).into_iter().map(|l| format!("would {l} (xen bookkeeping) in VM {vm}")).collect();
+            self.libxl.describe(op).into_iter().map(|l| format!("would {l} (xen bookkeeping) in VM {vm}")).collect();
         lines.push(Qemu::<super::wire::qmp::Conn>::describe_line(vm, op, args));
         lines
     }
 
     fn amend(&mut self, view: &mut VmState) -> Result<Vec<String>> {
-        self.books.amend(view)
+        self.libxl.amend(view)
     }
 
     fn take_unfinished(&mut self) -> Vec<Controller> {
-        self.books.take_unfinished()
+        self.libxl.take_unfinished()
     }
 
     fn removed_by_hand(&mut self, d: &Attached) -> Result<bool> {
-        self.books.removed_by_hand(d)
+        self.libxl.removed_by_hand(d)
     }
 
     fn records_report(&mut self, view: &mut VmState) -> Option<Result<RecordsReport>> {
-        let books = match self.books.books() {
+        let recs = match self.libxl.read() {
             Ok(b) => b,
             Err(e) => return Some(Err(e)),
         };
         for c in &mut view.controllers {
-            if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
+            if recs.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
                 c.origin = crate::state::CtrlOrigin::Libxl;
             }
         }
         Some(Ok(RecordsReport {
-            described: records::describe(&books),
-            has_controller: books.iter().any(|c| c.is_devicemodel()),
-            disagreements: records::disagreements(view, &books),
+            described: records::describe(&recs),
+            has_controller: recs.iter().any(|c| c.is_devicemodel()),
+            disagreements: records::disagreements(view, &recs),
         }))
     }
 
     fn set_dry_run(&mut self, on: bool) {
-        self.books.dry_run = on;
+        self.libxl.dry_run = on;
     }
 
     fn settles_after_start(&self) -> bool {
@@ -160,8 +160,8 @@ pub(super) fn locate(
         Ok(Dialled::Refused(why)) => return Ok(Located::NotReady { why, stale: stale() }),
         Err(e) => return Err(Error::caused(format!("VM {}: QMP {}", vm.name, path.display()), e)),
     };
-    let books = Books::new(domain, xs, qmp_lock, root.clone(), config.xen_lib_dir.clone(), *deadline);
-    Ok(Located::Running(Opened { link: Box::new(XenVm { qemu, books }), socket: shown, instance, domid: Some(domid) }))
+    let libxl = LibxlRecords::new(domain, xs, qmp_lock, root.clone(), config.xen_lib_dir.clone(), *deadline);
+    Ok(Located::Running(Opened { link: Box::new(XenVm { qemu, libxl }), socket: shown, instance, domid: Some(domid) }))
 }
 
 /// A Xen domain's device model, whose USB records libxl keeps in xenstore
@@ -185,7 +185,7 @@ pub(super) fn locate(
 /// it takes asynchronously (`libxl__ev_slowlock`), so it never waits for the
 /// QMP lock while holding the userdata lock; and nothing of libxl's waits on
 /// our state lock. Every wait is bounded by the invocation's deadline anyway.
-pub(super) struct Books {
+pub(super) struct LibxlRecords {
     domid: u32,
     uuid: String,
     xs: xs::Client,
@@ -193,7 +193,7 @@ pub(super) struct Books {
     lib_dir: std::path::PathBuf,
     deadline: crate::deadline::Deadline,
     /// libxl's qmp-socket-lock, held for as long as the socket is open:
-    /// `XenVm` declares its QMP link before its books, so the socket is
+    /// `XenVm` declares its QMP link before its records, so the socket is
     /// closed before this is released.
     _qmp_lock: Option<lock::XenLock>,
     /// What `before` changed, for `after` to undo: (node, old value).
@@ -207,7 +207,7 @@ pub(super) struct Books {
     dry_run: bool,
 }
 
-impl Books {
+impl LibxlRecords {
     fn new(
         domain: records::Domain,
         xs: xs::Client,
@@ -215,8 +215,8 @@ impl Books {
         root: crate::root::Root,
         lib_dir: std::path::PathBuf,
         deadline: crate::deadline::Deadline,
-    ) -> Books {
-        Books {
+    ) -> LibxlRecords {
+        LibxlRecords {
             domid: domain.domid,
             uuid: domain.uuid,
             xs,
@@ -241,7 +241,7 @@ impl Books {
     }
 
     /// libxl's records of this domain's USB controllers.
-    fn books(&mut self) -> Result<Vec<records::VusbCtrl>> {
+    fn read(&mut self) -> Result<Vec<records::VusbCtrl>> {
         let domid = self.domid;
         records::read_vusb(&mut self.xs, xs::Tx::NONE, domid).map_err(|e| self.xs_err(e))
     }
@@ -273,7 +273,7 @@ impl Books {
     fn repair_interrupted(
         &mut self,
         view: &mut VmState,
-        books: &[records::VusbCtrl],
+        recs: &[records::VusbCtrl],
         pending: &mut Vec<String>,
     ) -> Result<()> {
         let domid = self.domid;
@@ -283,7 +283,7 @@ impl Books {
         let mut unmark = Vec::new();
         for devid in ctrls {
             let id = format!("xenusb-{devid}");
-            let spec = books.iter().find(|b| b.devid == devid).and_then(records::controller_of);
+            let spec = recs.iter().find(|b| b.devid == devid).and_then(records::controller_of);
             match spec {
                 Some(c) if pending.contains(&id) => {
                     pending.retain(|p| *p != id);
@@ -373,7 +373,7 @@ impl Books {
         let deadline = self.deadline;
         let res = self.xs.transaction(&deadline, |xs, tx| {
             match xs.read_opt(tx, &node)? {
-                // A controller libxl has no record of (not libxl's books).
+                // A controller libxl has no record of (not libxl's records).
                 None => Ok(false),
                 Some(v) if v.is_empty() || v == busid => {
                     xs.write(tx, &node, busid.as_bytes())?;
@@ -407,7 +407,7 @@ impl Books {
     }
 }
 
-impl Books {
+impl LibxlRecords {
     // The hooks around each change, in the order `XenVm::send` calls them.
 
     fn before(&mut self, op: &Op) -> Result<()> {
@@ -518,9 +518,9 @@ impl Books {
     }
 
     fn amend(&mut self, view: &mut VmState) -> Result<Vec<String>> {
-        let books = self.books()?;
-        let mut pending = records::fold_into(view, &books);
-        self.repair_interrupted(view, &books, &mut pending)?;
+        let recs = self.read()?;
+        let mut pending = records::fold_into(view, &recs);
+        self.repair_interrupted(view, &recs, &mut pending)?;
         Ok(pending)
     }
 
@@ -566,8 +566,8 @@ fn holder(
     let mut xs = xs::connect(root, deadline)?;
     for &(vm, name, cached) in vms {
         let Some(dom) = records::find_domain(&mut xs, name, cached, names)? else { continue };
-        let books = records::read_vusb(&mut xs, xs::Tx::NONE, dom.domid)?;
-        if let Some((devid, port)) = books
+        let recs = records::read_vusb(&mut xs, xs::Tx::NONE, dom.domid)?;
+        if let Some((devid, port)) = recs
             .iter()
             .filter(|c| c.is_devicemodel())
             .find_map(|c| c.ports.iter().position(|b| b == busid).map(|p| (c.devid, p as u8 + 1)))

@@ -1,4 +1,4 @@
-//! libxl's books in xenstore, read and kept the way libxl keeps them
+//! libxl's records in xenstore, read and kept the way libxl keeps them
 //! (tools/libs/light/libxl_usb.c), so `xl usb-list` is truthful about what
 //! the tool holds and `xl usbdev-attach` never collides with it.
 //!
@@ -12,7 +12,7 @@
 //!   reads it); everything below inherits that.
 //!
 //! Generic over the xenstore stream so every function here is unit-tested
-//! on in-memory replies; the Xen backend (`Books` in `backend/xen/mod.rs`) calls them.
+//! on in-memory replies; the Xen backend (`LibxlRecords` in `backend/xen/mod.rs`) calls them.
 
 use crate::backend::wire::xenstore::{Tx, Xs, XsError, XsResult};
 use crate::state::{Controller, CtrlOrigin, Origin, VmState};
@@ -88,7 +88,7 @@ pub fn usb_ver(driver: &str) -> Option<u8> {
 /// transaction, and unmarked once QEMU has answered. A mark whose writer is
 /// gone is a change that was interrupted (the run was killed, or QEMU did
 /// not answer within the budget and the undo could not run): the next run
-/// that reads the domain finishes or undoes it (`Books::amend`).
+/// that reads the domain finishes or undoes it (`LibxlRecords::amend`).
 pub fn mark_dir(domid: u32) -> String {
     format!("/tool/auto-usb-attach/{domid}")
 }
@@ -301,25 +301,25 @@ pub fn write_ctrl<S: Read + Write>(xs: &mut Xs<S>, tx: Tx, domid: u32, c: &Contr
     Ok(())
 }
 
-/// What the planner must know from libxl's books, folded into a view read
+/// What the planner must know from libxl's records, folded into a view read
 /// from QEMU: a port libxl records as used is taken (a device of ours on
 /// it, or a foreign port); a `usb-host` device QEMU holds that libxl
 /// records and we did not ask for is xl's. Returns the controllers libxl
 /// records that QEMU does not hold (yet): libxl writes a controller's
 /// records before its device_add, so such a controller means libxl is
 /// adding it right now (domain start, `xl usbctrl-attach`).
-pub fn fold_into(view: &mut VmState, books: &[VusbCtrl]) -> Vec<String> {
+pub fn fold_into(view: &mut VmState, recs: &[VusbCtrl]) -> Vec<String> {
     // A controller libxl has no record of (`-usb`'s UHCI from `usb = 1`) can
     // hold nothing `xl usb-list` would show: not ours to use on Xen.
     view.controllers.retain(|c| c.origin != CtrlOrigin::Vm);
     view.foreign_ports.retain(|f| f.rsplit_once(':').is_some_and(|(c, _)| view.controllers.iter().any(|q| q.id == c)));
     for c in &mut view.controllers {
-        if books.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
+        if recs.iter().any(|b| b.is_devicemodel() && b.qemu_id() == c.id) {
             c.origin = CtrlOrigin::Libxl;
         }
     }
     let mut pending = Vec::new();
-    for c in books.iter().filter(|c| c.is_devicemodel()) {
+    for c in recs.iter().filter(|c| c.is_devicemodel()) {
         let id = c.qemu_id();
         if !view.controllers.iter().any(|q| q.id == id) {
             pending.push(id);
@@ -351,10 +351,10 @@ pub fn fold_into(view: &mut VmState, books: &[VusbCtrl]) -> Vec<String> {
     pending
 }
 
-/// Where libxl's books and QEMU disagree, one line each (for `check`).
-pub fn disagreements(qemu: &VmState, books: &[VusbCtrl]) -> Vec<String> {
+/// Where libxl's records and QEMU disagree, one line each (for `check`).
+pub fn disagreements(qemu: &VmState, recs: &[VusbCtrl]) -> Vec<String> {
     let mut out = Vec::new();
-    for c in books.iter().filter(|c| c.is_devicemodel()) {
+    for c in recs.iter().filter(|c| c.is_devicemodel()) {
         let id = c.qemu_id();
         if !qemu.controllers.iter().any(|q| q.id == id) {
             out.push(format!("libxl records controller {id} (usb-ver {}), QEMU has none", c.usb_ver));
@@ -374,7 +374,7 @@ pub fn disagreements(qemu: &VmState, books: &[VusbCtrl]) -> Vec<String> {
         }
     }
     for q in qemu.controllers.iter().filter(|q| q.origin != CtrlOrigin::Vm) {
-        if !books.iter().any(|c| c.qemu_id() == q.id) {
+        if !recs.iter().any(|c| c.qemu_id() == q.id) {
             out.push(format!("QEMU has controller {} ({}), libxl has no record of it", q.id, q.driver));
         }
     }
@@ -382,12 +382,11 @@ pub fn disagreements(qemu: &VmState, books: &[VusbCtrl]) -> Vec<String> {
 }
 
 /// One line per controller: libxl's view ("xenusb-0 usb-ver 2: 1=1-8 2=- ...").
-pub fn describe(books: &[VusbCtrl]) -> String {
-    if books.is_empty() {
+pub fn describe(recs: &[VusbCtrl]) -> String {
+    if recs.is_empty() {
         return "no USB controllers".into();
     }
-    books
-        .iter()
+    recs.iter()
         .map(|c| {
             let ports: Vec<String> = c
                 .ports
@@ -579,7 +578,7 @@ mod tests {
         assert_eq!(find_domain(&mut xs, "nope", None, &Names::default()).unwrap(), None);
     }
 
-    fn books_of(xs: &mut Xs<Store>) -> Vec<VusbCtrl> {
+    fn records_of(xs: &mut Xs<Store>) -> Vec<VusbCtrl> {
         read_vusb(xs, Tx::NONE, 5).unwrap()
     }
 
@@ -625,7 +624,7 @@ mod tests {
             ..Default::default()
         };
         write_ctrl(&mut xs, Tx::NONE, 5, &x).unwrap();
-        let b = books_of(&mut xs);
+        let b = records_of(&mut xs);
         assert_eq!((b[1].usb_ver.as_str(), b[1].ports.len()), ("3", 8));
         assert_eq!(write_ctrl(&mut xs, Tx::NONE, 5, &x).unwrap_err().errno(), Some("EEXIST"));
     }
@@ -666,17 +665,17 @@ mod tests {
         ports[0] = "1-8".into(); // xl's device, QEMU has it
         ports[1] = "1-9".into(); // libxl about to add one (written before its device_add)
         ports[2] = "1-4.1".into(); // ours
-        let books = vec![
+        let recs = vec![
             VusbCtrl { devid: 0, kind: "devicemodel".into(), usb_ver: "2".into(), ports },
             VusbCtrl { devid: 1, kind: "devicemodel".into(), usb_ver: "3".into(), ports: vec![String::new(); 8] },
         ];
         let raw = view.clone();
-        let pending = fold_into(&mut view, &books);
+        let pending = fold_into(&mut view, &recs);
         assert_eq!(pending, ["xenusb-1"]);
         assert_eq!(view.foreign_ports, ["xenusb-0:2"]);
         assert_eq!((view.devices[0].origin, view.devices[0].port_path.as_str()), (Origin::Xl, "1-8"));
         assert_eq!(view.devices[1].origin, Origin::Rule);
-        let d = disagreements(&raw, &books);
+        let d = disagreements(&raw, &recs);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].contains("libxl records 1-9 on xenusb-0 port 2, QEMU has nothing there"), "{d:?}");
         assert!(d[1].contains("libxl records controller xenusb-1"), "{d:?}");
@@ -689,9 +688,9 @@ mod tests {
             usb3_ports: 0,
             ..Default::default()
         });
-        let d = disagreements(&view, &books[..1]);
+        let d = disagreements(&view, &recs[..1]);
         assert!(d.iter().any(|l| l.contains("QEMU has xenusb-1-7 on xenusb-0 port 5, libxl records it free")), "{d:?}");
         assert!(d.iter().any(|l| l.contains("QEMU has controller xenusb-2")), "{d:?}");
-        assert!(describe(&books[..1]).starts_with("xenusb-0 (devicemodel usb-ver 2): 1=1-8 2=1-9 3=1-4.1 4=-"));
+        assert!(describe(&recs[..1]).starts_with("xenusb-0 (devicemodel usb-ver 2): 1=1-8 2=1-9 3=1-4.1 4=-"));
     }
 }
