@@ -100,11 +100,8 @@ impl<'c> Exec<'c> {
                 state.lineage.push(lineage.clone());
             }
             Step::Followed { port_path } => state.lineage.retain(|l| l.port_path != *port_path),
-            Step::Detach { vm, id, at, why } => {
-                if !self.ctx.dry_run {
-                    log::info!("VM {}: detaching {id}: {why}", ctx.config.vms[*vm].name);
-                }
-                self.detach(state, *vm, *at)?;
+            Step::Detach { vm, at, why, .. } => {
+                self.detach(state, *vm, *at, Some(why))?;
             }
             Step::Attach { vm, dev, open_node, origin } => {
                 let node = open_node.then(|| ctx.node(dev));
@@ -147,10 +144,10 @@ impl<'c> Exec<'c> {
         Ok(self.sessions.last_mut().map(|(_, s)| s))
     }
 
-    /// Remove the device at `at` from configured VM `vm` and its record.
-    /// Gone already (VM not running, restarted, not there) counts as done;
-    /// true if the VM had it.
-    pub(crate) fn detach(&mut self, state: &mut State, vm: usize, at: BusAddr) -> Result<bool> {
+    /// Remove the device at `at` from configured VM `vm` and its record
+    /// (`why`, for the one log line that says it happened). Gone already (VM
+    /// not running, restarted, not there) counts as done; true if the VM had it.
+    pub(crate) fn detach(&mut self, state: &mut State, vm: usize, at: BusAddr, why: Option<&str>) -> Result<bool> {
         let quiet = self.quiet();
         let cfg = &self.ctx.config.vms[vm];
         // A VM that is not running holds nothing: done, by hand too.
@@ -170,7 +167,7 @@ impl<'c> Exec<'c> {
             }
             log::info!("VM {}: QEMU holds {id}, which state had lost; removing it", cfg.name);
         }
-        detach_on(s, cfg, at, quiet)
+        detach_on(s, cfg, at, quiet, why)
     }
 
     /// Write every session's view into state (what each VM holds now).
@@ -304,12 +301,12 @@ fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) 
             return Ok(true);
         }
         log::info!("VM {}: {id} lost the device it had open (enumerated anew at {}); replacing it", vm.name, dev.at());
-        detach_on(s, vm, dev.at(), true)?;
+        detach_on(s, vm, dev.at(), true, Some("it lost the device it had open"))?;
         return Ok(false);
     }
     let was = if rec.usb_id.is_empty() { "a device state has no record of".to_string() } else { rec.usb_id.clone() };
     log::info!("VM {}: {id} holds {was}, not {} at {}; replacing it", vm.name, dev.id_string(), dev.port_path);
-    detach_on(s, vm, dev.at(), true)?;
+    detach_on(s, vm, dev.at(), true, Some("another device took its bus:addr"))?;
     Ok(false)
 }
 
@@ -403,13 +400,16 @@ fn log_attached(vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, deadli
     );
 }
 
-/// `device_del` `at` over an open session; true if QEMU had it.
-fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool) -> Result<bool> {
+/// `device_del` `at` over an open session; true if QEMU had it. One log
+/// line when it happened, with `why`.
+fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool, why: Option<&str>) -> Result<bool> {
     let id = s.id_for(at);
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {
         true if s.dry_run => {}
-        true => log::info!("detached {id} ({at}) from VM {}", vm.name),
+        true => {
+            log::info!("detached {id} ({at}) from VM {}{}", vm.name, why.map(|w| format!(": {w}")).unwrap_or_default())
+        }
         false if !quiet => log::info!("{id} was not in VM {}", vm.name),
         false => {}
     }
