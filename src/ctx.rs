@@ -74,7 +74,20 @@ impl Ctx {
 
     /// Where `vm` is and whether it runs, within `deadline` (`connect` opens a session).
     pub(crate) fn locate(&self, vm: &VmConfig, domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
-        crate::backend::locate(&self.root, &self.config, vm, domid, deadline, &self.xen_names)
+        crate::backend::locate(&self.env(), vm, domid, deadline)
+    }
+
+    fn env(&self) -> crate::backend::Env<'_> {
+        crate::backend::Env { root: &self.root, config: &self.config, names: &self.xen_names }
+    }
+
+    /// Before the state lock: does `vm`'s owner answer (Xen: xenstored finds
+    /// the domain) within `timing::probe_cap()`? An error says it does not:
+    /// the event gives up without ever holding the lock, so a hung owner keeps
+    /// no other VM's events waiting. A VM that is not running is no error here.
+    pub(crate) fn probe(&self, vm: &VmConfig, domid: Option<u32>) -> Result<()> {
+        let cap = self.deadline.capped(&format!("asking VM {}'s owner", vm.name), crate::timing::probe_cap())?;
+        crate::backend::probe(&self.env(), vm, domid, &Deadline::after(cap))
     }
 
     /// `connect`, trying Xen domain `domid` first.

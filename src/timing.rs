@@ -38,6 +38,13 @@ pub fn xl_lookup_cap() -> Duration {
     ms("XL_LOOKUP_CAP", 500)
 }
 
+/// How long an event asks a VM's owner whether it answers (Xen: xenstored
+/// finds the domain) before it takes the state lock: a hung owner must not
+/// keep the lock, and so every other VM's events, for the whole budget.
+pub fn probe_cap() -> Duration {
+    ms("PROBE_CAP", 1000)
+}
+
 /// Poll interval for the state lock and for a full socket backlog (EAGAIN).
 pub fn poll() -> Duration {
     ms("POLL", 5)

@@ -242,23 +242,44 @@ pub(crate) enum Located {
     },
 }
 
-/// Find `vm` and connect to it through its owner, within `deadline`.
-/// `cached_domid`: state's domid for a Xen VM, tried first. This `match` is
-/// the one place that knows which backends exist.
-pub(crate) fn locate(
-    root: &Root,
-    config: &Config,
-    vm: &VmConfig,
-    cached_domid: Option<u32>,
-    deadline: &Deadline,
-    names: &Names,
-) -> Result<Located> {
+/// Where VMs are looked for: every OS path's root, the config, the Xen
+/// domain names read so far in this invocation.
+pub(crate) struct Env<'a> {
+    pub(crate) root: &'a Root,
+    pub(crate) config: &'a Config,
+    pub(crate) names: &'a Names,
+}
+
+/// What each backend provides besides its `Link`: finding its VMs.
+trait Finder {
+    /// Find `vm` and connect to it through its owner, within `deadline`.
+    /// `cached_domid`: state's domid for a Xen VM, tried first.
+    fn locate(&self, env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<Located>;
+    /// Whether the VM's owner answers, asking only what finding the VM
+    /// takes and connecting to nothing (Xen: xenstored finds the domain).
+    /// Whether the VM runs is not asked: Ok either way.
+    fn probe(&self, env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<()>;
+}
+
+/// The backend of `vm`: this `match` is the one place that knows which
+/// backends exist.
+fn finder(vm: &VmConfig) -> &'static dyn Finder {
     use crate::config::BackendKind;
     match vm.backend {
-        BackendKind::Qemu => qemu::locate(root, vm, deadline),
-        BackendKind::Xen => xen::locate(root, config, vm, cached_domid, deadline, names),
-        BackendKind::Libvirt => libvirt::locate(vm, deadline),
+        BackendKind::Qemu => &qemu::Plain,
+        BackendKind::Xen => &xen::Xen,
+        BackendKind::Libvirt => &libvirt::Libvirt,
     }
+}
+
+/// Find `vm` and connect to it through its owner, within `deadline`.
+pub(crate) fn locate(env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<Located> {
+    finder(vm).locate(env, vm, cached_domid, deadline)
+}
+
+/// Does `vm`'s owner answer? (`Finder::probe`)
+pub(crate) fn probe(env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<()> {
+    finder(vm).probe(env, vm, cached_domid, deadline)
 }
 
 /// Which configured Xen VM's domain libxl records `busid` (sysfs name) in:

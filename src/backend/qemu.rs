@@ -5,7 +5,7 @@
 //! wraps with libxl's bookkeeping).
 
 use super::wire::qmp::{self, Conn, Qmp, QmpError, QmpResult, Refusal};
-use super::{Link, Located, Op, OpError, Opened};
+use super::{Env, Finder, Link, Located, Op, OpError, Opened};
 use crate::config::VmConfig;
 use crate::controller::ControllerKind;
 use crate::deadline::Deadline;
@@ -114,8 +114,22 @@ pub(super) fn dial(path: &Path, instance: String, deadline: &Deadline) -> QmpRes
     }
 }
 
+/// Plain QEMU VMs: found by their socket.
+pub(super) struct Plain;
+
+impl Finder for Plain {
+    fn locate(&self, env: &Env<'_>, vm: &VmConfig, _: Option<u32>, deadline: &Deadline) -> Result<Located> {
+        locate(env.root, vm, deadline)
+    }
+
+    /// A socket path is all there is to find: nothing can hang.
+    fn probe(&self, _: &Env<'_>, _: &VmConfig, _: Option<u32>, _: &Deadline) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// A `qmp = ...` VM: its socket, connected to.
-pub(super) fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
+fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
     let Some(shown) = &vm.qmp else {
         return Err(Error::new(format!("VM {}: backend qemu needs a qmp socket", vm.name)));
     };

@@ -33,11 +33,21 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
     // A routed unplug is ours to handle: state is read once, under the lock.
     // Any other is peeked at without the lock first; most end there.
-    if routed.is_none() {
-        let peek = ctx.peek_state();
-        if peek.find(at.bus, at.addr).is_none() && !peek.is_held_out(at.bus, at.addr) {
-            return xl_unplugged(ctx, at, ev.port_path(), &peek);
+    let owner = match routed {
+        Some(vm) => Some(vm),
+        None => {
+            let peek = ctx.peek_state();
+            match peek.find(at.bus, at.addr) {
+                Some((name, _)) => ctx.config.vms.iter().position(|v| v.name == name),
+                None if peek.is_held_out(at.bus, at.addr) => None,
+                None => return xl_unplugged(ctx, at, ev.port_path(), &peek),
+            }
         }
+    };
+    // The VM's owner must answer before we hold the lock that every other
+    // VM's events wait on.
+    if let Some(vm) = owner {
+        ctx.probe(&ctx.config.vms[vm], None)?;
     }
     let left = ctx.with_state(|state| {
         // Ours by state's records; a routed device state has no record
@@ -80,6 +90,11 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
             None
         }
     };
+    // The VM's owner must answer before we hold the lock that every other
+    // VM's events wait on (a followed device's VM is asked under it: rare).
+    if let Some(vm) = routed {
+        ctx.probe(&ctx.config.vms[vm], None)?;
+    }
     ctx.with_state(|state| {
         let mut steps = Vec::new();
         let (vm, origin) = match routed {

@@ -17,7 +17,7 @@ mod helper;
 mod proto;
 mod xml;
 
-use super::{Link, Located, Op, OpError, Opened};
+use super::{Env, Finder, Link, Located, Op, OpError, Opened};
 use super::{VmError, VmResult};
 use crate::config::VmConfig;
 use crate::deadline::Deadline;
@@ -156,9 +156,24 @@ impl Link for LibvirtVm {
     }
 }
 
+/// libvirt-managed domains: found through libvirtd.
+pub(super) struct Libvirt;
+
+impl Finder for Libvirt {
+    fn locate(&self, _: &Env<'_>, vm: &VmConfig, _: Option<u32>, deadline: &Deadline) -> Result<Located> {
+        locate(vm, deadline)
+    }
+
+    /// Finding the domain is connecting to libvirtd (the helper, each reply
+    /// bounded by the deadline): asking twice would double every event's cost.
+    fn probe(&self, _: &Env<'_>, _: &VmConfig, _: Option<u32>, _: &Deadline) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Connect to libvirtd at the VM's `uri` (through the libvirt helper) and
 /// find its running domain.
-pub(super) fn locate(vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
+fn locate(vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
     let Some(t) = &vm.libvirt else {
         return Err(Error::new(format!("VM {}: backend libvirt needs a domain", vm.name)));
     };

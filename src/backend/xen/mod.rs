@@ -13,7 +13,7 @@ mod records;
 use super::qemu::{self, Dialled, Qemu};
 use super::wire::qmp::{QmpError, QmpResult, Refusal};
 use super::wire::xenstore as xs;
-use super::{Link, Located, Op, OpError, Opened, RecordsReport};
+use super::{Env, Finder, Link, Located, Op, OpError, Opened, RecordsReport};
 use crate::config::{Config, VmConfig};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -110,11 +110,30 @@ impl Link for XenVm {
     }
 }
 
+/// Xen domains: found by name through xenstore.
+pub(super) struct Xen;
+
+impl Finder for Xen {
+    fn locate(&self, env: &Env<'_>, vm: &VmConfig, cached: Option<u32>, deadline: &Deadline) -> Result<Located> {
+        locate(env.root, env.config, vm, cached, deadline, env.names)
+    }
+
+    /// xenstored answers and says which domain is the VM's (cached in
+    /// `Names`, so the `locate` that follows asks less).
+    fn probe(&self, env: &Env<'_>, vm: &VmConfig, cached: Option<u32>, deadline: &Deadline) -> Result<()> {
+        let mut xs = xs::connect(env.root, deadline)
+            .map_err(|e| Error::caused(format!("VM {}: cannot reach xenstored", vm.name), e))?;
+        records::find_domain(&mut xs, &vm.name, cached, env.names)
+            .map_err(|e| Error::caused(format!("VM {}: looking up its domain in xenstore", vm.name), e))
+            .map(drop)
+    }
+}
+
 /// A Xen domain by name, through xenstore (never by asking sockets: a
 /// socket is libxl's, and a busy one would cost us our budget): name ->
 /// domid -> `<xen-run-dir>/qmp-libxl-<domid>`, connected to under libxl's
 /// qmp-socket-lock for that domain (held until the link is dropped).
-pub(super) fn locate(
+fn locate(
     root: &Root,
     config: &Config,
     vm: &VmConfig,
