@@ -76,7 +76,7 @@ pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Resu
         let mut x = Exec::new(ctx, Mode::ByHand);
         let mut failed = None;
         for vm in candidates {
-            match x.detach(state, ctx.config.index_of(&vm.name), at) {
+            match x.detach(state, ctx.config.index_of(&vm.name), at, "detached by hand") {
                 Ok(true) => {
                     done_in = Some(vm.name.clone());
                     break;
