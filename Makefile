@@ -59,7 +59,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build test unit bench-floor test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -103,9 +103,14 @@ demo: build
 	tests/e2e/demo --bin $(BIN)
 
 # Figures, not pass/fail: udev event latency and lock contention on real QEMU.
-bench:
+bench: bench-floor
 	$(CARGO) bench --locked --bench events
 	$(CARGO) bench --locked --bench xen_cost
+
+# The per-event remove path against a bare QMP client, side by side (issue 23's floor).
+bench-floor:
+	$(CARGO) build --release --locked --example qmp_floor
+	$(CARGO) bench --locked --bench floor
 
 # Does not build: run `make` first (as your user), then `sudo make install`.
 install:

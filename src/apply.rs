@@ -98,7 +98,11 @@ impl<'c> Exec<'c> {
         for step in steps {
             let vm = match step {
                 Step::Attach { vm, .. } | Step::Detach { vm, .. } => Some(*vm),
-                Step::Note { .. } | Step::Release { .. } | Step::Forget { .. } => None,
+                Step::Note { .. }
+                | Step::Release { .. }
+                | Step::Forget { .. }
+                | Step::Remember { .. }
+                | Step::Followed { .. } => None,
             };
             if vm.is_some_and(|v| self.done_with.contains(&v)) {
                 log::debug!("skipping \"{step}\": an earlier step on its VM did not go through");
@@ -126,6 +130,11 @@ impl<'c> Exec<'c> {
             Step::Note { level, text } => log::log!(*level, "{text}"),
             Step::Release { at } => state.held_out.retain(|h| (h.bus, h.addr) != (at.bus, at.addr)),
             Step::Forget { vm, at, .. } => drop_record(state, vm, *at),
+            Step::Remember { lineage, follow } => {
+                state.lineage.retain(|l| l.port_path != lineage.port_path && l.left + follow >= lineage.left);
+                state.lineage.push(lineage.clone());
+            }
+            Step::Followed { port_path } => state.lineage.retain(|l| l.port_path != *port_path),
             Step::Detach { vm, id, at, why } => {
                 if !self.ctx.dry_run {
                     log::info!("VM {}: detaching {id}: {why}", ctx.config.vms[*vm].name);

@@ -16,6 +16,9 @@ pub const MIN_TIMEOUT: f64 = 0.1;
 pub const MAX_TIMEOUT: f64 = 120.0;
 /// libxl's XEN_LIB_DIR on Debian and upstream: its lock files live there.
 pub const DEFAULT_XEN_LIB_DIR: &str = "/var/lib/xen";
+/// `follow-seconds` unless set: a DFU or MTP -> adb switch comes back within seconds.
+pub const DEFAULT_FOLLOW_SECONDS: u64 = 10;
+pub const MAX_FOLLOW_SECONDS: i64 = 3600;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -28,6 +31,62 @@ pub struct Config {
     pub timeout: Duration,
     pub log_file: Option<PathBuf>,
     pub vms: Vec<VmConfig>,
+    /// `follow-seconds`: how long a VM keeps a port after its device left,
+    /// for a device no rule routes (a re-enumeration under a new identity).
+    /// Zero: never.
+    pub follow: Duration,
+    /// `deny`: what no rule may route, nor `attach` by hand.
+    pub deny: Vec<DenyRule>,
+    /// `pass-unauthorized`: attach devices the host's policy keeps
+    /// unauthorized (sysfs `authorized` = 0) too.
+    pub pass_unauthorized: bool,
+}
+
+/// One `deny` entry: beats every routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyRule {
+    /// `vvvv:pppp[:serial]`.
+    Device(DeviceRule),
+    /// A port path (or `usbN`): that port, what is behind it, and its socket's other half.
+    Port(HubRule),
+    /// `class:XX`: a USB class code, matched against the device's class and
+    /// every interface's (`class:08`: mass storage).
+    Class(u8),
+}
+
+impl DenyRule {
+    pub fn parse(s: &str) -> Result<DenyRule> {
+        if let Some(c) = s.strip_prefix("class:") {
+            return Some(c)
+                .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|c| u8::from_str_radix(c, 16).ok())
+                .map(DenyRule::Class)
+                .ok_or_else(|| {
+                    Error::of(ErrorKind::Config, format!("{s:?}: a class is two hex digits, like \"class:08\""))
+                });
+        }
+        if s.contains(':') {
+            return DeviceRule::parse(s).map(DenyRule::Device);
+        }
+        HubRule::parse(s).map(DenyRule::Port)
+    }
+}
+
+impl std::fmt::Display for DenyRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DenyRule::Device(d) => {
+                write!(f, "{:04x}:{:04x}", d.vendor, d.product)?;
+                match &d.serial {
+                    Some(s) => write!(f, ":{s}"),
+                    None => Ok(()),
+                }
+            }
+            DenyRule::Port(HubRule::Bus(b)) => write!(f, "usb{b}"),
+            DenyRule::Port(HubRule::Port(p)) => f.write_str(p),
+            DenyRule::Class(c) => write!(f, "class:{c:02x}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +241,11 @@ struct RawConfig {
     /// (an untagged enum's error would name the Rust type).
     timeout: Option<toml::Value>,
     log_file: Option<PathBuf>,
+    follow_seconds: Option<i64>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    pass_unauthorized: bool,
     #[serde(default)]
     vm: Vec<RawVm>,
 }
@@ -246,6 +310,17 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
         }
     }
 
+    let follow = match raw.follow_seconds {
+        None => DEFAULT_FOLLOW_SECONDS,
+        Some(n) if (0..=MAX_FOLLOW_SECONDS).contains(&n) => n as u64,
+        Some(n) => return Err(err("follow-seconds", format!("must be 0 (never) to {MAX_FOLLOW_SECONDS} (got {n})"))),
+    };
+    let deny = raw
+        .deny
+        .iter()
+        .map(|d| DenyRule::parse(d).map_err(|e| err("deny", e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+
     let mut vms: Vec<VmConfig> = Vec::new();
     for (i, v) in raw.vm.into_iter().enumerate() {
         let vm = parse_vm(i, v, &err)?;
@@ -263,6 +338,9 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
         timeout: Duration::from_secs_f64(timeout),
         log_file: raw.log_file,
         vms,
+        follow: Duration::from_secs(follow),
+        deny,
+        pass_unauthorized: raw.pass_unauthorized,
     })
 }
 

@@ -31,13 +31,15 @@ fn note(level: Level, text: String) -> Vec<Step> {
     vec![Step::Note { level, text }]
 }
 
-/// Steps for an add or bind of `dev`, which the config routes to VM `vm`.
+/// Steps for an add or bind of `dev`, which goes to VM `vm`: by a rule, or
+/// (`origin` Followed) after a device that left its socket.
 pub(crate) fn on_add(
     config: &crate::config::Config,
     state: &State,
     dev: &HostDevice,
     action: Action,
     vm: usize,
+    origin: Origin,
 ) -> Vec<Step> {
     let at = dev.at();
     if state.is_held_out(dev.bus, dev.addr) {
@@ -47,7 +49,7 @@ pub(crate) fn on_add(
     }
     let mut steps = Vec::new();
     if let Some((owner, rec)) = state.find(dev.bus, dev.addr) {
-        if action == Action::Bind {
+        if action != Action::Add {
             // The add event already attached it: nothing to do, no QMP.
             return note(Level::Debug, format!("{at} already attached to {owner}"));
         }
@@ -65,17 +67,40 @@ pub(crate) fn on_add(
             });
         }
     }
-    steps.push(Step::Attach { vm, dev: dev.clone(), open_node: action == Action::Add, origin: Origin::Rule });
+    steps.push(Step::Attach { vm, dev: dev.clone(), open_node: action == Action::Add, origin });
     steps
+}
+
+/// The VM a device no rule routes follows into, if a VM's device left the
+/// same socket (its port, or the port's peer) within `follow-seconds`
+/// before `now` (seconds since the epoch): the lineage entry.
+pub(crate) fn follow<'s>(
+    config: &crate::config::Config,
+    state: &'s State,
+    dev: &HostDevice,
+    now: u64,
+) -> Option<(usize, &'s crate::state::Lineage)> {
+    let window = config.follow.as_secs();
+    if window == 0 || dev.is_hub() || dev.is_root_hub() {
+        return None;
+    }
+    let l = state.lineage.iter().find(|l| {
+        (l.port_path == dev.port_path || dev.peer_port_path.as_deref() == Some(l.port_path.as_str()))
+            && now.saturating_sub(l.left) <= window
+    })?;
+    Some((config.vms.iter().position(|v| v.name == l.vm)?, l))
 }
 
 /// Steps for the removal of whatever was at `at`. `routed`: the VM the
 /// config routes the removed device to, if any (from the event's ids).
+/// `now`: seconds since the epoch (a VM's device leaving is remembered for
+/// `follow-seconds`).
 pub(crate) fn on_remove(
     config: &crate::config::Config,
     state: &State,
     at: BusAddr,
     routed: Option<usize>,
+    now: u64,
 ) -> Vec<Step> {
     // Unplugging ends an admin's "keep it out".
     let mut steps = vec![Step::Release { at }];
@@ -90,7 +115,18 @@ pub(crate) fn on_remove(
             None => steps.push(Step::Note { level: Level::Debug, text: format!("{at} removed; not ours") }),
         },
         Some((owner, rec)) => match config.vms.iter().position(|v| v.name == owner) {
-            Some(vm) => steps.push(Step::Detach { vm, id: rec.id.clone(), at, why: "unplugged" }),
+            Some(vm) => {
+                steps.push(Step::Detach { vm, id: rec.id.clone(), at, why: "unplugged" });
+                if !config.follow.is_zero() && !rec.port_path.is_empty() {
+                    let lineage = crate::state::Lineage {
+                        port_path: rec.port_path.clone(),
+                        vm: owner.to_string(),
+                        usb_id: rec.usb_id.clone(),
+                        left: now,
+                    };
+                    steps.push(Step::Remember { lineage, follow: config.follow.as_secs() });
+                }
+            }
             None => {
                 let text = format!("{at} was attached to {owner}, which is no longer configured; forgetting it");
                 steps.push(Step::Note { level: Level::Warn, text });
@@ -151,29 +187,62 @@ mod tests {
         let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
         let s = state_with("a", &d);
         let other = HostDevice::fixture(1, 2, "1-1", 7, 7);
-        let steps = on_add(&c, &s, &other, Action::Add, 0);
+        let steps = on_add(&c, &s, &other, Action::Add, 0, Origin::Rule);
         assert!(matches!(&steps[1], Step::Detach { vm: 0, .. }), "{steps:?}");
         assert!(matches!(&steps[2], Step::Attach { vm: 0, open_node: true, .. }), "{steps:?}");
         // The same device again (a replayed add): no detach here, Attach asks QEMU.
-        let steps = on_add(&c, &s, &d, Action::Add, 0);
+        let steps = on_add(&c, &s, &d, Action::Add, 0, Origin::Rule);
         assert!(matches!(steps.as_slice(), [Step::Attach { vm: 0, open_node: true, .. }]), "{steps:?}");
-        let steps = on_add(&c, &s, &d, Action::Bind, 0);
+        let steps = on_add(&c, &s, &d, Action::Bind, 0, Origin::Rule);
         assert!(matches!(steps.as_slice(), [Step::Note { .. }]), "{steps:?}");
         let gone = state_with("old", &d);
-        let steps = on_add(&c, &gone, &d, Action::Add, 0);
+        let steps = on_add(&c, &gone, &d, Action::Add, 0, Origin::Rule);
         assert!(matches!(&steps[1], Step::Forget { .. }), "{steps:?}");
+    }
+
+    #[test]
+    fn a_device_follows_into_the_vm_whose_device_just_left_its_socket() {
+        let c = parse_str("[[vm]]\nname = \"a\"\ndevices = [\"0483:df11\"]\n", "t").unwrap();
+        let mut s = State::default();
+        let left = |port: &str, at: u64| crate::state::Lineage {
+            port_path: port.into(),
+            vm: "a".into(),
+            usb_id: "0483:df11".into(),
+            left: at,
+        };
+        s.lineage.push(left("1-4", 100));
+        let mut new = HostDevice::fixture(1, 9, "1-4", 0x0483, 0x5740);
+        assert_eq!(follow(&c, &s, &new, 110).map(|(vm, l)| (vm, l.port_path.as_str())), Some((0, "1-4")));
+        assert!(follow(&c, &s, &new, 111).is_none(), "past the 10 s window");
+        // Its peer: a SuperSpeed identity in the same socket.
+        let mut ss = HostDevice::fixture(2, 3, "2-4", 0x0483, 0x5741);
+        ss.peer_port_path = Some("1-4".into());
+        assert!(follow(&c, &s, &ss, 105).is_some());
+        // Another port, a hub, or following turned off: nothing.
+        assert!(follow(&c, &s, &HostDevice::fixture(1, 9, "1-5", 1, 1), 105).is_none());
+        new.class = 9;
+        assert!(follow(&c, &s, &new, 105).is_none(), "hubs never follow");
+        let off = parse_str("follow-seconds = 0\n[[vm]]\nname = \"a\"\n", "t").unwrap();
+        new.class = 0;
+        assert!(follow(&off, &s, &new, 105).is_none());
     }
 
     #[test]
     fn remove_releases_and_detaches_ours_only() {
         let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"usb1\"]\n", "t").unwrap();
         let d = HostDevice::fixture(1, 2, "1-1", 1, 1);
-        let steps = on_remove(&c, &state_with("a", &d), d.at(), None);
+        let steps = on_remove(&c, &state_with("a", &d), d.at(), None, 100);
+        assert!(
+            matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }, Step::Remember { follow: 10, .. }]),
+            "{steps:?}"
+        );
+        let off = parse_str("follow-seconds = 0\n[[vm]]\nname = \"a\"\nhubs = [\"usb1\"]\n", "t").unwrap();
+        let steps = on_remove(&off, &state_with("a", &d), d.at(), None, 100);
         assert!(matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }]), "{steps:?}");
-        let steps = on_remove(&c, &State::default(), d.at(), None);
+        let steps = on_remove(&c, &State::default(), d.at(), None, 100);
         assert!(matches!(&steps[..], [Step::Release { .. }, Step::Note { .. }]), "{steps:?}");
         // Not in state but routed to a VM: that VM's QEMU is asked.
-        let steps = on_remove(&c, &State::default(), d.at(), Some(0));
+        let steps = on_remove(&c, &State::default(), d.at(), Some(0), 100);
         assert!(matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }]), "{steps:?}");
     }
 }

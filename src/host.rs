@@ -36,6 +36,17 @@ pub struct HostDevice {
     /// `remove`, when sysfs is gone).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_port_path: Option<String>,
+    /// Every interface's class (`bInterfaceClass`), once the kernel has
+    /// configured the device: not always yet at `add` (they come before `bind`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interface_classes: Vec<u8>,
+    /// sysfs `authorized`: false while the host's policy (USBGuard,
+    /// `authorized_default`) keeps the device out.
+    pub authorized: bool,
+    /// Why the host itself uses it: a disk of it mounted, or in use as swap,
+    /// RAID or LVM. Such a device never goes to a VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<String>,
 }
 
 fn hex4<S: serde::Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
@@ -86,6 +97,9 @@ impl HostDevice {
             manufacturer: None,
             name: None,
             peer_port_path: None,
+            interface_classes: Vec::new(),
+            authorized: true,
+            in_use: None,
         }
     }
 }
@@ -104,8 +118,9 @@ fn num_attr<T: TryFrom<u32>>(dir: &Path, name: &str, radix16: bool) -> Result<T>
     n.ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| Error::new(format!("{}: bad {name} {s:?}", dir.display())))
 }
 
-/// Read one device directory (`/sys/bus/usb/devices/3-1.2` or the DEVPATH dir).
-pub fn read_device(dir: &Path) -> Result<HostDevice> {
+/// Read one device directory (`/sys/bus/usb/devices/3-1.2` or the DEVPATH
+/// dir); `root` is where `/proc` is, for what the host uses of it.
+pub fn read_device(root: &Root, dir: &Path) -> Result<HostDevice> {
     let port_path = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -124,8 +139,99 @@ pub fn read_device(dir: &Path) -> Result<HostDevice> {
         peer_port_path: std::fs::read_link(dir.join("port/peer"))
             .ok()
             .and_then(|t| t.file_name().and_then(|n| n.to_str()).and_then(port_dir_to_path)),
+        interface_classes: interface_classes(dir, &port_path),
+        authorized: read_attr(dir, "authorized").is_none_or(|a| a != "0"),
+        in_use: None,
         port_path,
     })
+    .map(|mut d| {
+        if d.class == MASS_STORAGE || d.interface_classes.contains(&MASS_STORAGE) {
+            d.in_use = in_use(root, dir);
+        }
+        d
+    })
+}
+
+/// USB class 08: mass storage (sticks, disks, card readers; UAS too).
+const MASS_STORAGE: u8 = 0x08;
+
+/// The classes of the device's interfaces (`3-1.2:1.0/bInterfaceClass`, ...).
+fn interface_classes(dir: &Path, port_path: &str) -> Vec<u8> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<u8> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| n.strip_prefix(port_path).is_some_and(|r| r.starts_with(':')))
+        })
+        .filter_map(|e| read_attr(&e.path(), "bInterfaceClass").and_then(|c| u8::from_str_radix(&c, 16).ok()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The host's own use of a mass-storage device's disks: the first of a
+/// partition or disk mounted (`/proc/self/mountinfo`), used as swap
+/// (`/proc/swaps`), or held by RAID, LVM or dm-crypt (sysfs `holders`).
+fn in_use(root: &Root, dir: &Path) -> Option<String> {
+    let disks = block_devices(dir);
+    if disks.is_empty() {
+        return None;
+    }
+    let mountinfo = std::fs::read_to_string(root.path("/proc/self/mountinfo")).unwrap_or_default();
+    let swaps = std::fs::read_to_string(root.path("/proc/swaps")).unwrap_or_default();
+    for (name, devno, holders) in &disks {
+        // mountinfo: "36 35 8:1 / /boot rw,... - ext4 /dev/sdb1 rw"
+        if let Some(at) = mountinfo.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&devno.as_str())).then(|| f.get(4).map(|m| m.to_string())).flatten()
+        }) {
+            return Some(format!("its disk {name} is mounted on {at}"));
+        }
+        if swaps.lines().skip(1).any(|l| l.split_whitespace().next() == Some(&format!("/dev/{name}"))) {
+            return Some(format!("its disk {name} is in use as swap"));
+        }
+        if let Some(h) = holders.first() {
+            return Some(format!("its disk {name} is held by {h} (RAID, LVM or dm-crypt)"));
+        }
+    }
+    None
+}
+
+/// Block devices below a USB device's sysfs dir: (name, "major:minor",
+/// holders) for each disk and partition. Symlinks are not followed (sysfs
+/// has loops); the depth is bounded (usb -> interface -> host -> target ->
+/// lun -> block -> disk -> partition).
+fn block_devices(dir: &Path) -> Vec<(String, String, Vec<String>)> {
+    fn walk(dir: &Path, depth: u8, in_block: bool, out: &mut Vec<(String, String, Vec<String>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.filter_map(|e| e.ok()) {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if in_block {
+                if let Some(devno) = read_attr(&path, "dev") {
+                    let holders = std::fs::read_dir(path.join("holders"))
+                        .map(|h| {
+                            h.filter_map(|h| h.ok()).map(|h| h.file_name().to_string_lossy().into_owned()).collect()
+                        })
+                        .unwrap_or_default();
+                    out.push((name.clone(), devno, holders));
+                    // Its partitions are directories of the disk.
+                    walk(&path, 0, true, out);
+                }
+                continue;
+            }
+            if depth > 0 {
+                walk(&path, depth - 1, name == "block", out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 7, false, &mut out);
+    out
 }
 
 /// A port's sysfs directory name as the device path in it would be named:
@@ -157,7 +263,7 @@ pub fn scan(root: &Root) -> Result<Vec<HostDevice>> {
         if name.contains(':') {
             continue;
         }
-        match read_device(&e.path()) {
+        match read_device(root, &e.path()) {
             Ok(d) => out.push(d),
             // A device unplugged mid-scan, or a half-written fixture: skip, say so.
             Err(err) => log::debug!("skipping {name}: {err}"),
@@ -178,6 +284,9 @@ pub fn find(root: &Root, bus: u16, addr: u16) -> Result<HostDevice> {
 pub enum Action {
     Add,
     Bind,
+    /// The device changed: on USB, the host's policy authorized it
+    /// (`authorized` 0 -> 1 gives the device only a `change`).
+    Change,
     Remove,
 }
 
@@ -202,6 +311,7 @@ impl UdevEvent {
         let action = match get("ACTION") {
             Some("add") => Action::Add,
             Some("bind") => Action::Bind,
+            Some("change") => Action::Change,
             Some("remove") => Action::Remove,
             Some(_) => return Ok(None),
             None => return Err(Error::new("udev event: ACTION is not set (run by udev? by hand use attach/detach)")),
@@ -273,7 +383,7 @@ impl UdevEvent {
     /// what the event itself says.
     pub fn device(&self, root: &Root) -> Result<HostDevice> {
         let dir = self.sysfs_dir(root);
-        if let Ok(mut d) = read_device(&dir) {
+        if let Ok(mut d) = read_device(root, &dir) {
             if (d.bus, d.addr) != (self.bus, self.addr) {
                 return Err(Error::new(format!(
                     "udev event for {}:{} but sysfs {} says {}:{}",
@@ -309,6 +419,9 @@ impl UdevEvent {
             manufacturer: None,
             name: None,
             peer_port_path: None,
+            interface_classes: Vec::new(),
+            authorized: true,
+            in_use: None,
         })
     }
 }
@@ -370,8 +483,11 @@ mod tests {
     #[test]
     fn ignores_other_actions_and_interfaces() {
         let mut m = env(ADD);
-        m.insert("ACTION".into(), "change".into());
+        m.insert("ACTION".into(), "unbind".into());
         assert_eq!(UdevEvent::from_env(&m).unwrap(), None);
+        // `change` is how a device arrives once the host's policy authorizes it.
+        m.insert("ACTION".into(), "change".into());
+        assert_eq!(UdevEvent::from_env(&m).unwrap().map(|e| e.action), Some(Action::Change));
         let mut m = env(ADD);
         m.insert("DEVTYPE".into(), "usb_interface".into());
         assert_eq!(UdevEvent::from_env(&m).unwrap(), None);

@@ -23,11 +23,28 @@ pub struct State {
     /// Rule-matched devices an admin detached by hand: kept out until unplugged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub held_out: Vec<HeldOut>,
+    /// Ports a VM's device just left (`follow-seconds`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Lineage>,
+}
+
+/// A device of a VM's left its port: a device no rule routes that comes
+/// into the same socket within `follow-seconds` goes to the same VM (a
+/// firmware updater's DFU mode, a phone's MTP -> adb switch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Lineage {
+    pub port_path: String,
+    pub vm: String,
+    /// The identity that left (`vvvv:pppp`), for the log.
+    pub usb_id: String,
+    /// When it left, in seconds since the epoch.
+    pub left: u64,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { version: VERSION, vms: BTreeMap::new(), held_out: Vec::new() }
+        State { version: VERSION, vms: BTreeMap::new(), held_out: Vec::new(), lineage: Vec::new() }
     }
 }
 
@@ -118,6 +135,9 @@ pub enum Origin {
     /// Found in QEMU and recorded by libxl (`xl usbdev-attach`): xl's, left
     /// alone while plugged in, cleaned out of QEMU and xenstore on unplug.
     Xl,
+    /// Came into the socket a VM's device had just left (`follow-seconds`):
+    /// no rule routes it, and `sync` leaves it where it followed.
+    Followed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

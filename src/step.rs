@@ -20,6 +20,11 @@ pub(crate) enum Step {
     /// Attach `dev` to configured VM `vm`; `open_node`: QEMU opens
     /// /dev/bus/usb/BBB/DDD itself (needed on udev's add event; on bind
     /// libusb knows the device and hostbus/hostaddr alone suit any QEMU).
+    /// Remember that a VM's device left this port (`follow-seconds`); drop
+    /// what expired before `lineage.left - follow`.
+    Remember { lineage: crate::state::Lineage, follow: u64 },
+    /// The port's lineage was followed (or is void): forget it.
+    Followed { port_path: String },
     /// `origin`: who asked (a rule, or an admin by hand).
     Attach { vm: usize, dev: HostDevice, open_node: bool, origin: Origin },
 }
@@ -31,6 +36,10 @@ impl fmt::Display for Step {
             Step::Release { at } => write!(f, "stop keeping {at} out (unplugged)"),
             Step::Detach { vm, id, at, why } => write!(f, "detach {id} ({at}) from VM #{vm}: {why}"),
             Step::Forget { vm, at, why } => write!(f, "forget {at} in VM {vm}: {why}"),
+            Step::Remember { lineage: l, .. } => {
+                write!(f, "remember that {} left {} of VM {}", l.usb_id, l.port_path, l.vm)
+            }
+            Step::Followed { port_path } => write!(f, "forget the lineage of {port_path}"),
             Step::Attach { vm, dev, .. } => {
                 write!(f, "attach {} ({}) {} to VM #{vm}", dev.port_path, dev.id_string(), dev.at())
             }

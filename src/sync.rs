@@ -33,10 +33,15 @@ pub(crate) fn plan(
                 None => Some("its host device is gone"),
                 // Attached for a rule the config no longer has (or that now
                 // routes it to another VM). Hand-attached devices stay.
-                Some(h) => crate::events::stale(d, h).or_else(|| {
-                    (d.origin == Origin::Rule && plan::route(config, h) != Some(*vm))
-                        .then_some("no rule routes it to this VM any more")
-                }),
+                Some(h) => crate::events::stale(d, h)
+                    .or_else(|| {
+                        (d.origin == Origin::Rule && plan::route(config, h) != Some(*vm))
+                            .then_some("no rule routes it to this VM any more")
+                    })
+                    .or_else(|| {
+                        (d.origin == Origin::Followed && plan::held_back(config, h).is_some())
+                            .then_some("the host keeps it now (deny, its own use, or its policy)")
+                    }),
             };
             match why {
                 Some(why) => {

@@ -25,6 +25,10 @@ pub(super) fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Res
             dev.port_path
         );
     }
+    // `deny`, the host's own use of it and its policy beat a hand attach too.
+    if let Some(why) = plan::held_back(&ctx.config, &dev) {
+        crate::bail!("{bus}:{addr} ({} {}) stays on the host: {why}", dev.port_path, dev.id_string());
+    }
     let vm = match vm_name {
         Some(n) => ctx.config.vm(n)?,
         None => match (plan::route(&ctx.config, &dev), ctx.config.vms.as_slice()) {

@@ -6,8 +6,8 @@ use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::events;
 use crate::host::{Action, UdevEvent};
-use crate::plan;
-use crate::state::State;
+use crate::plan::{self, Routing};
+use crate::state::{Origin, State};
 use crate::step::Step;
 use crate::types::BusAddr;
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ pub(super) fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
         return Ok(());
     };
     match ev.action {
-        Action::Add | Action::Bind => add(ctx, &ev),
+        Action::Add | Action::Bind | Action::Change => add(ctx, &ev),
         Action::Remove => remove(ctx, &ev),
     }
 }
@@ -44,7 +44,7 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
         // of is looked up in QEMU by `on_remove`'s Detach and still goes
         // on to libxl's records below.
         let ours = state.find(at.bus, at.addr).is_some();
-        let steps = events::on_remove(&ctx.config, state, at, routed);
+        let steps = events::on_remove(&ctx.config, state, at, routed, unix_now());
         apply::execute(ctx, state, &steps, Mode::Triggered)?;
         Ok((!ours).then(|| state.clone()))
     })?;
@@ -56,15 +56,53 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
 
 fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     let dev = ev.device(&ctx.root)?;
+    let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
     // Decided before taking the lock: most devices are nobody's business.
-    let Some(vm) = plan::route(&ctx.config, &dev) else {
-        log::debug!("{} ({}) at {}: no rule wants it", dev.port_path, dev.id_string(), dev.at());
-        return Ok(());
+    let routed = match plan::routing(&ctx.config, &dev) {
+        Routing::To(vm) => Some(vm),
+        Routing::Held { vm, why } => {
+            log::info!("{shown}: not attaching it to VM {}: {why}", ctx.config.vms[vm].name);
+            return Ok(());
+        }
+        // No rule wants it; a VM whose device just left this socket may
+        // (`follow-seconds`): state is peeked only when following is on.
+        Routing::Nobody => {
+            let now = unix_now();
+            let peek = (!ctx.config.follow.is_zero()).then(|| ctx.peek_state());
+            if peek.as_ref().and_then(|s| events::follow(&ctx.config, s, &dev, now)).is_none() {
+                log::debug!("{shown}: no rule wants it");
+                return Ok(());
+            }
+            if let Some(why) = plan::held_back(&ctx.config, &dev) {
+                log::info!("{shown}: not following it into a VM: {why}");
+                return Ok(());
+            }
+            None
+        }
     };
     ctx.with_state(|state| {
-        let steps = events::on_add(&ctx.config, state, &dev, ev.action, vm);
+        let mut steps = Vec::new();
+        let (vm, origin) = match routed {
+            Some(vm) => (vm, Origin::Rule),
+            // Asked again under the lock: the peek may be old.
+            None => match events::follow(&ctx.config, state, &dev, unix_now()) {
+                Some((vm, l)) => {
+                    let text = format!("following {} on {} into VM {}: {shown}", l.usb_id, l.port_path, l.vm);
+                    steps.push(Step::Note { level: log::Level::Info, text });
+                    steps.push(Step::Followed { port_path: l.port_path.clone() });
+                    (vm, Origin::Followed)
+                }
+                None => return Ok(()),
+            },
+        };
+        steps.extend(events::on_add(&ctx.config, state, &dev, ev.action, vm, origin));
         apply::execute(ctx, state, &steps, Mode::Triggered)
     })
+}
+
+/// Seconds since the epoch (lineage ages are whole seconds).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A device we hold no record of was unplugged: if libxl records it in a

@@ -1,0 +1,116 @@
+//! The per-event remove path against its floor, side by side in one run on
+//! the same real QEMU: `auto-usb-attach udev` for a `remove` of a device the
+//! state holds (exec, config, lock, state, connect, `device_del`, state
+//! write, exit) against `examples/qmp_floor` (exec, connect, greeting,
+//! `qmp_capabilities`, `device_del`, exit). Pairs alternate which goes
+//! first; the device is put back (not timed) before each. State lives on
+//! tmpfs (/dev/shm) when there is one. Prints p50/p90 of each and the
+//! ratio; asserts nothing.
+//!
+//! Run: `make bench-floor` (builds the floor first), or
+//! `cargo build --release --example qmp_floor && cargo bench --bench floor`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{remove_env, Qemu, TestRoot, BIN};
+use serde_json::json;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PAIRS: usize = 40;
+const BUS: u32 = 1;
+
+fn floor_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FLOOR_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/examples/qmp_floor");
+    assert!(p.exists(), "{} is missing: cargo build --release --example qmp_floor", p.display());
+    p
+}
+
+/// What the tool writes as the QEMU's identity: socket inode and ctime.
+fn instance_of(sock: &Path) -> String {
+    let m = std::fs::metadata(sock).unwrap();
+    format!("{}:{}.{:09}", m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+/// Put usb-host `xenusb-1-<addr>` on port 1 and the state's record of it.
+fn place(root: &TestRoot, q: &Qemu, sock: &Path, addr: u32) {
+    let mut c = q.qmp();
+    // device_del of a usb-host finishes at once, but wait for it to be gone before reusing the port.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.peripherals().iter().any(|(n, _)| n.starts_with("xenusb-1-")) {
+        assert!(Instant::now() < deadline, "the previous device never went away");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    c.place_usb_host("xenusb-0", 1, BUS, addr, "1");
+    let state = json!({"version": 1, "vms": {"a": {
+        "socket": "/run/qemu/a.qmp", "instance": instance_of(sock),
+        "controllers": [{"id": "xenusb-0", "driver": "nec-usb-xhci", "ports": 15, "usb3-ports": 15}],
+        "devices": [{"id": format!("xenusb-{BUS}-{addr}"), "bus": BUS, "addr": addr, "controller": "xenusb-0",
+                     "port": 1, "port-path": "1-1", "usb-id": "046d:c52b", "origin": "rule"}]}}});
+    std::fs::create_dir_all(root.state_dir()).unwrap();
+    std::fs::write(root.state_path(), serde_json::to_string_pretty(&state).unwrap()).unwrap();
+}
+
+fn timed(mut c: Command) -> Duration {
+    let t = Instant::now();
+    let st = c.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    let d = t.elapsed();
+    assert!(st.success(), "{c:?} failed");
+    d
+}
+
+fn pct(t: &mut [Duration], p: usize) -> f64 {
+    t.sort();
+    t[(t.len() * p / 100).min(t.len() - 1)].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if Path::new("/dev/shm").is_dir() && std::env::var_os("TMPDIR").is_none() {
+        std::env::set_var("TMPDIR", "/dev/shm");
+    }
+    let root = TestRoot::new("floor");
+    root.write_config("timeout = 10\n[[vm]]\nname = \"a\"\nqmp = \"/run/qemu/a.qmp\"\nhubs = [\"usb1\"]\n");
+    let sock = root.p("/run/qemu/a.qmp");
+    let q = Qemu::start("a", &sock);
+    q.qmp().add_xhci("xenusb-0", 15);
+    let floor = floor_bin();
+    let (mut tool, mut raw) = (Vec::new(), Vec::new());
+    for i in 0..PAIRS {
+        let addr = 10 + i as u32;
+        let id = format!("xenusb-{BUS}-{addr}");
+        let run_tool = |tool: &mut Vec<Duration>| {
+            place(&root, &q, &sock, addr);
+            let mut c = Command::new(BIN);
+            c.env_clear().envs(remove_env(BUS, addr)).args(["--root", root.root_str(), "udev"]);
+            tool.push(timed(c));
+        };
+        let run_floor = |raw: &mut Vec<Duration>| {
+            place(&root, &q, &sock, addr);
+            let mut c = Command::new(&floor);
+            c.arg(&sock).arg(&id);
+            raw.push(timed(c));
+        };
+        if i % 2 == 0 {
+            run_tool(&mut tool);
+            run_floor(&mut raw);
+        } else {
+            run_floor(&mut raw);
+            run_tool(&mut tool);
+        }
+    }
+    let (t50, t90, f50, f90) = (pct(&mut tool, 50), pct(&mut tool, 90), pct(&mut raw, 50), pct(&mut raw, 90));
+    println!(
+        "remove path, {PAIRS} pairs alternating, one real QEMU ({}), state under {}:",
+        std::env::var("QEMU_VERSION").unwrap_or_else(|_| "qemu-system-x86_64 -M pc".into()),
+        root.root_str()
+    );
+    println!("  auto-usb-attach udev remove  p50 {t50:.2} ms  p90 {t90:.2} ms");
+    println!("  qmp_floor device_del         p50 {f50:.2} ms  p90 {f90:.2} ms");
+    println!("  ratio (p50)                  {:.2}x", t50 / f50);
+}
