@@ -23,7 +23,7 @@ fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
 }
 
 /// `dev`'s outcome in `vm`.
-fn outcome_of(event: Event, vm: &VmConfig, dev: &HostDevice, reason: impl Into<String>) -> Outcome {
+pub(crate) fn outcome_of(event: Event, vm: &VmConfig, dev: &HostDevice, reason: impl Into<String>) -> Outcome {
     Outcome {
         event,
         vm: vm.name.clone(),
@@ -440,6 +440,7 @@ fn try_once(
 fn log_attached(ctx: &Ctx, vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, origin: Origin) {
     let why = match origin {
         Origin::Manual => "attached by hand",
+        Origin::Followed => "it follows the VM's device that left this socket",
         _ => "a rule routes it",
     };
     let text = format!(

@@ -13,11 +13,13 @@ pub enum Event {
     Attached,
     /// The device came out of the VM (unplugged, by hand, or moved).
     Detached,
-    /// The tool tried to put the device in the VM and could not (no free
-    /// port, the VM refused, not running when asked by hand, ...).
+    /// The device does not go in: `deny` or the host's own use of it keeps
+    /// it, or the tool tried and could not (no free port, the VM refused,
+    /// not running when asked by hand, ...).
     Refused,
-    /// The device stays on the host until something changes (the VM is not
-    /// running, or not ready yet): `sync` attaches it then.
+    /// The device stays on the host until something changes: the VM is not
+    /// running, or not ready yet (`sync` attaches it then), or the host's
+    /// policy has not authorized it yet (its `change` event attaches it).
     Waiting,
 }
 

@@ -21,7 +21,6 @@ pub(crate) enum Kind {
     Waiting,
     /// A present device a rule routes that the host keeps back, with the
     /// reason (deny, the mount guard, `authorized` = 0). Not a problem.
-    #[allow(dead_code)] // the host policies (issue 22, item 3) push these
     Held,
 }
 

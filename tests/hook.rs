@@ -182,3 +182,35 @@ fn no_hook_under_dry_run() {
     assert!(!out.exists(), "a dry run ran the hook: {:?}", records(&out));
     assert_eq!(f.device_ids(), ["xenusb-0", "xenusb-3-7"]);
 }
+
+#[test]
+fn what_the_host_holds_back_is_refused_or_waiting_for_the_hook_and_in_check() {
+    let (r, sys, dev) = receiver_at_3_7("hook-held", "");
+    let out = recording_hook(&r);
+    r.write_config(&format!("deny = [\"class:08\"]\n{}", config(&out, "5", "hubs = [\"3-1\"]")));
+    let _f = FakeQmp::start(&r.p(QMP), FakeOptions::default());
+    let dir = |d: &UsbDev| r.p(&format!("/sys/bus/usb/devices/{}", d.port_path));
+    // A stick the deny list keeps out: refused, with the entry.
+    let stick = UsbDev::new(3, 8, "3-1.3").ids("0781", "5567");
+    sys.device(&stick);
+    std::fs::write(dir(&stick).join("3-1.3:1.0/bInterfaceClass"), "08\n").unwrap();
+    r.udev(&stick.udev_env("bind")).ok();
+    // The receiver, unauthorized by the host's policy: waiting; authorized: attached.
+    std::fs::write(dir(&dev).join("authorized"), "0\n").unwrap();
+    r.udev(&dev.udev_env("add")).ok();
+    let check = r.run(&["check"]);
+    std::fs::write(dir(&dev).join("authorized"), "1\n").unwrap();
+    r.udev(&dev.udev_env("change")).ok();
+
+    let recs = records(&out);
+    let seen: Vec<(&str, &str)> = recs.iter().map(|r| (r["EVENT"].as_str(), r["DEVICE"].as_str())).collect();
+    assert_eq!(seen, [("refused", "0781:5567"), ("waiting", "046d:c52b"), ("attached", "046d:c52b")], "{recs:#?}");
+    assert!(recs[0]["REASON"].contains("class:08"), "{:?}", recs[0]);
+    assert!(recs[1]["REASON"].contains("authorized = 0"), "{:?}", recs[1]);
+    // check says both, with why, and neither is a problem.
+    let held: Vec<&str> = check.stdout.lines().filter(|l| l.starts_with("held back: ")).collect();
+    assert_eq!(held.len(), 2, "{}", check.stdout);
+    assert!(held[0].contains("3:7 3-1.2 (046d:c52b): blocked by host policy"), "{}", check.stdout);
+    assert!(held[1].contains("3:8 3-1.3 (0781:5567): denied by deny entry \"class:08\""), "{}", check.stdout);
+    assert!(check.stdout.lines().last().unwrap().ends_with("2 held back"), "{}", check.stdout);
+}

@@ -96,6 +96,16 @@ pub(super) fn waiting_rules(c: &Config, host: &[host::HostDevice]) -> Vec<(usize
     out
 }
 
+/// Present devices a rule of a VM wants that the host keeps back (`deny`,
+/// the host's own use of it, `authorized` = 0): (VM index, text with why).
+pub(super) fn held_devices(c: &Config, host: &[host::HostDevice]) -> Vec<(usize, String)> {
+    let held = |d: &host::HostDevice| match plan::routing(c, d) {
+        plan::Routing::Held { vm, why } => Some((vm, format!("{} {} ({}): {why}", d.at(), d.port_path, d.id_string()))),
+        _ => None,
+    };
+    host.iter().filter_map(held).collect()
+}
+
 /// A VM that is not running, and how many present devices its rules route to it.
 pub(super) fn vm_down(n: usize) -> String {
     format!("VM down: {n} device{} will attach when it starts", if n == 1 { "" } else { "s" })
@@ -175,10 +185,15 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
         }
     };
     // Waiting is not a problem: said after each VM's own line, exit code unchanged.
+    // So is a device the host holds back, with why.
     let rule_waits = waiting_rules(&ctx.config, &host);
+    let held = held_devices(&ctx.config, &host);
     let push_waits = |report: &mut Report, i: usize| {
         for (_, text) in rule_waits.iter().filter(|(v, _)| *v == i) {
             report.push(Kind::Waiting, format!("VM {}", ctx.config.vms[i].name), text.clone());
+        }
+        for (_, text) in held.iter().filter(|(v, _)| *v == i) {
+            report.push(Kind::Held, format!("VM {}", ctx.config.vms[i].name), text.clone());
         }
     };
     // QMP serves one client at a time: don't race our own udev events.
@@ -330,6 +345,16 @@ devices = ["1050:0407"]
             "a hub is no device; the key (serial 12) covers 1-4 and b's rule"
         );
         assert_eq!(vm_down(1), "VM down: 1 device will attach when it starts");
+        assert!(held_devices(&c, &host).is_empty());
+        let c = parse_str("deny = [\"class:08\"]\n[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t").unwrap();
+        let mut stick = host::HostDevice::fixture(1, 4, "1-4.2", 0x0781, 0x5567);
+        stick.interface_classes = vec![8];
+        let mut key = host[2].clone();
+        key.interface_classes = vec![3];
+        assert_eq!(
+            held_devices(&c, &[stick, key]),
+            [(0, "1:4 1-4.2 (0781:5567): denied by deny entry \"class:08\"".to_string())]
+        );
         assert_eq!(vm_down(0), "VM down: 0 devices will attach when it starts");
     }
 }
