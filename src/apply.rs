@@ -135,11 +135,8 @@ impl<'c> Exec<'c> {
                 state.lineage.push(lineage.clone());
             }
             Step::Followed { port_path } => state.lineage.retain(|l| l.port_path != *port_path),
-            Step::Detach { vm, id, at, why } => {
-                if !self.ctx.dry_run {
-                    log::info!("VM {}: detaching {id}: {why}", ctx.config.vms[*vm].name);
-                }
-                self.detach(state, *vm, *at, why)?;
+            Step::Detach { vm, at, why, .. } => {
+                self.detach(state, *vm, *at, Some(why))?;
             }
             Step::Attach { vm, dev, open_node, origin } => {
                 let node = open_node.then(|| ctx.node(dev));
@@ -195,10 +192,11 @@ impl<'c> Exec<'c> {
         Ok(self.sessions.last_mut().map(|(_, s)| s))
     }
 
-    /// Remove the device at `at` from configured VM `vm` and its record.
-    /// Gone already (VM not running, restarted, not there) counts as done;
-    /// true if the VM had it. `why`: the outcome's reason.
-    pub(crate) fn detach(&mut self, state: &mut State, vm: usize, at: BusAddr, why: &str) -> Result<bool> {
+    /// Remove the device at `at` from configured VM `vm` and its record
+    /// (`why`, for the one log line that says it happened, and the outcome's
+    /// reason). Gone already (VM not running, restarted, not there) counts as
+    /// done; true if the VM had it.
+    pub(crate) fn detach(&mut self, state: &mut State, vm: usize, at: BusAddr, why: Option<&str>) -> Result<bool> {
         let quiet = self.quiet();
         let ctx = self.ctx;
         let cfg = &ctx.config.vms[vm];
@@ -353,12 +351,12 @@ fn already_there(ctx: &Ctx, s: &mut Session, vm: &VmConfig, dev: &HostDevice, fr
             return Ok(true);
         }
         log::info!("VM {}: {id} lost the device it had open (enumerated anew at {}); replacing it", vm.name, dev.at());
-        detach_on(ctx, s, vm, dev.at(), true, "it lost the device it had open")?;
+        detach_on(ctx, s, vm, dev.at(), true, Some("it lost the device it had open"))?;
         return Ok(false);
     }
     let was = if rec.usb_id.is_empty() { "a device state has no record of".to_string() } else { rec.usb_id.clone() };
     log::info!("VM {}: {id} holds {was}, not {} at {}; replacing it", vm.name, dev.id_string(), dev.port_path);
-    detach_on(ctx, s, vm, dev.at(), true, "another device now has its bus:addr")?;
+    detach_on(ctx, s, vm, dev.at(), true, Some("another device took its bus:addr"))?;
     Ok(false)
 }
 
@@ -458,9 +456,9 @@ fn log_attached(ctx: &Ctx, vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placem
     announce(ctx, log::Level::Info, outcome_of(Event::Attached, vm, dev, why), text);
 }
 
-/// `device_del` `at` over an open session; true if QEMU had it. `why`:
-/// the outcome's reason.
-fn detach_on(ctx: &Ctx, s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool, why: &str) -> Result<bool> {
+/// `device_del` `at` over an open session; true if QEMU had it. One log
+/// line when it happened, with `why` (the outcome's reason).
+fn detach_on(ctx: &Ctx, s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool, why: Option<&str>) -> Result<bool> {
     let id = s.id_for(at);
     // What the record knows of the device, for the outcome (taken before it goes).
     let rec = s.view().devices.iter().find(|d| d.id == id).cloned();
@@ -469,8 +467,14 @@ fn detach_on(ctx: &Ctx, s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool
         true if s.dry_run => {}
         true => {
             let (port, device, serial) = rec.map(|r| (r.port_path, r.usb_id, r.serial)).unwrap_or_default();
-            let o = Outcome { event: Event::Detached, vm: vm.name.clone(), port, device, serial, reason: why.into() };
-            announce(ctx, log::Level::Info, o, format_args!("detached {id} ({at}) from VM {}", vm.name));
+            let reason = why.unwrap_or_default().to_string();
+            let o = Outcome { event: Event::Detached, vm: vm.name.clone(), port, device, serial, reason };
+            let text = format!(
+                "detached {id} ({at}) from VM {}{}",
+                vm.name,
+                why.map(|w| format!(": {w}")).unwrap_or_default()
+            );
+            announce(ctx, log::Level::Info, o, text);
         }
         false if !quiet => log::info!("{id} was not in VM {}", vm.name),
         false => {}

@@ -36,13 +36,13 @@ impl Ctx {
     /// device_add is real).
     pub(crate) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let dir = self.state_dir();
-        let _lock = LockGuard::acquire(&dir, &self.deadline)?;
-        let mut state = State::load(&dir)?;
+        let lock = LockGuard::acquire(&dir, &self.deadline)?;
+        let mut state = State::load_from(lock.dir())?;
         let before = state.clone();
         let out = f(&mut state);
         // A dry run reads and plans but leaves state as it found it.
         if state != before && !self.dry_run {
-            if let Err(save) = state.save(&dir) {
+            if let Err(save) = state.save_to(lock.dir()) {
                 // Both outcomes in one line. The file keeps its last good
                 // contents, which the next event reconciles with QEMU (a
                 // missing record is looked up by id; a stale one is dropped

@@ -144,7 +144,12 @@ pub fn unsafe_path(path: &Path, no_symlink: bool) -> Option<String> {
     }
     let mut dirs: Vec<PathBuf> = path.ancestors().skip(1).map(Path::to_path_buf).collect();
     if let Ok(real) = std::fs::canonicalize(path) {
-        dirs.extend(real.ancestors().skip(1).map(Path::to_path_buf));
+        // Each directory once: without symlinks both lists are the same.
+        for d in real.ancestors().skip(1) {
+            if !dirs.iter().any(|x| x == d) {
+                dirs.push(d.to_path_buf());
+            }
+        }
     }
     for d in dirs {
         if d.as_os_str().is_empty() {

@@ -15,6 +15,9 @@ use std::path::Path;
 
 pub(crate) struct LockGuard {
     _file: Flock<File>,
+    /// The verified state dir the lock is in: what the lock protects is
+    /// read and written through it, without opening and checking it again.
+    dir: crate::fsio::Dir,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -32,7 +35,7 @@ impl LockGuard {
         let mut file = d.open_rw("lock", crate::fsio::FILE_MODE).context("cannot open lock")?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => return Ok(LockGuard { _file: locked }),
+                Ok(locked) => return Ok(LockGuard { _file: locked, dir: d }),
                 Err((f, Errno::EWOULDBLOCK | Errno::EINTR)) => {
                     file = f;
                     let left = deadline.remaining(&format!(
@@ -44,6 +47,10 @@ impl LockGuard {
                 Err((_, e)) => return Err(Error::caused(format!("cannot lock {}", path.display()), e)),
             }
         }
+    }
+
+    pub(crate) fn dir(&self) -> &crate::fsio::Dir {
+        &self.dir
     }
 }
 

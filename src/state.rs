@@ -195,7 +195,11 @@ impl State {
     /// inspection) and rebuilt from QEMU later, so that no bad file can
     /// wedge every later invocation.
     pub fn load(dir: &Path) -> Result<State> {
-        let d = crate::fsio::Dir::create(dir)?;
+        State::load_from(&crate::fsio::Dir::create(dir)?)
+    }
+
+    /// `load`, through a directory already opened and checked.
+    pub(crate) fn load_from(d: &crate::fsio::Dir) -> Result<State> {
         let why = match d.read(FILE, crate::fsio::READ_CAP) {
             Err(crate::fsio::ReadError::Missing) => return Ok(State::default()),
             Ok(bytes) => match std::str::from_utf8(&bytes).map_err(|e| Error::caused("not UTF-8", e)) {
@@ -217,7 +221,11 @@ impl State {
     /// Atomic replace: a crash leaves either the old or the new file, whole;
     /// never written through a symlink, mode 0644 whatever the umask.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let d = crate::fsio::Dir::create(dir)?;
+        self.save_to(&crate::fsio::Dir::create(dir)?)
+    }
+
+    /// `save`, through a directory already opened and checked.
+    pub(crate) fn save_to(&self, d: &crate::fsio::Dir) -> Result<()> {
         d.write_atomic(FILE, self.to_json().as_bytes(), crate::fsio::FILE_MODE)
             .with_context(|| format!("cannot write {}", d.shown(FILE)))
     }

@@ -102,9 +102,8 @@ pub(super) enum Dialled {
 }
 
 /// Connect to the QMP socket at `path` (under the root), greeted and
-/// negotiated; `instance` is read before connecting.
-pub(super) fn dial(path: &Path, deadline: &Deadline) -> QmpResult<Dialled> {
-    let instance = instance_of(path).unwrap_or_default();
+/// negotiated; `instance` (`instance_of`) was read before connecting.
+pub(super) fn dial(path: &Path, instance: String, deadline: &Deadline) -> QmpResult<Dialled> {
     match qmp::connect(path, deadline, Duration::MAX) {
         Ok(q) => {
             log::debug!("{}: {}", path.display(), q.greeting);
@@ -121,10 +120,10 @@ pub(super) fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<
         return Err(Error::new(format!("VM {}: backend qemu needs a qmp socket", vm.name)));
     };
     let path = root.path(shown);
-    if !path.exists() {
+    let Some(instance) = instance_of(&path) else {
         return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
-    }
-    match dial(&path, deadline) {
+    };
+    match dial(&path, instance, deadline) {
         Ok(Dialled::Up(link, instance)) => {
             Ok(Located::Running(Opened { link: Box::new(link), socket: shown.clone(), instance, domid: None }))
         }

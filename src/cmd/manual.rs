@@ -80,7 +80,7 @@ pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Resu
         let mut x = Exec::new(ctx, Mode::ByHand);
         let mut failed = None;
         for vm in candidates {
-            match x.detach(state, ctx.config.index_of(&vm.name), at, "detached by hand") {
+            match x.detach(state, ctx.config.index_of(&vm.name), at, Some("by hand")) {
                 Ok(true) => {
                     done_in = Some(vm.name.clone());
                     break;

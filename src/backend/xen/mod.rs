@@ -141,7 +141,7 @@ pub(super) fn locate(
             .map(|e| e.path());
         qemu::stale_age(socks)
     };
-    if !path.exists() {
+    let Some(instance) = qemu::instance_of(&path) else {
         // libxl records a device model before it starts it.
         let dm = xs.read_opt(xs::Tx::NONE, &format!("/libxl/{domid}/dm-version")).ok().flatten();
         return Ok(match dm {
@@ -151,11 +151,11 @@ pub(super) fn locate(
             },
             None => Located::NotRunning(format!("domain {domid} has no QEMU device model (PV?)")),
         });
-    }
+    };
     let lock_path = lock::path(root, &config.xen_lib_dir, domid, &domain.uuid, lock::Kind::Qmp)?;
     let qmp_lock =
         lock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::caused(format!("VM {}", vm.name), e))?;
-    let (qemu, instance) = match qemu::dial(&path, deadline) {
+    let (qemu, instance) = match qemu::dial(&path, instance, deadline) {
         Ok(Dialled::Up(q, instance)) => (q, instance),
         Ok(Dialled::Refused(why)) => return Ok(Located::NotReady { why, stale: stale() }),
         Err(e) => return Err(Error::caused(format!("VM {}: QMP {}", vm.name, path.display()), e)),
