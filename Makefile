@@ -14,7 +14,7 @@
 #                        (SEED=n STEPS=n; SOAK_ARGS=--quiet etc.)
 #   make storm           32 devices at once into one VM on the real-kernel rig
 #   make bench           event latency / lock contention figures (real QEMU)
-#   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config
+#   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config and hook
 #                        (never overwrites a config; enables the units when systemd runs)
 #   sudo make uninstall  removes what install put there, except the config
 #
@@ -133,6 +133,7 @@ install:
 		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish
 	install -d $(DESTDIR)$(DOCDIR)
 	install -m 0644 examples/auto-usb-attach.toml README.md CHANGELOG.md LICENSE $(DESTDIR)$(DOCDIR)/
+	install -D -m 0755 examples/hooks/notify-send $(DESTDIR)$(DOCDIR)/hooks/notify-send
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml ]; then \
 		echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/auto-usb-attach.toml"; \
 	else \
@@ -151,8 +152,8 @@ uninstall:
 		$(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
 		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish \
 		$(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS)) \
-		$(addprefix $(DESTDIR)$(DOCDIR)/,auto-usb-attach.toml README.md CHANGELOG.md LICENSE)
-	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+		$(addprefix $(DESTDIR)$(DOCDIR)/,auto-usb-attach.toml README.md CHANGELOG.md LICENSE hooks/notify-send)
+	rmdir $(DESTDIR)$(DOCDIR)/hooks $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	@echo "left $(SYSCONFDIR)/auto-usb-attach.toml in place (your config)"
 	@if [ -z "$(DESTDIR)" ] && command -v udevadm >/dev/null; then udevadm control --reload; fi
 

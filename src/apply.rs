@@ -5,9 +5,9 @@
 
 use crate::config::VmConfig;
 use crate::ctx::{vm_err, Ctx};
-use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::host::HostDevice;
+use crate::outcome::{Event, Outcome};
 use crate::plan::{self, Placement};
 use crate::session::Refusal;
 use crate::session::Session;
@@ -20,6 +20,34 @@ fn drop_record(state: &mut State, vm: &str, at: BusAddr) {
     if let Some(v) = state.vms.get_mut(vm) {
         v.devices.retain(|d| d.at() != at);
     }
+}
+
+/// `dev`'s outcome in `vm`.
+pub(crate) fn outcome_of(event: Event, vm: &VmConfig, dev: &HostDevice, reason: impl Into<String>) -> Outcome {
+    Outcome {
+        event,
+        vm: vm.name.clone(),
+        port: dev.port_path.clone(),
+        device: dev.id_string(),
+        serial: dev.serial.clone().unwrap_or_default(),
+        reason: reason.into(),
+    }
+}
+
+/// Say outcome `o` in its one log line at `level`, with its journal fields
+/// (`MESSAGE_ID`, `VM`, `USB_PORT`, `USB_DEVICE`, `USB_SERIAL`), and keep it
+/// for the config's `hook` (`cmd::run` runs it once the command is done). A
+/// dry run changes nothing, so it has no outcome: its line goes out plain.
+pub(crate) fn announce(ctx: &Ctx, level: log::Level, o: Outcome, text: impl std::fmt::Display) {
+    if ctx.dry_run {
+        log::log!(level, "{text}");
+        return;
+    }
+    {
+        let _fields = crate::log::scope(&o.journal_fields());
+        log::log!(level, "{text}");
+    }
+    ctx.outcomes.borrow_mut().push(o);
 }
 
 /// How the steps' outcomes are taken.
@@ -81,7 +109,14 @@ impl<'c> Exec<'c> {
                 continue;
             }
             if let Err(e) = self.step(state, step) {
-                log::warn!("{e:#}");
+                match step {
+                    // A device that did not go in: refused, and why.
+                    Step::Attach { vm, dev, .. } => {
+                        let o = outcome_of(Event::Refused, &self.ctx.config.vms[*vm], dev, format!("{e:#}"));
+                        announce(self.ctx, log::Level::Warn, o, format_args!("{e:#}"));
+                    }
+                    _ => log::warn!("{e:#}"),
+                }
                 failures.push(e);
                 self.done_with.extend(vm);
             }
@@ -107,7 +142,18 @@ impl<'c> Exec<'c> {
                 let node = open_node.then(|| ctx.node(dev));
                 let cfg = &ctx.config.vms[*vm];
                 let loud = !self.quiet();
-                let Some(s) = self.session(state, *vm, loud)? else { return Ok(()) };
+                let Some(s) = self.session(state, *vm, loud)? else {
+                    // Not running (or not up yet): `sync` attaches it when it is.
+                    let o = outcome_of(Event::Waiting, cfg, dev, "VM not running");
+                    let text = format!(
+                        "VM {} is not running; {} ({}) stays on the host until it starts",
+                        cfg.name,
+                        dev.port_path,
+                        dev.id_string()
+                    );
+                    announce(ctx, log::Level::Info, o, text);
+                    return Ok(());
+                };
                 if !s.pending.is_empty() {
                     // libxl has written these controllers' records and not yet
                     // added them to QEMU: it is building the domain (or running
@@ -117,12 +163,14 @@ impl<'c> Exec<'c> {
                     let why = format!("libxl is still adding {} (domain starting?)", s.pending.join(", "));
                     self.done_with.push(*vm);
                     if self.quiet() {
-                        log::info!("VM {} is not ready ({why}); leaving {} to sync", cfg.name, dev.at());
+                        let o = outcome_of(Event::Waiting, cfg, dev, format!("VM not ready: {why}"));
+                        let text = format!("VM {} is not ready ({why}); leaving {} to sync", cfg.name, dev.at());
+                        announce(ctx, log::Level::Info, o, text);
                         return Ok(());
                     }
                     return Err(Error::new(format!("VM {} is not ready: {why}", cfg.name)));
                 }
-                attach_on(s, cfg, dev, *origin, node.as_deref(), &ctx.deadline)?;
+                attach_on(ctx, s, cfg, dev, *origin, node.as_deref())?;
             }
         }
         Ok(())
@@ -145,11 +193,13 @@ impl<'c> Exec<'c> {
     }
 
     /// Remove the device at `at` from configured VM `vm` and its record
-    /// (`why`, for the one log line that says it happened). Gone already (VM
-    /// not running, restarted, not there) counts as done; true if the VM had it.
+    /// (`why`, for the one log line that says it happened, and the outcome's
+    /// reason). Gone already (VM not running, restarted, not there) counts as
+    /// done; true if the VM had it.
     pub(crate) fn detach(&mut self, state: &mut State, vm: usize, at: BusAddr, why: Option<&str>) -> Result<bool> {
         let quiet = self.quiet();
-        let cfg = &self.ctx.config.vms[vm];
+        let ctx = self.ctx;
+        let cfg = &ctx.config.vms[vm];
         // A VM that is not running holds nothing: done, by hand too.
         let Some(s) = self.session(state, vm, false)? else {
             drop_record(state, &cfg.name, at);
@@ -167,7 +217,7 @@ impl<'c> Exec<'c> {
             }
             log::info!("VM {}: QEMU holds {id}, which state had lost; removing it", cfg.name);
         }
-        detach_on(s, cfg, at, quiet, why)
+        detach_on(ctx, s, cfg, at, quiet, why)
     }
 
     /// Write every session's view into state (what each VM holds now).
@@ -200,7 +250,7 @@ pub(crate) fn first_of(mut failures: Vec<Error>) -> Result<()> {
 /// Attach through libvirtd, which picks the controller and port itself and
 /// cannot hot-plug a controller: a domain with no free USB port gets the fix
 /// in one line. The placement libvirt chose is read back for the record.
-fn attach_libvirt(s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Origin, deadline: &Deadline) -> Result<()> {
+fn attach_libvirt(ctx: &Ctx, s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Origin) -> Result<()> {
     let rec = Attached {
         id: s.id_for(dev.at()),
         bus: dev.bus,
@@ -225,7 +275,7 @@ fn attach_libvirt(s: &mut Session, vm: &VmConfig, dev: &HostDevice, origin: Orig
                 .map(|d| (d.controller.clone(), d.port))
                 .unwrap_or_default();
             let p = Placement { new_controller: None, controller, bus: String::new(), port };
-            log_attached(vm, dev, &s.id_for(dev.at()), &p, deadline);
+            log_attached(ctx, vm, dev, &s.id_for(dev.at()), &p, origin);
             Ok(())
         }
         Err(e) if e.no_usb_port().is_some() => Err(Error::new(format!(
@@ -253,28 +303,28 @@ enum Tried {
 /// Attach over an open session, keeping its view in step with QEMU. At most
 /// one re-read of QEMU when it shows our view was stale.
 fn attach_on(
+    ctx: &Ctx,
     s: &mut Session,
     vm: &VmConfig,
     dev: &HostDevice,
     origin: Origin,
     hostdevice: Option<&str>,
-    deadline: &Deadline,
 ) -> Result<()> {
-    if already_there(s, vm, dev, hostdevice.is_some())? {
+    if already_there(ctx, s, vm, dev, hostdevice.is_some())? {
         return Ok(());
     }
     if s.places_devices_itself() {
-        return attach_libvirt(s, vm, dev, origin, deadline);
+        return attach_libvirt(ctx, s, vm, dev, origin);
     }
     let mut retried = false;
     let mut hostdevice = hostdevice;
     loop {
         let p = plan::place(vm, s.view(), dev.speed_class())
             .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
-        match try_once(s, vm, dev, &p, origin, &mut hostdevice, &mut retried, deadline)? {
+        match try_once(ctx, s, vm, dev, &p, origin, &mut hostdevice, &mut retried)? {
             Tried::Done => return Ok(()),
             // A re-read found the id in QEMU after all (state had lost it).
-            Tried::Again if already_there(s, vm, dev, false)? => return Ok(()),
+            Tried::Again if already_there(ctx, s, vm, dev, false)? => return Ok(()),
             Tried::Again => {}
         }
     }
@@ -291,7 +341,7 @@ fn attach_on(
 /// device vanish and come back, a disk being written would lose data) or
 /// the kernel enumerated it anew after an unplug we never saw (QEMU's
 /// usb-host lost the device it had opened). QEMU's `attached` tells which.
-fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) -> Result<bool> {
+fn already_there(ctx: &Ctx, s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) -> Result<bool> {
     let id = s.id_for(dev.at());
     let Some(rec) = s.view().devices.iter().find(|d| d.id == id) else { return Ok(false) };
     if crate::events::same_device(rec, dev) {
@@ -301,17 +351,18 @@ fn already_there(s: &mut Session, vm: &VmConfig, dev: &HostDevice, fresh: bool) 
             return Ok(true);
         }
         log::info!("VM {}: {id} lost the device it had open (enumerated anew at {}); replacing it", vm.name, dev.at());
-        detach_on(s, vm, dev.at(), true, Some("it lost the device it had open"))?;
+        detach_on(ctx, s, vm, dev.at(), true, Some("it lost the device it had open"))?;
         return Ok(false);
     }
     let was = if rec.usb_id.is_empty() { "a device state has no record of".to_string() } else { rec.usb_id.clone() };
     log::info!("VM {}: {id} holds {was}, not {} at {}; replacing it", vm.name, dev.id_string(), dev.port_path);
-    detach_on(s, vm, dev.at(), true, Some("another device took its bus:addr"))?;
+    detach_on(ctx, s, vm, dev.at(), true, Some("another device took its bus:addr"))?;
     Ok(false)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn try_once(
+    ctx: &Ctx,
     s: &mut Session,
     vm: &VmConfig,
     dev: &HostDevice,
@@ -319,7 +370,6 @@ fn try_once(
     origin: Origin,
     hostdevice: &mut Option<&str>,
     retried: &mut bool,
-    deadline: &Deadline,
 ) -> Result<Tried> {
     let reread = |s: &mut Session| s.refresh().map_err(|e| vm_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
@@ -359,7 +409,7 @@ fn try_once(
     match s.add_device(rec, *hostdevice) {
         Ok(()) => {
             if !s.dry_run {
-                log_attached(vm, dev, &s.id_for(dev.at()), p, deadline);
+                log_attached(ctx, vm, dev, &s.id_for(dev.at()), p, origin);
             }
             Ok(Tried::Done)
         }
@@ -385,8 +435,13 @@ fn try_once(
     }
 }
 
-fn log_attached(vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, deadline: &Deadline) {
-    log::info!(
+fn log_attached(ctx: &Ctx, vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, origin: Origin) {
+    let why = match origin {
+        Origin::Manual => "attached by hand",
+        Origin::Followed => "it follows the VM's device that left this socket",
+        _ => "a rule routes it",
+    };
+    let text = format!(
         "attached {} ({}{}) {} to VM {} as {} on {} port {} in {} ms",
         dev.port_path,
         dev.id_string(),
@@ -396,19 +451,30 @@ fn log_attached(vm: &VmConfig, dev: &HostDevice, id: &str, p: &Placement, deadli
         id,
         p.controller,
         p.port,
-        deadline.elapsed().as_millis()
+        ctx.deadline.elapsed().as_millis()
     );
+    announce(ctx, log::Level::Info, outcome_of(Event::Attached, vm, dev, why), text);
 }
 
 /// `device_del` `at` over an open session; true if QEMU had it. One log
-/// line when it happened, with `why`.
-fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool, why: Option<&str>) -> Result<bool> {
+/// line when it happened, with `why` (the outcome's reason).
+fn detach_on(ctx: &Ctx, s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool, why: Option<&str>) -> Result<bool> {
     let id = s.id_for(at);
+    // What the record knows of the device, for the outcome (taken before it goes).
+    let rec = s.view().devices.iter().find(|d| d.id == id).cloned();
     let found = s.del_device(at).map_err(|e| vm_err(vm, &format!("device_del {id}"), e))?;
     match found {
         true if s.dry_run => {}
         true => {
-            log::info!("detached {id} ({at}) from VM {}{}", vm.name, why.map(|w| format!(": {w}")).unwrap_or_default())
+            let (port, device, serial) = rec.map(|r| (r.port_path, r.usb_id, r.serial)).unwrap_or_default();
+            let reason = why.unwrap_or_default().to_string();
+            let o = Outcome { event: Event::Detached, vm: vm.name.clone(), port, device, serial, reason };
+            let text = format!(
+                "detached {id} ({at}) from VM {}{}",
+                vm.name,
+                why.map(|w| format!(": {w}")).unwrap_or_default()
+            );
+            announce(ctx, log::Level::Info, o, text);
         }
         false if !quiet => log::info!("{id} was not in VM {}", vm.name),
         false => {}
@@ -420,6 +486,7 @@ fn detach_on(s: &mut Session, vm: &VmConfig, at: BusAddr, quiet: bool, why: Opti
 mod tests {
     use super::*;
     use crate::backend::{Link, Op, OpError, Opened, VmError, VmResult};
+    use crate::deadline::Deadline;
     use crate::state::VmState;
     use serde_json::Value;
     use std::sync::{Arc, Mutex};
@@ -469,6 +536,7 @@ mod tests {
             deadline: Deadline::after(std::time::Duration::from_secs(5)),
             dry_run: false,
             xen_names: Default::default(),
+            outcomes: Default::default(),
         };
         let log = Arc::new(Mutex::new(Vec::new()));
         let sessions = vec![(0, session("a", &log, true)), (1, session("b", &log, false))];
@@ -483,5 +551,29 @@ mod tests {
         assert!(failures[0].to_string().contains("VM a"), "{}", failures[0]);
         assert_eq!(*log.lock().unwrap(), ["holds xenusb-1-2", "holds xenusb-1-4"]);
         assert_eq!(state.vms.len(), 2, "both views are saved, the failed VM's too");
+    }
+
+    #[test]
+    fn outcomes_are_kept_for_the_hook_with_the_log_field_names_except_in_a_dry_run() {
+        use crate::log::field;
+        let config = crate::config::parse_str("[[vm]]\nname = \"a\"\nqmp = \"/a\"\n", "test").unwrap();
+        let mut ctx = Ctx {
+            root: crate::root::Root::new("/nonexistent"),
+            config,
+            deadline: Deadline::after(std::time::Duration::from_secs(5)),
+            dry_run: false,
+            xen_names: Default::default(),
+            outcomes: Default::default(),
+        };
+        let mut dev = HostDevice::fixture(1, 2, "1-4", 0x046d, 0xc52b);
+        dev.serial = Some("s1".into());
+        let o = outcome_of(Event::Attached, &ctx.config.vms[0], &dev, "a rule routes it");
+        let names: Vec<&str> = o.journal_fields().iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, [field::MESSAGE_ID, field::VM, field::USB_PORT, field::USB_DEVICE, field::USB_SERIAL]);
+        announce(&ctx, log::Level::Info, o.clone(), "attached");
+        assert_eq!(ctx.outcomes.borrow().as_slice(), std::slice::from_ref(&o));
+        ctx.dry_run = true;
+        announce(&ctx, log::Level::Info, o, "attached");
+        assert_eq!(ctx.outcomes.borrow().len(), 1, "a dry run has no outcome");
     }
 }

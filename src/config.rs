@@ -26,6 +26,8 @@ pub struct Config {
     pub xen_run_dir: PathBuf,
     /// libxl's XEN_LIB_DIR, where its lock files live (`userdata-l.<domid>.<uuid>.<lock>`).
     pub xen_lib_dir: PathBuf,
+    /// `hook`: program and arguments run after each outcome; empty: none.
+    pub hook: Vec<String>,
     pub timeout: Duration,
     pub log_file: Option<PathBuf>,
     pub vms: Vec<VmConfig>,
@@ -234,6 +236,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     xen_run_dir: Option<PathBuf>,
     xen_lib_dir: Option<PathBuf>,
+    hook: Option<Vec<String>>,
     /// A TOML integer or float; anything else is named in our own words
     /// (an untagged enum's error would name the Rust type).
     timeout: Option<toml::Value>,
@@ -293,6 +296,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
     if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
         return Err(err("timeout", format!("must be {MIN_TIMEOUT} to {MAX_TIMEOUT} seconds (got {timeout})")));
     }
+    let hook = parse_hook(raw.hook, &err)?;
     for (key, p) in [
         ("state-dir", &raw.state_dir),
         ("xen-run-dir", &raw.xen_run_dir),
@@ -330,6 +334,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
         state_dir: raw.state_dir.unwrap_or_else(|| "/run/auto-usb-attach".into()),
         xen_run_dir: raw.xen_run_dir.unwrap_or_else(|| "/run/xen".into()),
         xen_lib_dir: raw.xen_lib_dir.unwrap_or_else(|| DEFAULT_XEN_LIB_DIR.into()),
+        hook,
         timeout: Duration::from_secs_f64(timeout),
         log_file: raw.log_file,
         vms,
@@ -337,6 +342,25 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Config> {
         deny,
         pass_unauthorized: raw.pass_unauthorized,
     })
+}
+
+/// `hook = ["/abs/program", "arg", ...]`: run directly (no shell), so the
+/// program must be an absolute path; no string may hold a NUL.
+fn parse_hook(hook: Option<Vec<String>>, err: &dyn Fn(&str, String) -> Error) -> Result<Vec<String>> {
+    let Some(argv) = hook else { return Ok(Vec::new()) };
+    let Some(prog) = argv.first() else {
+        return Err(err("hook", "must name a program: [\"/usr/local/bin/prog\", \"arg\", ...]".into()));
+    };
+    if !Path::new(prog).is_absolute() {
+        return Err(err(
+            "hook",
+            format!("the program must be an absolute path (got {prog:?}); it runs without a shell"),
+        ));
+    }
+    if let Some(a) = argv.iter().find(|a| a.contains('\0')) {
+        return Err(err("hook", format!("{a:?} holds a NUL character")));
+    }
+    Ok(argv)
 }
 
 /// One `[[vm]]` table, the `i`th; `err` formats an error for a key.
@@ -461,6 +485,7 @@ state-dir = "/var/lib/aua"
 xen-run-dir = "/var/run/xen"
 timeout = 2.5
 log-file = "/var/log/aua.log"
+hook = ["/usr/local/bin/notify", "--urgency", "low"]
 
 [[vm]]
 name = "win10"
@@ -481,6 +506,7 @@ usb-version = 2
         let c = parse_str(FULL, "t.toml").unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/aua"));
         assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.hook, ["/usr/local/bin/notify", "--urgency", "low"]);
         assert_eq!(c.vms.len(), 2);
         let w = &c.vms[0];
         assert_eq!((w.usb_version, w.ports, w.max_controllers), (UsbVersion::V3, 4, 3));
@@ -497,6 +523,7 @@ usb-version = 2
         assert_eq!(c.state_dir, PathBuf::from("/run/auto-usb-attach"));
         assert_eq!(c.xen_run_dir, PathBuf::from("/run/xen"));
         assert_eq!(c.timeout, Duration::from_secs(10));
+        assert!(c.hook.is_empty(), "no hook by default");
         assert_eq!((c.vms[0].usb_version, c.vms[0].ports, c.vms[0].max_controllers), (UsbVersion::V3, 15, 2));
         assert!(parse_str("", "t").unwrap().vms.is_empty());
     }

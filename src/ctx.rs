@@ -21,6 +21,9 @@ pub(crate) struct Ctx {
     pub(crate) dry_run: bool,
     /// Xen domains' names as read so far in this invocation.
     pub(crate) xen_names: crate::backend::Names,
+    /// Each device's outcome so far (`apply::Exec` says them), for the
+    /// config's `hook` once the command is done (`cmd::run`).
+    pub(crate) outcomes: std::cell::RefCell<Vec<crate::outcome::Outcome>>,
 }
 
 impl Ctx {

@@ -26,8 +26,8 @@
 //! as an upper-cased field, the text sinks ignore them (the message already
 //! says it in words). Use the names in [`field`]:
 //! ```ignore
-//! log::info!(vm = vm.name.as_str(), usb_bus_id = dev.port_path.as_str(),
-//!            usb_id:% = dev.id_string(), qemu_id = id.as_str();
+//! log::info!(vm = vm.name.as_str(), usb_port = dev.port_path.as_str(),
+//!            usb_device:% = dev.id_string(), qemu_id = id.as_str();
 //!            "attached {id} to VM {}", vm.name);
 //! ```
 //! For a stretch of code working on one VM or device, [`scope`] sets fields for
@@ -46,17 +46,21 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Field names for call sites (journal field = the name upper-cased).
-// Not all call sites tag their lines yet (the command code is being split up); the
-// names are the contract they will use.
+/// Field names for call sites (journal field = the name upper-cased). Every
+/// outcome's line (`apply::announce`) carries `MESSAGE_ID` and the device's
+/// fields (`outcome::Outcome::journal_fields` uses these very names).
 #[allow(dead_code)]
 pub mod field {
+    /// The outcome kind's fixed id (`outcome::Event::message_id`). Journal: `MESSAGE_ID=`.
+    pub const MESSAGE_ID: &str = "message_id";
     /// The configured VM's name. Journal: `VM=`.
     pub const VM: &str = "vm";
-    /// The device's sysfs bus id (port path), e.g. `1-4.2`. Journal: `USB_BUS_ID=`.
-    pub const USB_BUS_ID: &str = "usb_bus_id";
-    /// `vendor:product` in hex, e.g. `046d:c52b`. Journal: `USB_ID=`.
-    pub const USB_ID: &str = "usb_id";
+    /// The device's port path (sysfs name), e.g. `1-4.2`. Journal: `USB_PORT=`.
+    pub const USB_PORT: &str = "usb_port";
+    /// `vendor:product` in hex, e.g. `046d:c52b`. Journal: `USB_DEVICE=`.
+    pub const USB_DEVICE: &str = "usb_device";
+    /// The device's serial, when it has one. Journal: `USB_SERIAL=`.
+    pub const USB_SERIAL: &str = "usb_serial";
     /// The QEMU device id, e.g. `xenusb-3-7`. Journal: `QEMU_ID=`.
     pub const QEMU_ID: &str = "qemu_id";
 }
@@ -396,8 +400,8 @@ mod tests {
     fn journal_datagram_fields() {
         let f = vec![
             (field::VM.to_string(), "win10".to_string()),
-            (field::USB_BUS_ID.to_string(), "1-4.2".to_string()),
-            (field::USB_ID.to_string(), "046d:c52b".to_string()),
+            (field::USB_PORT.to_string(), "1-4.2".to_string()),
+            (field::USB_DEVICE.to_string(), "046d:c52b".to_string()),
             (field::QEMU_ID.to_string(), "xenusb-3-7".to_string()),
             ("_pid".to_string(), "1".to_string()),
         ];
@@ -414,8 +418,8 @@ mod tests {
                 "CODE_FILE=src/app.rs",
                 "CODE_LINE=12",
                 "VM=win10",
-                "USB_BUS_ID=1-4.2",
-                "USB_ID=046d:c52b",
+                "USB_PORT=1-4.2",
+                "USB_DEVICE=046d:c52b",
                 "QEMU_ID=xenusb-3-7",
                 // a caller cannot forge a trusted (underscore) field
                 "PID=1",
@@ -444,7 +448,7 @@ mod tests {
         assert!(fields_of(&r).is_empty(), "scope fields outlived their guard");
         // The call-site syntax the module doc shows compiles (no logger set here: a no-op).
         let id = String::from("xenusb-1-2");
-        log::info!(vm = "win10", usb_bus_id = "1-4.2", usb_id:% = format_args!("{:04x}:{:04x}", 0x46d, 0xc52b), qemu_id = id.as_str(); "attached {id}");
+        log::info!(vm = "win10", usb_port = "1-4.2", usb_device:% = format_args!("{:04x}:{:04x}", 0x46d, 0xc52b), qemu_id = id.as_str(); "attached {id}");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub(crate) fn held_back(config: &Config, d: &HostDevice) -> Option<String> {
     None
 }
 
-fn denies(rule: &DenyRule, d: &HostDevice) -> bool {
+pub(crate) fn denies(rule: &DenyRule, d: &HostDevice) -> bool {
     match rule {
         DenyRule::Device(r) => r.covers(d.vendor, d.product, d.serial.as_deref()),
         DenyRule::Port(h) => covers_socket(h, d),

@@ -16,6 +16,12 @@ pub(crate) enum Kind {
     Problem,
     /// Could not be looked at (not root): neither fine nor wrong.
     NotChecked,
+    /// Not there yet, and nothing is wrong: a rule's device is not plugged
+    /// in, a VM is down. "Why isn't my device in the VM?" answered.
+    Waiting,
+    /// A present device a rule routes that the host keeps back, with the
+    /// reason (deny, the mount guard, `authorized` = 0). Not a problem.
+    Held,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,12 +55,18 @@ impl Report {
         self.items.iter().filter(|i| i.kind == kind).count()
     }
 
-    /// The last line: ok, or how many problems, and what was not checked.
+    /// The last line: ok, or how many problems, what waits or is held
+    /// back, and what was not checked.
     pub(crate) fn summary(&self) -> String {
         let (p, w, n) = (self.count(Kind::Problem), self.count(Kind::Warning), self.count(Kind::NotChecked));
         let mut s = if p == 0 { "ok".to_string() } else { format!("{p} problem(s)") };
         if w > 0 {
             s.push_str(&format!(", {w} warning(s)"));
+        }
+        for (k, what) in [(Kind::Waiting, "waiting"), (Kind::Held, "held back")] {
+            if self.count(k) > 0 {
+                s.push_str(&format!(", {} {what}", self.count(k)));
+            }
         }
         if n > 0 {
             s.push_str(&format!(", {n} item(s) not checked (run as root to check them)"));
@@ -71,6 +83,8 @@ impl Report {
                 Kind::Warning => "warning: ",
                 Kind::Problem => "problem: ",
                 Kind::NotChecked => "not checked: ",
+                Kind::Waiting => "waiting: ",
+                Kind::Held => "held back: ",
             };
             out.push_str(&format!("{tag}{}: {}\n", i.subject, i.text));
         }
@@ -85,6 +99,8 @@ impl Report {
             "problems": self.count(Kind::Problem),
             "warnings": self.count(Kind::Warning),
             "not-checked": self.count(Kind::NotChecked),
+            "waiting": self.count(Kind::Waiting),
+            "held": self.count(Kind::Held),
             "ok": self.count(Kind::Problem) == 0,
             "summary": self.summary(),
         })
@@ -115,5 +131,20 @@ mod tests {
         assert!(j["items"][2].get("error-kind").is_none());
         r.push_error("VM a", &crate::error::Error::of(crate::error::ErrorKind::Timeout, "no answer"));
         assert_eq!(r.json()["items"][3]["error-kind"], "timeout");
+    }
+
+    #[test]
+    fn waiting_and_held_back_are_said_and_are_no_problem() {
+        let mut r = Report::default();
+        r.push(Kind::Waiting, "VM a", "hubs 1-4: waiting for device");
+        r.push(Kind::Held, "VM a", "3-1 (0781:5583): denied by class:08");
+        assert_eq!(
+            r.text(),
+            "waiting: VM a: hubs 1-4: waiting for device\nheld back: VM a: 3-1 (0781:5583): denied by class:08\n\
+             ok, 1 waiting, 1 held back\n"
+        );
+        let j = r.json();
+        assert_eq!((j["waiting"].as_u64(), j["held"].as_u64(), j["ok"].as_bool()), (Some(1), Some(1), Some(true)));
+        assert_eq!((j["items"][0]["kind"].as_str(), j["items"][1]["kind"].as_str()), (Some("waiting"), Some("held")));
     }
 }

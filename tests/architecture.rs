@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// (`backend/mod.rs`), the wire clients and each backend's folder.
 const BACKENDS: &[&str] = &["backend", "backend/wire", "backend/qemu", "backend/xen", "backend/libvirt"];
 /// Modules that act (state under the lock, sessions, commands).
-const ACTING: &[&str] = &["ctx", "apply", "cmd", "lock", "session"];
+const ACTING: &[&str] = &["ctx", "apply", "cmd", "lock", "session", "hook"];
 
 /// (units, what they must not use, why). A unit is a top-level module, or
 /// one of `BACKENDS`. The compiler already keeps the wire clients and the
@@ -19,7 +19,7 @@ fn rules() -> Vec<(Vec<&'static str>, Vec<&'static str>, &'static str)> {
     vec![
         (vec!["cmd"], BACKENDS.to_vec(), "commands reach a VM only through ctx and session"),
         (
-            vec!["plan", "events", "sync", "step", "controller", "selector", "types", "report"],
+            vec!["plan", "events", "sync", "step", "controller", "selector", "types", "report", "outcome"],
             cat(&[BACKENDS, ACTING, &["fsio", "log", "root"]]),
             "planners and values decide in pure code: no I/O, no VM",
         ),

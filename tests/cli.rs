@@ -139,6 +139,7 @@ fn check_prints_only_its_report_as_text_or_json() {
             .strip_prefix("problem: ")
             .or(l.strip_prefix("warning: "))
             .or(l.strip_prefix("not checked: "))
+            .or(l.strip_prefix("waiting: "))
             .unwrap_or(l);
         ["config: ", "state dir: ", "rules: ", "udev rule", "systemd unit", "VM win10: "]
             .iter()
@@ -147,7 +148,8 @@ fn check_prints_only_its_report_as_text_or_json() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     let (last, items) = lines.split_last().unwrap();
     assert!(items.iter().all(|l| report_line(l)), "not a report line in:\n{}", r.stdout);
-    assert_eq!(*last, "2 problem(s)", "{}", r.stdout);
+    assert_eq!(*last, "2 problem(s), 1 waiting", "{}", r.stdout);
+    assert!(r.stdout.contains("waiting: VM win10: VM down: 1 device will attach when it starts\n"), "{}", r.stdout);
     assert!(r.stdout.contains("VM win10: not running, backend qemu; would get: 3:7 3-1.2 (046d:c52b)"), "{}", r.stdout);
     assert!(r.stderr.contains("not running"), "the debug line went nowhere: {}", r.stderr);
 

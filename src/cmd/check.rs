@@ -4,7 +4,7 @@
 //! present host devices each VM would get. Exit 1 if anything is wrong.
 //! The findings are collected as a `report::Report` and printed from it.
 
-use crate::config::{Config, HubRule};
+use crate::config::{Config, HubRule, VmConfig};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::host;
@@ -72,6 +72,45 @@ pub(super) fn overlaps(c: &Config) -> Vec<String> {
     out
 }
 
+/// What each VM's rules are waiting for: (VM index, text) for every `hubs`
+/// and `devices` entry that no present device matches, asked as routing asks
+/// (`plan::wants`: peer ports included; hubs are never a match).
+pub(super) fn waiting_rules(c: &Config, host: &[host::HostDevice]) -> Vec<(usize, String)> {
+    let passable: Vec<&host::HostDevice> = host.iter().filter(|d| !d.is_root_hub() && !d.is_hub()).collect();
+    let mut out = Vec::new();
+    for (i, vm) in c.vms.iter().enumerate() {
+        let only = |hubs, devices| VmConfig { hubs, devices, ..vm.clone() };
+        let waits = |rule: &VmConfig| !passable.iter().any(|d| plan::wants(rule, d));
+        for h in &vm.hubs {
+            if waits(&only(vec![h.clone()], Vec::new())) {
+                out.push((i, format!("hubs {h}: waiting for device")));
+            }
+        }
+        for d in &vm.devices {
+            if waits(&only(Vec::new(), vec![d.clone()])) {
+                let serial = d.serial.as_deref().map(|s| format!(":{s}")).unwrap_or_default();
+                out.push((i, format!("devices {:04x}:{:04x}{serial}: waiting for device", d.vendor, d.product)));
+            }
+        }
+    }
+    out
+}
+
+/// Present devices a rule of a VM wants that the host keeps back (`deny`,
+/// the host's own use of it, `authorized` = 0): (VM index, text with why).
+pub(super) fn held_devices(c: &Config, host: &[host::HostDevice]) -> Vec<(usize, String)> {
+    let held = |d: &host::HostDevice| match plan::routing(c, d) {
+        plan::Routing::Held { vm, why } => Some((vm, format!("{} {} ({}): {why}", d.at(), d.port_path, d.id_string()))),
+        _ => None,
+    };
+    host.iter().filter_map(held).collect()
+}
+
+/// A VM that is not running, and how many present devices its rules route to it.
+pub(super) fn vm_down(n: usize) -> String {
+    format!("VM down: {n} device{} will attach when it starts", if n == 1 { "" } else { "s" })
+}
+
 /// The udev rule and systemd units: where each is installed, or a problem.
 fn installed(root: &crate::root::Root, report: &mut Report) {
     match RULE_DIRS.iter().map(|d| Path::new(d).join(RULE_FILE)).find(|p| root.path(p).exists()) {
@@ -136,16 +175,25 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
     installed(root, &mut report);
 
     let host = host::scan(root)?;
+    let routed = |i: usize| host.iter().filter(move |d| plan::route(&ctx.config, d) == Some(i));
     let wanted = |i: usize| -> String {
-        let w: Vec<String> = host
-            .iter()
-            .filter(|d| plan::route(&ctx.config, d) == Some(i))
-            .map(|d| format!("{} {} ({})", d.at(), d.port_path, d.id_string()))
-            .collect();
+        let w: Vec<String> = routed(i).map(|d| format!("{} {} ({})", d.at(), d.port_path, d.id_string())).collect();
         if w.is_empty() {
             "no present device".into()
         } else {
             w.join(", ")
+        }
+    };
+    // Waiting is not a problem: said after each VM's own line, exit code unchanged.
+    // So is a device the host holds back, with why.
+    let rule_waits = waiting_rules(&ctx.config, &host);
+    let held = held_devices(&ctx.config, &host);
+    let push_waits = |report: &mut Report, i: usize| {
+        for (_, text) in rule_waits.iter().filter(|(v, _)| *v == i) {
+            report.push(Kind::Waiting, format!("VM {}", ctx.config.vms[i].name), text.clone());
+        }
+        for (_, text) in held.iter().filter(|(v, _)| *v == i) {
+            report.push(Kind::Held, format!("VM {}", ctx.config.vms[i].name), text.clone());
         }
     };
     // QMP serves one client at a time: don't race our own udev events.
@@ -158,6 +206,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                     format!("VM {}", vm.name),
                     format!("not root, cannot take the state lock ({e:#}); would get: {}", wanted(i)),
                 );
+                push_waits(&mut report, i);
             }
             return Ok(report);
         }
@@ -212,16 +261,20 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
                     report.push_error(subject, &crate::error::Error::caused(format!("QMP {}", r.socket.display()), e))
                 }
             },
-            Ok(None) => report.push(
-                Kind::Ok,
-                subject,
-                format!("not running, backend {}; would get: {would}", vm.backend.as_str()),
-            ),
+            Ok(None) => {
+                report.push(
+                    Kind::Ok,
+                    subject.clone(),
+                    format!("not running, backend {}; would get: {would}", vm.backend.as_str()),
+                );
+                report.push(Kind::Waiting, subject, vm_down(routed(i).count()));
+            }
             Err(e) if !is_root && e.kind() == crate::error::ErrorKind::Denied => {
                 report.push(Kind::NotChecked, subject, format!("not root: {e:#}; would get: {would}"))
             }
             Err(e) => report.push_error(subject, &e),
         }
+        push_waits(&mut report, i);
     }
     drop(lock);
     Ok(report)
@@ -258,5 +311,50 @@ devices = ["046d:c52b", "1050:0407"]
                 .unwrap()
         )
         .is_empty());
+    }
+
+    #[test]
+    fn rules_with_no_device_present_are_waiting() {
+        let c = parse_str(
+            r#"
+[[vm]]
+name = "a"
+hubs = ["1-4", "1-5", "usb2"]
+devices = ["046d:c52b", "1050:0407:77"]
+[[vm]]
+name = "b"
+devices = ["1050:0407"]
+"#,
+            "t",
+        )
+        .unwrap();
+        let mut hub = host::HostDevice::fixture(1, 2, "1-5", 0x05e3, 0x0608);
+        hub.class = 9;
+        let mut key = host::HostDevice::fixture(1, 3, "1-4.1", 0x1050, 0x0407);
+        key.serial = Some("12".into());
+        let host = [host::HostDevice::fixture(1, 1, "usb1", 0x1d6b, 2), hub, key];
+        let w = waiting_rules(&c, &host);
+        assert_eq!(
+            w,
+            [
+                (0, "hubs 1-5: waiting for device".to_string()),
+                (0, "hubs usb2: waiting for device".into()),
+                (0, "devices 046d:c52b: waiting for device".into()),
+                (0, "devices 1050:0407:77: waiting for device".into()),
+            ],
+            "a hub is no device; the key (serial 12) covers 1-4 and b's rule"
+        );
+        assert_eq!(vm_down(1), "VM down: 1 device will attach when it starts");
+        assert!(held_devices(&c, &host).is_empty());
+        let c = parse_str("deny = [\"class:08\"]\n[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t").unwrap();
+        let mut stick = host::HostDevice::fixture(1, 4, "1-4.2", 0x0781, 0x5567);
+        stick.interface_classes = vec![8];
+        let mut key = host[2].clone();
+        key.interface_classes = vec![3];
+        assert_eq!(
+            held_devices(&c, &[stick, key]),
+            [(0, "1:4 1-4.2 (0781:5567): denied by deny entry \"class:08\"".to_string())]
+        );
+        assert_eq!(vm_down(0), "VM down: 0 devices will attach when it starts");
     }
 }

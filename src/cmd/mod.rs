@@ -68,8 +68,9 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         config,
         dry_run,
         xen_names: Default::default(),
+        outcomes: Default::default(),
     };
-    match cli.command {
+    let done = match cli.command {
         Command::Udev { .. } => udev::udev(&ctx, &std::env::vars().collect()),
         Command::Attach { dev, vm, .. } => manual::attach(&ctx, &dev, vm.as_deref()),
         Command::Detach { target, vm, .. } => manual::detach(&ctx, &target, vm.as_deref()),
@@ -77,7 +78,15 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         Command::Sync { vm, .. } => sync::sync(&ctx, vm.as_deref()),
         Command::Check { json } => check::check(&ctx, &cli.config, json),
         Command::Completions { .. } => Ok(()),
+    };
+    // The hook, once per outcome, after the state lock is released (other
+    // events must not wait on it) and within what is left of the budget. It
+    // never changes the outcome or the exit code; a dry run has no outcomes
+    // to tell and runs none.
+    if !ctx.config.hook.is_empty() && !ctx.dry_run {
+        crate::hook::run_all(&ctx.root, &ctx.config.hook, &ctx.outcomes.take(), &ctx.deadline);
     }
+    done
 }
 
 /// Commands that change VMs or state need root: say so up front instead

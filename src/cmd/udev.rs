@@ -5,7 +5,8 @@ use crate::apply::{self, Mode};
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::events;
-use crate::host::{Action, UdevEvent};
+use crate::host::{Action, HostDevice, UdevEvent};
+use crate::outcome::Event;
 use crate::plan::{self, Routing};
 use crate::state::{Origin, State};
 use crate::step::Step;
@@ -71,7 +72,7 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     let routed = match plan::routing(&ctx.config, &dev) {
         Routing::To(vm) => Some(vm),
         Routing::Held { vm, why } => {
-            log::info!("{shown}: not attaching it to VM {}: {why}", ctx.config.vms[vm].name);
+            held(ctx, &dev, vm, &why, format!("{shown}: not attaching it to VM {}: {why}", ctx.config.vms[vm].name));
             return Ok(());
         }
         // No rule wants it; a VM whose device just left this socket may
@@ -79,12 +80,12 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
         Routing::Nobody => {
             let now = unix_now();
             let peek = (!ctx.config.follow.is_zero()).then(|| ctx.peek_state());
-            if peek.as_ref().and_then(|s| events::follow(&ctx.config, s, &dev, now)).is_none() {
+            let Some((vm, _)) = peek.as_ref().and_then(|s| events::follow(&ctx.config, s, &dev, now)) else {
                 log::debug!("{shown}: no rule wants it");
                 return Ok(());
-            }
+            };
             if let Some(why) = plan::held_back(&ctx.config, &dev) {
-                log::info!("{shown}: not following it into a VM: {why}");
+                held(ctx, &dev, vm, &why, format!("{shown}: not following it into a VM: {why}"));
                 return Ok(());
             }
             None
@@ -113,6 +114,25 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
         steps.extend(events::on_add(&ctx.config, state, &dev, ev.action, vm, origin));
         apply::execute(ctx, state, &steps, Mode::Triggered)
     })
+}
+
+/// A device VM `vm` wants (by a rule, or following) that the host keeps
+/// (`plan::held_back`, `why`): its one line `text`, and its outcome: refused
+/// (`deny`, the host's own use of it) or waiting (its policy may authorize
+/// it: the `change` event then attaches it). A device whose classes are not
+/// known yet is judged at `bind`, in a moment: no outcome yet.
+fn held(ctx: &Ctx, dev: &HostDevice, vm: usize, why: &str, text: String) {
+    let event = if dev.in_use.is_some() || ctx.config.deny.iter().any(|r| plan::denies(r, dev)) {
+        Some(Event::Refused)
+    } else if !dev.authorized {
+        Some(Event::Waiting)
+    } else {
+        None
+    };
+    match event {
+        Some(e) => apply::announce(ctx, log::Level::Info, apply::outcome_of(e, &ctx.config.vms[vm], dev, why), text),
+        None => log::info!("{text}"),
+    }
 }
 
 /// Seconds since the epoch (lineage ages are whole seconds).
