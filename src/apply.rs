@@ -109,13 +109,14 @@ impl<'c> Exec<'c> {
                 continue;
             }
             if let Err(e) = self.step(state, step) {
-                match step {
-                    // A device that did not go in: refused, and why.
-                    Step::Attach { vm, dev, .. } => {
+                // A device that did not go in: refused, and why. Its one log
+                // line is the error's own, said once by whoever reports it
+                // (`first_of`, then `cmd::run` with the outcome's fields).
+                if let Step::Attach { vm, dev, .. } = step {
+                    if !self.ctx.dry_run {
                         let o = outcome_of(Event::Refused, &self.ctx.config.vms[*vm], dev, format!("{e:#}"));
-                        announce(self.ctx, log::Level::Warn, o, format_args!("{e:#}"));
+                        self.ctx.outcomes.borrow_mut().push(o);
                     }
-                    _ => log::warn!("{e:#}"),
                 }
                 failures.push(e);
                 self.done_with.extend(vm);
@@ -239,11 +240,16 @@ pub(crate) fn execute(ctx: &Ctx, state: &mut State, steps: &[Step], mode: Mode) 
 }
 
 /// Ok, the one failure, or the first of several with their count.
+/// The others are logged here, one line each; the one returned is logged
+/// once by whoever reports it.
 pub(crate) fn first_of(mut failures: Vec<Error>) -> Result<()> {
+    for e in failures.iter().skip(1) {
+        log::warn!("{e:#}");
+    }
     match failures.len() {
         0 => Ok(()),
         1 => Err(failures.remove(0)),
-        n => Err(Error::new(format!("{n} steps failed; first: {}", failures.remove(0)))),
+        n => Err(Error::new(format!("{n} steps failed; first: {:#}", failures.remove(0)))),
     }
 }
 

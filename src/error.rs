@@ -41,6 +41,8 @@ pub struct Error {
     kind: ErrorKind,
     msg: String,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    /// Already logged as its own outcome's line: `main` does not log it again.
+    logged: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,21 +50,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A failure of this layer's own, with no cause below it.
     pub fn new(msg: impl Into<String>) -> Self {
-        Error { kind: ErrorKind::Failed, msg: msg.into(), source: None }
+        Error { kind: ErrorKind::Failed, msg: msg.into(), source: None, logged: false }
     }
 
     /// A failure of `kind`.
     pub fn of(kind: ErrorKind, msg: impl Into<String>) -> Self {
-        Error { kind, msg: msg.into(), source: None }
+        Error { kind, msg: msg.into(), source: None, logged: false }
     }
 
     /// `msg`, caused by `source` (whose kind it takes).
     pub fn caused<E: StdError + Classify + Send + Sync + 'static>(msg: impl Into<String>, source: E) -> Self {
-        Error { kind: source.kind(), msg: msg.into(), source: Some(Box::new(source)) }
+        Error { kind: source.kind(), msg: msg.into(), source: Some(Box::new(source)), logged: false }
     }
 
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// The same error, already logged (as an outcome's one line).
+    pub fn mark_logged(mut self) -> Self {
+        self.logged = true;
+        self
+    }
+
+    pub fn is_logged(&self) -> bool {
+        self.logged
     }
 
     /// The same error, said to be of `kind` (e.g. a read failure of the config file is a config error).
@@ -140,7 +152,7 @@ impl Classify for std::str::Utf8Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         // An io::Error's words are the whole message: no layer's words yet.
-        Error { kind: Classify::kind(&e), msg: e.to_string(), source: None }
+        Error { kind: Classify::kind(&e), msg: e.to_string(), source: None, logged: false }
     }
 }
 

@@ -20,7 +20,9 @@ fn main() -> ExitCode {
     match cmd::run_from(cli, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            ::log::error!("{e:#}");
+            if !e.is_logged() {
+                ::log::error!("{e:#}");
+            }
             if ::log::max_level() < ::log::LevelFilter::Error {
                 eprintln!("error: {e:#}");
             }

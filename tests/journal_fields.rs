@@ -92,6 +92,6 @@ fn each_outcome_is_one_line_with_its_message_id_and_device_fields() {
     let x = with_id(&lines, REFUSED);
     assert_eq!(x.len(), 1, "{lines:#?}");
     device_fields(&x[0]);
-    assert_eq!(x[0]["PRIORITY"], "4", "a warning");
+    assert_eq!(x[0]["PRIORITY"], "3", "the error's own line: the one line of this outcome");
     assert!(x[0]["MESSAGE"].contains("max-controllers = 0"), "{x:?}");
 }

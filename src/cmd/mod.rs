@@ -79,6 +79,20 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         Command::Check { json } => check::check(&ctx, &cli.config, json),
         Command::Completions { .. } => Ok(()),
     };
+    // A device refused is one outcome and one line: the error's, with the
+    // outcome's journal fields (MESSAGE_ID, VM, USB_*).
+    let done = done.map_err(|e| {
+        let text = format!("{e:#}");
+        let outcomes = ctx.outcomes.borrow();
+        match outcomes.iter().find(|o| o.event == crate::outcome::Event::Refused && o.reason == text) {
+            Some(o) => {
+                let _fields = crate::log::scope(&o.journal_fields());
+                log::error!("{text}");
+                e.mark_logged()
+            }
+            None => e,
+        }
+    });
     // The hook, once per outcome, after the state lock is released (other
     // events must not wait on it) and within what is left of the budget. It
     // never changes the outcome or the exit code; a dry run has no outcomes
