@@ -136,7 +136,7 @@ fn many_vms() {
             .status()
             .unwrap();
         took.push(t.elapsed());
-        let reqs = xs.store.lock().unwrap().log.len();
+        let reqs = xs.log().len();
         println!(
             "sync, 1,000 Xen VMs, 100 domains: exit {:?} in {:.0} ms, {reqs} xenstore requests",
             st.code(),

@@ -2,7 +2,8 @@
 //! `device_add` within the budget, or the run is killed) after libxl's
 //! records were written heals on the next run: the controller libxl records
 //! is finished in QEMU (the domain is not "not ready" forever), and a port
-//! entry naming a device QEMU never got is emptied (`xl usb-list` is true).
+//! entry naming a device QEMU never got is emptied (`xl usb-list` is true);
+//! a commit of libxl's records that xenstored refuses (EAGAIN) is redone.
 //! Stand-ins: FakeQmp (pinned to real QEMU's bytes) hangs the one command;
 //! FakeXenstored (pinned to real xenstored's) keeps libxl's records.
 
@@ -108,4 +109,23 @@ fn a_detach_cut_off_after_the_entry_was_emptied_gets_the_entry_back_while_qemu_k
     run.ok();
     assert_eq!(xs.get("/libxl/7/device/vusb/0/port/1").as_deref(), Some("3-1.2"), "{}", run.dump());
     assert!(xs.dump("/tool/auto-usb-attach/7").is_empty(), "marks left: {}", xs.dump("/tool"));
+}
+
+#[test]
+fn a_records_commit_refused_by_xenstored_is_redone() {
+    // Another writer (xl, libxl) changed a node the tool's transaction read:
+    // xenstored refuses the commit with EAGAIN and the tool starts over.
+    let (r, _sys, _dev, xs) = rig("int-eagain", false);
+    xs.usbctrl(7, 0, 3, 15);
+    let q = FakeQmp::start(&r.p(SOCK), FakeOptions::default());
+    q.preload_xhci("xenusb-0", 15);
+    xs.eagain_next_commit();
+    let run = r.run(&["attach", "--bus", "3", "--addr", "7", "--vm", "win10"]);
+    run.ok();
+    assert_eq!(q.device_ids(), vec!["xenusb-0", "xenusb-3-7"], "{}", run.dump());
+    assert_eq!(xs.get("/libxl/7/device/vusb/0/port/1").as_deref(), Some("3-1.2"), "{}", xs.dump("/libxl"));
+    assert!(xs.dump("/tool/auto-usb-attach/7").is_empty(), "marks left: {}", xs.dump("/tool"));
+    let log = xs.log();
+    let writes = log.iter().filter(|l| *l == "WRITE /libxl/7/device/vusb/0/port/1").count();
+    assert_eq!(writes, 2, "the refused commit's write, then the redone one's: {log:#?}");
 }

@@ -475,8 +475,9 @@ fn xen_bookkeeping_is_libxls_and_libxls_ports_are_respected() {
     for p in 1..=4 {
         assert_eq!(xs.get(&format!("{b}/port/{p}")).as_deref(), Some(""), "{}", xs.dump(b));
     }
-    assert_eq!(xs.store.lock().unwrap().perms.get(b).map(String::as_str), Some("n0\0"));
-    let log = xs.store.lock().unwrap().log.clone();
+    let log = xs.log();
+    assert!(log.iter().any(|l| l == &format!("SET_PERMS {b}")), "the controller's permissions not set: {log:?}");
+    assert_eq!(xs.perms(b).as_deref(), Some("n0\0"));
     let wrote = log.iter().position(|l| l == &format!("WRITE {b}/port/1")).expect("port entry written");
     assert!(log[wrote + 1..].iter().any(|l| l == &format!("WRITE {b}/port/1")), "not emptied on failure: {log:?}");
     // libxl's lock files are released (unlinked) before the tool exits.
@@ -487,7 +488,7 @@ fn xen_bookkeeping_is_libxls_and_libxls_ports_are_respected() {
     xs.set(&format!("{b}/port/1"), "1-9");
     let run = r.attach();
     assert_usb_host_error(&run);
-    let log = xs.store.lock().unwrap().log.clone();
+    let log = xs.log();
     assert!(log.iter().any(|l| l == &format!("WRITE {b}/port/2")), "not placed on port 2: {log:?}");
     assert_eq!(xs.get(&format!("{b}/port/1")).as_deref(), Some("1-9"));
 }
@@ -691,7 +692,7 @@ fn xen_dry_run_prints_libxls_records_and_writes_nothing() {
     assert!(ctrl.is_some() && port.is_some() && add.is_some(), "{}", run.dump());
     assert!(ctrl < port && port < add, "order: {}", run.dump());
     assert_eq!(xs.dump("/libxl/9"), before, "a dry run wrote to xenstore");
-    assert!(!xs.store.lock().unwrap().log.iter().any(|l| l.starts_with("WRITE") || l.starts_with("MKDIR")));
+    assert!(!xs.log().iter().any(|l| l.starts_with("WRITE") || l.starts_with("MKDIR")));
     let mut c = q9.qmp();
     assert!(c.peripherals().is_empty(), "a dry run changed QEMU");
 }

@@ -67,7 +67,7 @@ fn sync_of_many_xen_vms_among_many_domains_reads_each_name_once() {
     }
     let run = r.run(&["sync"]);
     run.ok();
-    let log = xs.store.lock().unwrap().log.clone();
+    let log = xs.log();
     let name_reads = log.iter().filter(|l| l.contains("/local/domain/") && l.ends_with("/name")).count();
     assert!(name_reads <= 101, "{name_reads} reads of domain names for 300 VMs and 101 domains");
 }

@@ -1,87 +1,95 @@
-//! A xenstored stand-in on `<root>/run/xenstored/socket`, for the black-box
-//! tests that run real QEMUs as Xen domains' device models without Xen.
+//! `FakeXenstored`: the project's one xenstored stand-in,
+//! tests/e2e/rig/fake-xenstored.py (the e2e rig runs the same script), started
+//! per test on `<root>/run/xenstored/socket` as a child process and killed on
+//! drop. Its wire format is the real xenstored 4.17's, pinned byte for byte by
+//! tests/fake_xenstored_pin.rs against tests/fixtures/xenstored-4.17-transcript.txt;
+//! the script's docstring says what it models.
 //!
-//! It answers in the exact wire format of the real xenstored 4.17 recorded in
-//! tests/fixtures/xenstored-4.17-transcript.txt: every reply echoes the
-//! request's type, req_id and tx_id; WRITE/MKDIR/RM/SET_PERMS/TRANSACTION_END
-//! answer "OK\0"; READ answers the bare value; DIRECTORY the NUL-terminated
-//! child names (in name order; the real one keeps creation order, which the
-//! tool does not rely on); TRANSACTION_START the id as "N\0"; errors are type 16 with
-//! the errno name ("ENOENT\0"); missing parents are created by WRITE/MKDIR;
-//! RM of a missing node whose parent exists is OK. Transactions are not
-//! isolated (one client at a time here); a test can make the next commit
-//! answer EAGAIN. The test also gets `/var/lib/xen` (libxl's lock dir).
+//! The helpers arrange and read the store the way libxl and `xenstore-ls` would:
+//! over the wire, on one connection of the test's own ([`XsConn`]) that the
+//! fake keeps out of its request log (`/fake-xenstored/quiet`), so
+//! [`FakeXenstored::log`] holds only what the tool asked. The test also gets
+//! `/var/lib/xen` (libxl's lock dir).
 
 use super::*;
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 
-#[derive(Default)]
-pub struct Store {
-    pub nodes: BTreeMap<String, String>,
-    pub perms: BTreeMap<String, String>,
-    /// Requests seen, as "TYPE path" (for asserting what was done).
-    pub log: Vec<String>,
-    next_tx: u32,
-}
+/// The script, in the source tree.
+pub const FAKE_XENSTORED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/rig/fake-xenstored.py");
 
 pub struct FakeXenstored {
-    pub store: Arc<Mutex<Store>>,
+    child: Child,
     pub sock: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    conn: Mutex<XsConn>,
 }
 
 impl FakeXenstored {
+    /// Starts the script and returns once its socket accepts (it prints "ready"
+    /// after `listen`; a start that takes over 30 s fails the test).
     pub fn start(root: &TestRoot) -> FakeXenstored {
         let sock = root.p("/run/xenstored/socket");
-        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
         std::fs::create_dir_all(root.p("/var/lib/xen")).unwrap();
-        let _ = std::fs::remove_file(&sock);
-        let listener = UnixListener::bind(&sock).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let store = Arc::new(Mutex::new(Store::default()));
-        store.lock().unwrap().put("/local/domain/0/name", "Domain-0");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (store.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !sp.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        let st = st.clone();
-                        std::thread::spawn(move || serve(c, st));
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(std::time::Duration::from_millis(2))
-                    }
-                    Err(_) => return,
-                }
-            }
+        // The rig's interpreter when there is one: a version manager's `python3` shim
+        // (pyenv's) can cost a quarter of a second per start.
+        let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+        let mut child = Command::new(python)
+            .arg(FAKE_XENSTORED)
+            .arg("serve")
+            .arg(&sock)
+            .arg(root.p("/run/xenstored/fake-xenstored.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {python} {FAKE_XENSTORED}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
         });
-        FakeXenstored { store, sock, stop, thread: Some(thread) }
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.trim() == "ready" => {}
+            other => {
+                let _ = child.kill();
+                panic!("fake-xenstored did not start: {other:?}, exit {:?}", child.wait());
+            }
+        }
+        let mut conn = XsConn::connect(&sock);
+        conn.ok(XS_WRITE, "/fake-xenstored/quiet", b"1");
+        FakeXenstored { child, sock, conn: Mutex::new(conn) }
+    }
+
+    fn xs<T>(&self, f: impl FnOnce(&mut XsConn) -> T) -> T {
+        f(&mut self.conn.lock().unwrap())
     }
 
     /// A running domain as libxl registers it.
     pub fn domain(&self, domid: u32, name: &str) {
-        let mut s = self.store.lock().unwrap();
-        s.put(&format!("/local/domain/{domid}/name"), name);
-        s.put(&format!("/local/domain/{domid}/vm"), &format!("/vm/{}", uuid(domid)));
-        s.put(&format!("/libxl/{domid}/dm-version"), "qemu_xen");
+        self.set(&format!("/local/domain/{domid}/name"), name);
+        self.set(&format!("/local/domain/{domid}/vm"), &format!("/vm/{}", uuid(domid)));
+        self.set(&format!("/libxl/{domid}/dm-version"), "qemu_xen");
     }
 
     /// `xl destroy`: the domain's nodes go.
     pub fn destroy(&self, domid: u32) {
-        let mut s = self.store.lock().unwrap();
         for pre in [format!("/local/domain/{domid}"), format!("/libxl/{domid}")] {
-            s.nodes.retain(|k, _| !(k == &pre || k.starts_with(&format!("{pre}/"))));
+            self.xs(|c| c.request(XS_RM, &pre, b"")).ok();
         }
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
-        self.store.lock().unwrap().nodes.get(path).cloned()
+        self.xs(|c| c.request(XS_READ, path, b"")).ok().map(|v| String::from_utf8(v).unwrap())
     }
 
     pub fn set(&self, path: &str, v: &str) {
-        self.store.lock().unwrap().put(path, v);
+        self.xs(|c| c.ok(XS_WRITE, path, v.as_bytes()));
+    }
+
+    /// The node's permissions as GET_PERMS answers them ("n0\0" until set), if it exists.
+    pub fn perms(&self, path: &str) -> Option<String> {
+        self.xs(|c| c.request(XS_GET_PERMS, path, b"")).ok().map(|v| String::from_utf8(v).unwrap())
     }
 
     /// libxl's records of a devicemodel controller (as `xl usbctrl-attach`).
@@ -95,10 +103,24 @@ impl FakeXenstored {
         }
     }
 
-    /// Every node under `pre`, "path = value" per line.
+    /// Every node whose path starts with `pre` (as a string), "path = value" per
+    /// line, in path order.
     pub fn dump(&self, pre: &str) -> String {
-        let s = self.store.lock().unwrap();
-        s.nodes.iter().filter(|(k, _)| k.starts_with(pre)).map(|(k, v)| format!("{k} = {v:?}\n")).collect()
+        let mut all = BTreeMap::new();
+        self.xs(|c| c.walk("/", &mut all));
+        all.iter().filter(|(k, _)| k.starts_with(pre)).map(|(k, v)| format!("{k} = {v:?}\n")).collect()
+    }
+
+    /// The requests the tool sent, oldest first, as "TYPE path" (e.g.
+    /// "WRITE /libxl/7/device/vusb/0/port/1"); TRANSACTION_START/END are left out.
+    pub fn log(&self) -> Vec<String> {
+        let b = self.xs(|c| c.ok(XS_READ, "/fake-xenstored/log", b""));
+        String::from_utf8(b).unwrap().lines().map(str::to_string).collect()
+    }
+
+    /// The next commit of a transaction answers EAGAIN, as when another writer got there first.
+    pub fn eagain_next_commit(&self) {
+        self.xs(|c| c.ok(XS_WRITE, "/fake-xenstored/eagain-next", b"1"));
     }
 }
 
@@ -109,144 +131,70 @@ pub fn uuid(domid: u32) -> String {
 
 impl Drop for FakeXenstored {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-impl Store {
-    /// Write `path`, creating missing parents empty (as xenstored does).
-    pub fn put(&mut self, path: &str, v: &str) {
-        let mut at = 0;
-        while let Some(i) = path[at + 1..].find('/') {
-            at += i + 1;
-            self.nodes.entry(path[..at].to_string()).or_default();
-        }
-        self.nodes.insert(path.to_string(), v.to_string());
-    }
+pub const XS_DIRECTORY: u32 = 1;
+pub const XS_READ: u32 = 2;
+pub const XS_GET_PERMS: u32 = 3;
+pub const XS_WRITE: u32 = 11;
+pub const XS_RM: u32 = 13;
+pub const XS_ERROR: u32 = 16;
 
-    fn answer(&mut self, ty: u32, path: &str, rest: &[u8]) -> Result<Vec<u8>, &'static str> {
-        let has_parent = |s: &Store| path.rfind('/').is_some_and(|i| i == 0 || s.nodes.contains_key(&path[..i]));
-        match ty {
-            // READ
-            2 => self.nodes.get(path).map(|v| v.as_bytes().to_vec()).ok_or("ENOENT"),
-            // DIRECTORY
-            1 => {
-                if !self.nodes.contains_key(path) {
-                    return Err("ENOENT");
-                }
-                let pre = format!("{path}/");
-                let mut b = Vec::new();
-                for k in self.nodes.keys().filter_map(|k| k.strip_prefix(&pre)).filter(|k| !k.contains('/')) {
-                    b.extend_from_slice(k.as_bytes());
-                    b.push(0);
-                }
-                Ok(b)
-            }
-            // WRITE
-            11 => {
-                self.put(path, &String::from_utf8_lossy(rest));
-                Ok(b"OK\0".to_vec())
-            }
-            // MKDIR
-            12 => {
-                if !self.nodes.contains_key(path) {
-                    self.put(path, "");
-                }
-                Ok(b"OK\0".to_vec())
-            }
-            // RM
-            13 => {
-                if !self.nodes.contains_key(path) && !has_parent(self) {
-                    return Err("ENOENT");
-                }
-                let pre = format!("{path}/");
-                self.nodes.retain(|k, _| !(k == path || k.starts_with(&pre)));
-                Ok(b"OK\0".to_vec())
-            }
-            // SET_PERMS
-            14 => {
-                if !self.nodes.contains_key(path) {
-                    return Err("ENOENT");
-                }
-                self.perms.insert(path.to_string(), String::from_utf8_lossy(rest).into_owned());
-                Ok(b"OK\0".to_vec())
-            }
-            // GET_PERMS
-            3 => {
-                if !self.nodes.contains_key(path) {
-                    return Err("ENOENT");
-                }
-                Ok(self.perms.get(path).cloned().unwrap_or_else(|| "n0\0".into()).into_bytes())
-            }
-            _ => Err("EINVAL"),
-        }
-    }
+/// A minimal xenstore client for the test side: one request at a time,
+/// "path\0value" payloads, no transactions, no watches.
+pub struct XsConn {
+    stream: UnixStream,
+    next_req: u32,
 }
 
-fn serve(mut c: UnixStream, store: Arc<Mutex<Store>>) {
-    loop {
-        let mut h = [0u8; 16];
-        if c.read_exact(&mut h).is_err() {
-            return;
-        }
-        let w = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
-        let (ty, rid, tx, len) = (w(0), w(4), w(8), w(12) as usize);
-        if len > 4096 {
-            return; // the real one resets the connection
-        }
-        let mut body = vec![0u8; len];
-        if c.read_exact(&mut body).is_err() {
-            return;
-        }
-        let nul = body.iter().position(|b| *b == 0).unwrap_or(body.len());
-        let path = String::from_utf8_lossy(&body[..nul]).into_owned();
-        let rest = body.get(nul + 1..).unwrap_or(&[]).to_vec();
-        let res = {
-            let mut s = store.lock().unwrap();
-            match ty {
-                6 => {
-                    s.next_tx += 1;
-                    Ok(format!("{}\0", s.next_tx).into_bytes())
-                }
-                7 => Ok(b"OK\0".to_vec()),
-                _ => {
-                    let names = [
-                        "",
-                        "DIRECTORY",
-                        "READ",
-                        "GET_PERMS",
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                        "WRITE",
-                        "MKDIR",
-                        "RM",
-                        "SET_PERMS",
-                    ];
-                    let name = names.get(ty as usize).copied().unwrap_or("?");
-                    s.log.push(format!("{name} {path}"));
-                    s.answer(ty, &path, &rest)
-                }
-            }
-        };
-        let (rty, payload) = match res {
-            Ok(p) => (ty, p),
-            Err(errno) => (16, format!("{errno}\0").into_bytes()),
-        };
-        let mut m = Vec::with_capacity(16 + payload.len());
-        for v in [rty, rid, tx, payload.len() as u32] {
+impl XsConn {
+    pub fn connect(sock: &Path) -> XsConn {
+        let stream = UnixStream::connect(sock).unwrap_or_else(|e| panic!("connect {}: {e}", sock.display()));
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        XsConn { stream, next_req: 1 }
+    }
+
+    /// One request; Ok(reply payload) or Err(errno name).
+    pub fn request(&mut self, ty: u32, path: &str, value: &[u8]) -> Result<Vec<u8>, String> {
+        let mut body = path.as_bytes().to_vec();
+        body.push(0);
+        body.extend_from_slice(value);
+        let rid = self.next_req;
+        self.next_req += 1;
+        let mut m = Vec::new();
+        for v in [ty, rid, 0, body.len() as u32] {
             m.extend_from_slice(&v.to_le_bytes());
         }
-        m.extend_from_slice(&payload);
-        if c.write_all(&m).is_err() {
-            return;
+        m.extend_from_slice(&body);
+        self.stream.write_all(&m).unwrap();
+        let mut h = [0u8; 16];
+        self.stream.read_exact(&mut h).unwrap();
+        let w = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap());
+        let mut payload = vec![0u8; w(12) as usize];
+        self.stream.read_exact(&mut payload).unwrap();
+        assert_eq!(w(4), rid, "reply to another request");
+        if w(0) == XS_ERROR {
+            return Err(String::from_utf8_lossy(&payload).trim_end_matches('\0').to_string());
+        }
+        Ok(payload)
+    }
+
+    /// A request that must succeed.
+    pub fn ok(&mut self, ty: u32, path: &str, value: &[u8]) -> Vec<u8> {
+        self.request(ty, path, value).unwrap_or_else(|e| panic!("xenstore request {ty} {path}: {e}"))
+    }
+
+    /// `path` and everything under it into `out` (path -> value).
+    fn walk(&mut self, path: &str, out: &mut BTreeMap<String, String>) {
+        let Ok(v) = self.request(XS_READ, path, b"") else { return };
+        out.insert(path.to_string(), String::from_utf8_lossy(&v).into_owned());
+        let kids = self.request(XS_DIRECTORY, path, b"").unwrap_or_default();
+        for k in kids.split(|b| *b == 0).filter(|k| !k.is_empty()) {
+            let k = std::str::from_utf8(k).unwrap();
+            self.walk(&format!("{}/{k}", path.trim_end_matches('/')), out);
         }
     }
 }

@@ -200,9 +200,10 @@ class Env:
     # ---- xenstore (rig/fake-xenstored.py stands in for xenstored) ---------------------------
     def start_xenstored(self, timeout=30):
         """Serve xenstore on XS_SOCK; the domains are registered in it as libxl would."""
+        # stdout carries only its "ready" line (for tests/common/fake_xenstored.rs); the log gets the rest.
         self.gcheck("mkdir -p %(lib)s %(logdir)s && setsid /usr/bin/python3 %(g)s/fake-xenstored.py serve %(s)s %(log)s "
-                    "</dev/null >>%(log)s 2>&1 &" % dict(lib=XEN_LIB, logdir=os.path.dirname(XS_LOG), g=GUEST_RIG,
-                                                        s=XS_SOCK, log=XS_LOG))
+                    "</dev/null >/dev/null 2>>%(log)s &"
+                    % dict(lib=XEN_LIB, logdir=os.path.dirname(XS_LOG), g=GUEST_RIG, s=XS_SOCK, log=XS_LOG))
         deadline = time.time() + timeout
         while self.g("test -S %s" % XS_SOCK)[0] != 0:
             if time.time() > deadline:
@@ -403,7 +404,7 @@ class Env:
         # On a Xen host xencommons made /run/xen at boot; the path unit no longer makes it.
         self.gcheck("mkdir -p %s" % XEN_RUN)
         self.gcheck("rm -f %(st)s; setsid /usr/bin/python3 %(g)s/pathunit.py %(d)s %(p)s %(log)s %(st)s "
-                    "</dev/null >>%(log)s 2>&1 &" % dict(st=PATHUNIT_STATUS, g=GUEST_RIG, d=UNIT_DIR_G,
+                    "</dev/null >/dev/null 2>>%(log)s &" % dict(st=PATHUNIT_STATUS, g=GUEST_RIG, d=UNIT_DIR_G,
                                                          p=PATH_UNIT, log=PATHUNIT_LOG))
         deadline = time.time() + timeout
         while True:
