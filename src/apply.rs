@@ -304,6 +304,9 @@ enum Tried {
     Done,
     /// QEMU showed our view was stale (re-read) or lacks `hostdevice`: again.
     Again,
+    /// A controller is needed and the guest cannot take one now (in its
+    /// firmware): nothing done, the device waits for the next sync.
+    Waiting,
 }
 
 /// Attach over an open session, keeping its view in step with QEMU. At most
@@ -328,7 +331,7 @@ fn attach_on(
         let p = plan::place(vm, s.view(), dev.speed_class())
             .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
         match try_once(ctx, s, vm, dev, &p, origin, &mut hostdevice, &mut retried)? {
-            Tried::Done => return Ok(()),
+            Tried::Done | Tried::Waiting => return Ok(()),
             // A re-read found the id in QEMU after all (state had lost it).
             Tried::Again if already_there(ctx, s, vm, dev, false)? => return Ok(()),
             Tried::Again => {}
@@ -379,6 +382,19 @@ fn try_once(
 ) -> Result<Tried> {
     let reread = |s: &mut Session| s.refresh().map_err(|e| vm_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
+        if let Some(why) = s.controller_wait().map_err(|e| vm_err(vm, "query-pci/query-blockstats", e))? {
+            let text = format!(
+                "VM {}: waiting: {why}; not hot-plugging USB controller {} into a guest in its firmware; {} ({}) \
+                 is left for the next sync (or give the domain usbctrl = [\"version=3,ports=15\"])",
+                vm.name,
+                c.id,
+                dev.at(),
+                dev.port_path
+            );
+            let o = outcome_of(Event::Waiting, vm, dev, format!("guest in its firmware: {why}"));
+            announce(ctx, log::Level::Info, o, text);
+            return Ok(Tried::Waiting);
+        }
         let room = s.pci_room().map_err(|e| vm_err(vm, "reading its PCI slots (qom-list)", e))?;
         let has_usb = s.view().controllers.iter().any(|c| c.kind().is_some());
         let home = plan::controller_home(&vm.name, &room, c, has_usb)

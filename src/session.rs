@@ -142,6 +142,18 @@ impl Session {
         if unfinished.is_empty() {
             return Ok(pending);
         }
+        // Finishing one is hot-plugging a controller too: not into a guest
+        // in its firmware. They stay pending (the VM is not ready) till then.
+        if let Some(why) = self.link.controller_wait()? {
+            log::info!(
+                "VM {}: waiting to finish {} (an interrupted run left it): {why}",
+                self.vm,
+                unfinished.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            let mut pending = pending;
+            pending.extend(unfinished.into_iter().map(|c| c.id));
+            return Ok(pending);
+        }
         for c in unfinished {
             let args = crate::plan::controller_args(&c);
             match self.change(Op::FinishController(c.clone()), args) {
@@ -184,6 +196,12 @@ impl Session {
     /// probe QEMU on the domain's socket: nowhere to put a controller).
     pub(crate) fn has_pci_bus(&mut self) -> VmResult<bool> {
         self.link.has_pci_bus()
+    }
+
+    /// Why no controller may be hot-plugged into the VM right now, if so
+    /// (Xen: its guest is in its firmware).
+    pub(crate) fn controller_wait(&mut self) -> VmResult<Option<String>> {
+        self.link.controller_wait()
     }
 
     /// Where on the VM's PCI tree a new controller could go.

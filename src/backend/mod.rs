@@ -8,6 +8,7 @@
 //! Adding a backend: a folder beside `qemu.rs`/`xen`/`libvirt` with a type
 //! that implements `Link` and a `locate`, and one arm in `locate` below.
 
+mod firmware;
 mod libvirt;
 mod qemu;
 mod wire;
@@ -182,6 +183,11 @@ pub(crate) trait Link {
     }
     /// Where on the VM's PCI tree a new controller could go.
     fn pci_room(&mut self) -> VmResult<crate::plan::PciRoom>;
+    /// Why a controller hot-plugged right now could harm the guest, if it
+    /// could (Xen: the guest is in its firmware): then none is added now.
+    fn controller_wait(&mut self) -> VmResult<Option<String>> {
+        Ok(None)
+    }
     /// Send `op` (`args`: QEMU's `device_add`/`device_del` arguments), with
     /// whatever bookkeeping the backend keeps around it.
     fn send(&mut self, op: &Op, args: Value) -> std::result::Result<(), OpError>;

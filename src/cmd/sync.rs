@@ -168,10 +168,14 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                             return Ok(None); // a probe QEMU: connect_all says so and leaves it
                         }
                         s.refresh().map_err(|e| vm_err(vm, "reading devices (qom-list)", e))?;
-                        if s.pending.is_empty() {
-                            None
-                        } else {
+                        if !s.pending.is_empty() {
                             Some(format!("libxl is still adding {}", s.pending.join(", ")))
+                        } else if s.view().controllers.iter().all(|c| c.kind().is_none()) {
+                            // An attach would hot-plug a controller: wait here, holding
+                            // no lock, while the guest cannot take one (its firmware).
+                            s.controller_wait().map_err(|e| vm_err(vm, "query-pci/query-blockstats", e))?
+                        } else {
+                            None
                         }
                     }
                     Located::NotRunning(_) => None,

@@ -55,6 +55,20 @@ impl Link for XenVm {
         self.qemu.pci_room()
     }
 
+    /// HVM guests rebooted in SeaBIOS about when a controller was hot-plugged
+    /// right after `xl create` (issue 19): none goes in while the firmware
+    /// runs (`firmware`). Before it (hvmloader has mapped no BAR: found like
+    /// a cold-plugged one) and after it (a boot sector was read) is fine.
+    fn controller_wait(&mut self) -> QmpResult<Option<String>> {
+        Ok(match super::firmware::guest_can_take_controller(&mut self.qemu.q)? {
+            super::firmware::Phase::InFirmware(why) => Some(why),
+            phase => {
+                log::debug!("Xen domain {}: {phase:?}: a controller may go in", self.libxl.domid);
+                None
+            }
+        })
+    }
+
     /// libxl's order: records first (a veto sends nothing), then QEMU, then
     /// the records undone if QEMU refused.
     fn send(&mut self, op: &Op, args: Value) -> std::result::Result<(), OpError> {
