@@ -104,6 +104,9 @@ enum Tried {
     Done,
     /// QEMU showed our view was stale (re-read) or lacks `hostdevice`: again.
     Again,
+    /// A controller is needed and the guest is in its firmware: nothing done,
+    /// the device waits for the next sync (path unit, timer).
+    Waiting,
 }
 
 /// Attach over an open session, keeping its view in step with QEMU. At most
@@ -128,7 +131,7 @@ pub fn attach_on(
         let p = plan::place(vm, s.view(), dev.speed_class())
             .map_err(|e| Error::new(format!("cannot attach {} ({}): {e}", dev.at(), dev.port_path)))?;
         match try_once(s, vm, dev, &p, origin, &mut hostdevice, &mut retried, deadline)? {
-            Tried::Done => return Ok(()),
+            Tried::Done | Tried::Waiting => return Ok(()),
             // A re-read found the id in QEMU after all (state had lost it).
             Tried::Again if already_there(s, vm, dev, false)? => return Ok(()),
             Tried::Again => {}
@@ -180,6 +183,23 @@ fn try_once(
 ) -> Result<Tried> {
     let reread = |s: &mut Session| s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e));
     if let Some(c) = &p.new_controller {
+        // Never hot-plug a controller into a Xen guest still in its firmware
+        // (issue 19): its own usbctrl, or before firmware, or after it.
+        if s.domid.is_some() {
+            let phase = s.firmware_phase().map_err(|e| qmp_err(vm, "query-pci/query-blockstats", e))?;
+            if let crate::firmware::Phase::InFirmware(why) = phase {
+                log::info!(
+                    "VM {}: waiting: {why}; not hot-plugging USB controller {} into a guest in its firmware; \
+                     {} ({}) is left for the next sync (or give the domain usbctrl = [\"version=3,ports=15\"])",
+                    vm.name,
+                    c.id,
+                    dev.at(),
+                    dev.port_path
+                );
+                return Ok(Tried::Waiting);
+            }
+            log::debug!("VM {}: {phase:?}: adding controller {}", vm.name, c.id);
+        }
         let room = s.pci_room().map_err(|e| qmp_err(vm, "reading its PCI slots (qom-list)", e))?;
         let has_usb = s.view().controllers.iter().any(|c| c.kind().is_some());
         let home = plan::controller_home(&vm.name, &room, c, has_usb)

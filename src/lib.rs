@@ -15,6 +15,7 @@ pub mod ctx;
 pub mod deadline;
 pub mod error;
 pub mod events;
+pub mod firmware;
 pub mod fsio;
 pub mod host;
 pub mod libvirt;

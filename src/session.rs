@@ -309,6 +309,16 @@ impl<S: BufRead + Write> Session<S> {
         Ok(!pci.as_array().is_some_and(|a| a.is_empty()))
     }
 
+    /// Whether the guest can take a hot-plugged controller now (issue 19):
+    /// `crate::firmware`, two queries on this session. A libvirt domain gets
+    /// no controller from us: never asked.
+    pub fn firmware_phase(&mut self) -> QmpResult<crate::firmware::Phase> {
+        match &mut self.link {
+            Link::Qmp(q) => crate::firmware::guest_can_take_controller(q),
+            Link::Libvirt(_) => Ok(crate::firmware::Phase::PastFirmware),
+        }
+    }
+
     /// Where on QEMU's PCI tree a new controller could go.
     pub fn pci_room(&mut self) -> QmpResult<crate::plan::PciRoom> {
         match &mut self.link {

@@ -202,10 +202,17 @@ fn wait_until_ready(ctx: &Ctx, targets: &[usize]) -> Result<Vec<(usize, Error)>>
                             return Ok(None); // a probe QEMU: connect_all says so and leaves it
                         }
                         s.refresh().map_err(|e| qmp_err(vm, "reading devices (qom-list)", e))?;
-                        if s.pending.is_empty() {
-                            None
-                        } else {
+                        if !s.pending.is_empty() {
                             Some(format!("libxl is still adding {}", s.pending.join(", ")))
+                        } else if s.view().controllers.iter().all(|c| c.kind().is_none()) {
+                            // No USB controller: an attach would hot-plug one. Wait
+                            // here (no lock held) while the guest is in its firmware.
+                            match s.firmware_phase().map_err(|e| qmp_err(vm, "query-pci/query-blockstats", e))? {
+                                crate::firmware::Phase::InFirmware(why) => Some(why),
+                                _ => None,
+                            }
+                        } else {
+                            None
                         }
                     }
                     Located::NotRunning(_) | Located::Libvirt { .. } => None,

@@ -69,6 +69,8 @@ def xs_snapshot(domid):
 def one(args, k):
     global T0
     ev = []
+    delays = [float(x) for x in args.sync_after.split(",")] if args.sync_after else None
+    sync_after = delays[k % len(delays)] if delays else None
 
     def note(kind, detail=None):
         ev.append((now(), kind, detail))
@@ -101,14 +103,25 @@ def one(args, k):
                 t_sock = time.time()
                 note("qmp-socket", domid)
         if domid is not None:
-            if args.sync_after is not None and tool is None and time.time() >= t_sock + args.sync_after:
+            t_from = t_sock if args.trigger == "sock" else (T0 + ev[[e[1] for e in ev].index("xl-create-exit")][0]
+                                                            if xl_exit is not None else None)
+            if sync_after is not None and tool is None and t_from is not None and time.time() >= t_from + sync_after:
                 def go():
                     tool_res["start"] = now()
+                    if args.raw:
+                        try:
+                            q = QMP("/run/xen/qmp-libxl-%d" % domid, timeout=10)
+                            r = q.cmd("device_add", driver="nec-usb-xhci", id="fwprobe-x", p2=15, p3=15)
+                            q.close()
+                            tool_res.update(end=now(), rc=0 if "return" in r else 1, out=json.dumps(r))
+                        except Exception as e:  # noqa
+                            tool_res.update(end=now(), rc=-1, out="%s %s" % (type(e).__name__, e))
+                        return
                     rc, out, took = run(args.tool.split() + ["sync"], timeout=60)
                     tool_res.update(end=now(), rc=rc, out=out.strip()[-600:])
                 tool = threading.Thread(target=go)
                 tool.start()
-                note("sync-start")
+                note("sync-start", sync_after)
             if not args.no_poll:
                 rc, o, took = run(["xl", "list", str(domid)])
                 lines = o.strip().splitlines()
@@ -150,7 +163,7 @@ def one(args, k):
         if fault_t and time.time() > fault_t + 10 and (tool is None or not tool.is_alive()):
             break
         if args.no_poll:
-            time.sleep(0.05)
+            time.sleep(0.02)
     if tool is not None:
         tool.join(60)
     rc, o, _ = run(["xl", "domid", args.name])
@@ -170,8 +183,12 @@ def main():
     ap.add_argument("--cfg", required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--n", type=int, default=1)
-    ap.add_argument("--sync-after", type=float)
+    ap.add_argument("--sync-after", help="seconds after the socket appears; a comma list is cycled per start")
     ap.add_argument("--tool", default="/run/aua/sbin/auto-usb-attach --config /run/aua/etc/auto-usb-attach.toml")
+    ap.add_argument("--trigger", default="sock", choices=["sock", "xlexit"],
+                    help="what --sync-after counts from: the QMP socket appearing or `xl create` exiting")
+    ap.add_argument("--raw", action="store_true",
+                    help="instead of the tool's sync, one QMP device_add of nec-usb-xhci (id fwprobe-x)")
     ap.add_argument("--tail", type=float, default=3.0)
     ap.add_argument("--limit", type=float, default=240.0)
     ap.add_argument("--no-poll", action="store_true")
