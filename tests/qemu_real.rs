@@ -581,6 +581,7 @@ fn fake_qmp_speaks_byte_for_byte_like_real_qemu() {
         r#"{"execute": "qom-get", "arguments": {"path": "/machine", "property": "type"}, "id": 22}"#,
         r#"{"execute": "qom-list", "arguments": {"path": "/machine/peripheral-anon"}, "id": 23}"#,
         r#"{"execute": "qom-list", "arguments": {"path": "/machine/unattached"}, "id": 24}"#,
+        r#"{"execute": "query-blockstats", "id": 25}"#,
     ];
     let root = TestRoot::new("q-wire");
     let q = Qemu::start("win10", &root.p("/run/real.qmp"));

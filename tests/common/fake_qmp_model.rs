@@ -51,6 +51,8 @@ pub(crate) fn answer(
         "query-status" => (Ok(json!({"status": "prelaunch", "singlestep": false, "running": false})), vec![]),
         // The machine as started (`-M pc -nodefaults`); controllers added later are not modelled here.
         "query-pci" => (Ok(pc_nodefaults()["query-pci"].clone()), vec![]),
+        // `-M pc -nodefaults` has no drive: no block device, nothing read (real QEMU 7.2: `[]`).
+        "query-blockstats" => (Ok(json!([])), vec![]),
         "query-version" => (
             Ok(json!({"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"})),
             vec![],
