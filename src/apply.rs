@@ -190,7 +190,7 @@ fn try_once(
             if let crate::firmware::Phase::InFirmware(why) = phase {
                 log::info!(
                     "VM {}: waiting: {why}; not hot-plugging USB controller {} into a guest in its firmware; \
-                     {} ({}) is left for the next sync (or give the domain usbctrl = [\"version=3,ports=15\"])",
+                     {} ({}) is left for the next sync (or add usbctrl = ['type=devicemodel,version=3,ports=15'] to the domain's xl config)",
                     vm.name,
                     c.id,
                     dev.at(),
