@@ -15,7 +15,8 @@ sys.path.insert(0, E2E)
 from harness import Env, Fail, check, _indent  # noqa: E402,F401
 from rig import Rig, RigError, GUEST_RIG, _die_with_parent  # noqa: E402
 
-XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg", "libxl-lock-hold.py")
+XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg", "fw.cfg", "libxl-lock-hold.py",
+             "create-and-sync.py")
 E2E_FILES = ("guest-agent.py", "qmp.py", "gqmp.py", "98-e2e-log.rules", "99-zz-e2e-done.rules")
 DEFAULT_DIR = os.environ.get("AUA_XEN_DIR", "/var/tmp/aua-xen")
 
@@ -154,6 +155,40 @@ class XenEnv(Env):
             pos += cut
             check(time.time() < deadline, "domain %d: firmware did not reach the boot sector within %ss "
                   "(no %r on the hypervisor console)" % (domid, timeout or self.BOOT_TIMEOUT, mark))
+            time.sleep(0.2)
+
+    def serial_pos(self):
+        """The hypervisor console log's size now: a mark for firmware_or_fault."""
+        return os.path.getsize(self.rig.serial_log)
+
+    FAULT_RE = r"Triple fault|MMIO emulation failed|domain_crash|crashed|invoking HVM shutdown"
+
+    def firmware_or_fault(self, domid, since=0, timeout=None):
+        """The harness's own view of a new domain's firmware (the product never waits for it):
+        reads the hypervisor console from byte <since> until "(d<domid>) Booting from 0000:7c00"
+        or a fault line of that domain (triple fault, MMIO emulation failure, crash). Returns
+        ("booted", byte offset of SeaBIOS's "(d<domid>) Booting from" line) or ("fault", line).
+        Bounded by BOOT_TIMEOUT."""
+        deadline = time.time() + (timeout or self.BOOT_TIMEOUT)
+        boot, first = ("(d%d) Booting from 0000:7c00" % domid).encode(), ("(d%d) Booting from" % domid).encode()
+        fault = re.compile((r"(\(d%d\)|\bd%dv\d|[Dd]omain %d\b|dom%d\b).*(%s)" % (domid, domid, domid, domid, self.FAULT_RE)).encode())
+        pos = since
+        first_at = None
+        while True:
+            with open(self.rig.serial_log, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            cut = chunk.rfind(b"\n") + 1
+            for line in chunk[:cut].splitlines(keepends=True):
+                if first_at is None and first in line:
+                    first_at = pos
+                if boot in line:
+                    return "booted", first_at
+                if fault.search(line):
+                    return "fault", line.decode(errors="replace").strip()
+                pos += len(line)
+            check(time.time() < deadline, "domain %d: neither its boot sector nor a fault on the console within %ss"
+                  % (domid, timeout or self.BOOT_TIMEOUT))
             time.sleep(0.2)
 
     def rebooted(self):

@@ -18,7 +18,7 @@ t "xenconsoled"; /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xenconsoled.p
 find /usr/share/seabios /usr/share/qemu /usr/lib/ipxe /usr/lib/xen-4.17/boot -type f -exec touch {} +
 mkdir -p /run/lock /run/udev/rules.d
 cp /tmp/rig/98-e2e-log.rules /tmp/rig/99-zz-e2e-done.rules /run/udev/rules.d/
-for n in hvm1 hvm2 busy; do cp /tmp/rig/build/hlt.img /run/hlt-$n.img; done   # one each: QEMU locks an image it writes
+for n in hvm1 hvm2 busy fw; do cp /tmp/rig/build/hlt.img /run/hlt-$n.img; done   # one each: QEMU locks an image it writes
 : > /run/events.log; : > /run/events-done.log
 # udevd: libusb (in the device model) learns about hot-plugged host USB devices from udev
 /lib/systemd/systemd-udevd --daemon --resolve-names=never
