@@ -164,6 +164,10 @@ fn qom_list<S: BufRead + Write>(q: &mut Qmp<S>, path: &str) -> QmpResult<Vec<(St
 /// machine (`-usb` puts a `piix3-usb-uhci` in `/machine/unattached`).
 const CONTAINERS: [&str; 3] = ["/machine/peripheral", "/machine/peripheral-anon", "/machine/unattached"];
 
+/// Devices that embed a USB controller as a QOM child rather than hold it
+/// in a container (QEMU >= 9: `-M pc -usb`'s UHCI is the PIIX3's `uhci`).
+const SOUTHBRIDGES: [&str; 2] = ["PIIX3", "PIIX4"];
+
 /// `qom-list`, with a container QEMU has not made (`-M none`) as empty.
 fn qom_list_opt<S: BufRead + Write>(q: &mut Qmp<S>, path: &str) -> QmpResult<Vec<(String, String)>> {
     match qom_list(q, path) {
@@ -186,35 +190,49 @@ fn controllers<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<Vec<(Controller,
     let mut out: Vec<(Controller, String)> = Vec::new();
     // Buses that UHCI companions are wired to (their `masterbus`).
     let mut masters: Vec<String> = Vec::new();
+    // (parent path, name, child type): the containers' children, and the
+    // children of a southbridge that embeds its USB controller (QEMU 10's
+    // `-M pc -usb`: /machine/unattached/device[N] is a PIIX3 holding `uhci`).
+    let mut todo: Vec<(String, String, String, bool)> = Vec::new();
     for container in CONTAINERS {
         for (name, ty) in qom_list_opt(q, container)? {
-            let Some(ty) = child_type(&ty) else { continue };
             let named = container == CONTAINERS[0];
-            let Some(kind) = ControllerKind::recognise(ty) else {
-                if named && parse_controller_id(&name).is_some() {
-                    log::warn!("{name} is a {ty}, not a USB controller this tool knows; leaving it alone");
-                }
-                continue;
-            };
-            let path = format!("{container}/{name}");
-            let Some(bus) = qom_list(q, &path)?.into_iter().find(|(_, t)| t == "child<usb-bus>").map(|(n, _)| n) else {
-                if kind == ControllerKind::Uhci {
-                    if let Some(m) = qom_get(q, &path, "masterbus")?.as_str().filter(|m| !m.is_empty()) {
-                        masters.push(m.to_string());
-                    }
-                }
-                continue;
-            };
-            let (ports, usb3_ports) = kind.read_ports(&mut |prop| qom_get(q, &path, prop))?;
-            let ours = named && parse_controller_id(&name).is_some();
-            let id = if named { name.clone() } else { path.clone() };
-            let bus_field = if named && bus == format!("{name}.0") { String::new() } else { bus.clone() };
-            let origin = if ours { CtrlOrigin::Tool } else { CtrlOrigin::Vm };
-            let c =
-                Controller { id, driver: ty.to_string(), ports, usb3_ports, origin, bus: bus_field, companions: false };
-            out.push((c, format!("{path}/{bus}")));
+            todo.push((container.to_string(), name, ty, named));
         }
     }
+    while let Some((parent, name, ty, named)) = todo.pop() {
+        let Some(ty) = child_type(&ty) else { continue };
+        let Some(kind) = ControllerKind::recognise(ty) else {
+            if named && parse_controller_id(&name).is_some() {
+                log::warn!("{name} is a {ty}, not a USB controller this tool knows; leaving it alone");
+            }
+            if SOUTHBRIDGES.contains(&ty) {
+                let path = format!("{parent}/{name}");
+                for (n, t) in qom_list_opt(q, &path)? {
+                    todo.push((path.clone(), n, t, false));
+                }
+            }
+            continue;
+        };
+        let path = format!("{parent}/{name}");
+        let Some(bus) = qom_list(q, &path)?.into_iter().find(|(_, t)| t == "child<usb-bus>").map(|(n, _)| n) else {
+            if kind == ControllerKind::Uhci {
+                if let Some(m) = qom_get(q, &path, "masterbus")?.as_str().filter(|m| !m.is_empty()) {
+                    masters.push(m.to_string());
+                }
+            }
+            continue;
+        };
+        let (ports, usb3_ports) = kind.read_ports(&mut |prop| qom_get(q, &path, prop))?;
+        let ours = named && parse_controller_id(&name).is_some();
+        let id = if named { name.clone() } else { path.clone() };
+        let bus_field = if named && bus == format!("{name}.0") { String::new() } else { bus.clone() };
+        let origin = if ours { CtrlOrigin::Tool } else { CtrlOrigin::Vm };
+        let c = Controller { id, driver: ty.to_string(), ports, usb3_ports, origin, bus: bus_field, companions: false };
+        out.push((c, format!("{path}/{bus}")));
+    }
+    // Containers in the order QEMU listed them, as before.
+    out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     for (c, _) in &mut out {
         c.companions = c.kind() == Some(ControllerKind::Ehci) && masters.contains(&c.bus_name());
     }
