@@ -31,17 +31,17 @@ use std::io::{BufRead, Write};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Phase {
     /// Firmware has not set up PCI yet: safe, seen as cold-plugged.
-    BeforeFirmware,
+    Before,
     /// A boot sector was read (or an OS runs): safe.
-    PastFirmware,
+    Past,
     /// Firmware is (or may be) running: not now. Why, for the log.
-    InFirmware(String),
+    Inside(String),
 }
 
 impl Phase {
     #[cfg(test)]
     pub(super) fn can_take_controller(&self) -> bool {
-        !matches!(self, Phase::InFirmware(_))
+        !matches!(self, Phase::Inside(_))
     }
 }
 
@@ -55,7 +55,7 @@ pub(super) fn phase_of(pci: &Value, blockstats: &Value) -> Phase {
         .map(|a| a.iter().filter_map(|b| b.pointer("/stats/rd_operations").and_then(Value::as_u64)).sum())
         .unwrap_or(0);
     if reads > 0 {
-        return Phase::PastFirmware;
+        return Phase::Past;
     }
     let mut regions = 0usize;
     let mut mapped = 0usize;
@@ -74,9 +74,9 @@ pub(super) fn phase_of(pci: &Value, blockstats: &Value) -> Phase {
         }
     }
     if regions > 0 && mapped == 0 {
-        return Phase::BeforeFirmware;
+        return Phase::Before;
     }
-    Phase::InFirmware(format!(
+    Phase::Inside(format!(
         "its firmware has set up PCI ({mapped} of {regions} BARs mapped) and has read no boot sector yet"
     ))
 }
@@ -105,11 +105,11 @@ mod tests {
     #[test]
     fn the_three_phases_seen_on_the_xen_rig() {
         // xl create, domain still paused / hvmloader not at its PCI setup yet.
-        assert_eq!(phase_of(&pci(&[UNMAPPED, UNMAPPED]), &blk(0)), Phase::BeforeFirmware);
+        assert_eq!(phase_of(&pci(&[UNMAPPED, UNMAPPED]), &blk(0)), Phase::Before);
         // hvmloader assigned BARs; SeaBIOS probing, starting USB, no boot sector yet.
         assert!(!phase_of(&pci(&[0xc100, 0xf2000000]), &blk(0)).can_take_controller());
         // "Booting from 0000:7c00": the boot sector was read.
-        assert_eq!(phase_of(&pci(&[0xc100, 0xf2000000]), &blk(1)), Phase::PastFirmware);
+        assert_eq!(phase_of(&pci(&[0xc100, 0xf2000000]), &blk(1)), Phase::Past);
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Link for XenVm {
     /// a cold-plugged one) and after it (a boot sector was read) is fine.
     fn controller_wait(&mut self) -> QmpResult<Option<String>> {
         Ok(match super::firmware::guest_can_take_controller(&mut self.qemu.q)? {
-            super::firmware::Phase::InFirmware(why) => Some(why),
+            super::firmware::Phase::Inside(why) => Some(why),
             phase => {
                 log::debug!("Xen domain {}: {phase:?}: a controller may go in", self.libxl.domid);
                 None
