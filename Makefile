@@ -4,6 +4,9 @@
 #                        the real-stack e2e suite, the real-systemd tier, the libvirt tier, the real-Xen tier and
 #                        a short soak (SOAK_CI_STEPS steps)
 #   make unit            cargo tests only
+#   make test-msrv       the MSRV proven: Debian 13's own rustc/cargo 1.85 build the project and run the
+#                        unit tests and the integration tests that start no QEMU, in a trixie root
+#                        (mmdebstrap, $AUA_MSRV_DIR, default /var/tmp/aua-msrv; needs root)
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
 #   make test-libvirt    the libvirt tier (a real libvirtd in that VM, a q35 domain under TCG)
@@ -59,7 +62,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -75,6 +78,9 @@ e2e: build
 test-install:
 	tests/install/run
 
+test-msrv:
+	tests/msrv/run
+
 test-systemd: build
 	tests/systemd/run --bin $(BIN)
 
@@ -84,7 +90,7 @@ test-xen: build
 test-libvirt: build
 	tests/libvirt/run --bin $(BIN)
 
-test: unit test-install e2e test-systemd test-libvirt test-xen soak-ci
+test: unit test-msrv test-install e2e test-systemd test-libvirt test-xen soak-ci
 
 # CI's soak: a fixed seed, so a failure names a reproducible step (`make soak SEED=7 STEPS=...`).
 SOAK_CI_STEPS ?= 200

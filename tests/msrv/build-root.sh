@@ -1,0 +1,31 @@
+#!/bin/sh
+# Build a Debian 13 (trixie) root directory with mmdebstrap, from the Debian registry (the
+# mirror this machine's apt uses, suite trixie). Nothing from trixie is installed on this
+# host: the packages go only into ROOT. Idempotent: a root whose stamp names the same
+# package list is kept. The root keeps no sources.list and no apt lists.
+# Usage: build-root.sh ROOT PKG[,PKG...]      (minbase + these)
+# Host packages: mmdebstrap (installed if missing, with apt-get).
+set -eu
+ROOT=${1:?usage: build-root.sh ROOT PKGS}; PKGS=${2:?usage: build-root.sh ROOT PKGS}
+STAMP="trixie minbase +$PKGS"
+if [ -f "$ROOT/.aua-root" ] && [ "$(cat "$ROOT/.aua-root")" = "$STAMP" ]; then
+  echo "trixie root $ROOT: present"; exit 0
+fi
+if ! command -v mmdebstrap >/dev/null; then
+  echo "build-root: installing mmdebstrap (once)" >&2
+  ls /var/lib/apt/lists 2>/dev/null | grep -q Packages || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null; }
+fi
+# This machine's Debian mirror: the first deb822 URIs: line, else the first one-line entry.
+MIRROR=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}')
+[ -n "$MIRROR" ] || MIRROR=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+  | awk '$1=="deb" && $2 !~ /security/ {print $2; exit}')
+[ -n "$MIRROR" ] || MIRROR=http://deb.debian.org/debian
+rm -rf "$ROOT"; mkdir -p "$(dirname "$ROOT")"
+t0=$(date +%s)
+mmdebstrap --quiet --mode=root --variant=minbase --include="$PKGS" \
+  --customize-hook='rm -f "$1"/etc/apt/sources.list; rm -rf "$1"/var/lib/apt/lists/*; rm -f "$1"/var/cache/apt/*.bin' \
+  trixie "$ROOT" "$MIRROR"
+echo "$STAMP" > "$ROOT/.aua-root"
+echo "trixie root $ROOT: built in $(( $(date +%s) - t0 )) s ($(du -sm "$ROOT" | cut -f1) MB) from $MIRROR"
