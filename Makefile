@@ -6,12 +6,15 @@
 #   make unit            cargo tests only
 #   make test-msrv       the MSRV proven: Debian 13's own rustc/cargo 1.85 build the project and run the
 #                        unit tests and the integration tests that start no QEMU, in a trixie root
-#                        (mmdebstrap, $AUA_MSRV_DIR, default /var/tmp/aua-msrv; needs root)
+#                        (tests/trixie/build-root.sh: mmdebstrap, never installed on this host; needs root)
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
 #   make test-libvirt    the libvirt tier (a real libvirtd in that VM, a q35 domain under TCG)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
+#   make deb             target/debian/auto-usb-attach_<version>_<arch>.deb (+ auto-usb-attach-libvirt_...deb
+#                        when the helper is built): `make install`'s files with Debian's paths, dpkg-deb
+#   make test-deb        the packages checked: lintian, their file lists, install/upgrade/purge in a trixie root
 #   make demo            watch it work end to end on a stand-in VM
 #   make soak            seeded random plug/unplug/restart/kill soak on the real-kernel rig
 #                        (SEED=n STEPS=n; SOAK_ARGS=--quiet etc.)
@@ -62,7 +65,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build deb test-deb test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -78,6 +81,14 @@ e2e: build
 test-install:
 	tests/install/run
 
+# The Debian packages (packaging/deb/build-deb: why dpkg-deb and not cargo-deb is said there).
+DEB_OUT ?= target/debian
+deb: build
+	BIN=$(BIN) DEB_OUT=$(DEB_OUT) packaging/deb/build-deb
+
+test-deb: deb
+	tests/deb/run --out $(DEB_OUT)
+
 test-msrv:
 	tests/msrv/run
 
@@ -90,7 +101,7 @@ test-xen: build
 test-libvirt: build
 	tests/libvirt/run --bin $(BIN)
 
-test: unit test-msrv test-install e2e test-systemd test-libvirt test-xen soak-ci
+test: unit test-msrv test-install test-deb e2e test-systemd test-libvirt test-xen soak-ci
 
 # CI's soak: a fixed seed, so a failure names a reproducible step (`make soak SEED=7 STEPS=...`).
 SOAK_CI_STEPS ?= 200

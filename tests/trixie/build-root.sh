@@ -3,11 +3,21 @@
 # mirror this machine's apt uses, suite trixie). Nothing from trixie is installed on this
 # host: the packages go only into ROOT. Idempotent: a root whose stamp names the same
 # package list is kept. The root keeps no sources.list and no apt lists.
-# Usage: build-root.sh ROOT PKG[,PKG...]      (minbase + these)
+# Usage: build-root.sh ROOT PROFILE     (minbase + the profile's packages)
+#   build: Debian 13's rustc/cargo 1.85 and what the build links (tests/msrv), lintian (tests/deb)
+#   dom0:  the Xen 4.20 tier's dom0 (tests/xen): Xen 4.20's tools and hypervisor, qemu-system-xen
+#          and qemu-system-x86 10, udev 257, python3, kmod (its kernel is added by tests/xen)
 # Host packages: mmdebstrap (installed if missing, with apt-get).
 set -eu
-ROOT=${1:?usage: build-root.sh ROOT PKGS}; PKGS=${2:?usage: build-root.sh ROOT PKGS}
+ROOT=${1:?usage: build-root.sh ROOT build|dom0}
+case "${2:-}" in
+build) PKGS=rustc,cargo,gcc,libc6-dev,pkg-config,libvirt-dev,lintian ;;
+dom0) PKGS=xen-utils-4.20,xen-hypervisor-4.20-amd64,xenstore-utils,qemu-system-xen,qemu-system-x86,udev,python3,kmod ;;
+*) echo "usage: build-root.sh ROOT build|dom0" >&2; exit 2 ;;
+esac
 STAMP="trixie minbase +$PKGS"
+mkdir -p "$(dirname "$ROOT")"
+exec 8>"$ROOT.lock"; flock 8     # one builder at a time; a second caller then finds it built
 if [ -f "$ROOT/.aua-root" ] && [ "$(cat "$ROOT/.aua-root")" = "$STAMP" ]; then
   echo "trixie root $ROOT: present"; exit 0
 fi
