@@ -12,6 +12,8 @@
 #   make test-libvirt    the libvirt tier (a real libvirtd in that VM, a q35 domain under TCG)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
+#   make test-xen XEN=4.20  the same on Debian 13 (Xen 4.20, QEMU 10, udev 257), the tool from its .deb,
+#                        with upgrade, purge and reinstall (also: make test-xen-4.20)
 #   make deb             target/debian/auto-usb-attach_<version>_<arch>.deb (+ auto-usb-attach-libvirt_...deb
 #                        when the helper is built): `make install`'s files with Debian's paths, dpkg-deb
 #   make test-deb        the packages checked: lintian, their file lists, install/upgrade/purge in a trixie root
@@ -65,7 +67,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build deb test-deb test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build deb deb-prev test-deb test-xen-4.20 test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -86,6 +88,11 @@ DEB_OUT ?= target/debian
 deb: build
 	BIN=$(BIN) DEB_OUT=$(DEB_OUT) packaging/deb/build-deb
 
+# The previous version for the upgrade checks: this tree packaged as <version>~prev.
+deb-prev: build
+	BIN=$(BIN) DEB_OUT=$(DEB_OUT)/prev DEB_VERSION=$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -1)~prev \
+		packaging/deb/build-deb
+
 test-deb: deb
 	tests/deb/run --out $(DEB_OUT)
 
@@ -95,13 +102,25 @@ test-msrv:
 test-systemd: build
 	tests/systemd/run --bin $(BIN)
 
-test-xen: build
-	tests/xen/run --bin $(BIN)
+# XEN=4.17 (Debian 12, the binary installed as make install does) or XEN=4.20 (Debian 13 dom0 root,
+# the tool from its .deb: dpkg -i of the previous version, then this one, purge at the end).
+XEN ?= 4.17
+XEN_DEB = $(filter-out 4.17,$(XEN))
+test-xen: build $(if $(XEN_DEB),deb deb-prev)
+	tests/xen/run --bin $(BIN) --xen $(XEN) $(if $(XEN_DEB),--deb $(DEB_OUT) --deb-prev $(DEB_OUT)/prev)
+
+test-xen-4.20:
+	$(MAKE) --no-print-directory test-xen XEN=4.20
 
 test-libvirt: build
 	tests/libvirt/run --bin $(BIN)
 
-test: unit test-msrv test-install test-deb e2e test-systemd test-libvirt test-xen soak-ci
+# Every tier, each timed; a failing tier does not stop the ones after it (make test still fails).
+TEST_TIERS = unit test-msrv test-install test-deb e2e test-systemd test-libvirt test-xen test-xen-4.20 soak-ci
+test:
+	@fail=""; for t in $(TEST_TIERS); do s=$$(date +%s); $(MAKE) --no-print-directory $$t; rc=$$?; \
+		echo "tier $$t: $$(( $$(date +%s) - s )) s (exit $$rc)"; [ $$rc = 0 ] || fail="$$fail $$t"; done; \
+		if [ -n "$$fail" ]; then echo "failed tiers:$$fail"; exit 1; fi
 
 # CI's soak: a fixed seed, so a failure names a reproducible step (`make soak SEED=7 STEPS=...`).
 SOAK_CI_STEPS ?= 200

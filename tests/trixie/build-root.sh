@@ -6,7 +6,9 @@
 # Usage: build-root.sh ROOT PROFILE     (minbase + the profile's packages)
 #   build: Debian 13's rustc/cargo 1.85 and what the build links (tests/msrv), lintian (tests/deb)
 #   dom0:  the Xen 4.20 tier's dom0 (tests/xen): Xen 4.20's tools and hypervisor, qemu-system-xen
-#          and qemu-system-x86 10, udev 257, python3, kmod (its kernel is added by tests/xen)
+#          and qemu-system-x86 10, udev 257, python3, kmod; and trixie's kernel (6.12), unpacked
+#          with dpkg-deb -x + depmod rather than installed (its postinst would build an
+#          initramfs nobody uses; the tier builds its own)
 # Host packages: mmdebstrap (installed if missing, with apt-get).
 set -eu
 ROOT=${1:?usage: build-root.sh ROOT build|dom0}
@@ -37,5 +39,16 @@ t0=$(date +%s)
 mmdebstrap --quiet --mode=root --variant=minbase --include="$PKGS" \
   --customize-hook='rm -f "$1"/etc/apt/sources.list; rm -rf "$1"/var/lib/apt/lists/*; rm -f "$1"/var/cache/apt/*.bin' \
   trixie "$ROOT" "$MIRROR"
+if [ "$2" = dom0 ]; then
+  T=$(mktemp -d); chmod 755 "$T"; trap 'rm -rf "$T"' EXIT
+  mkdir -p "$T/lists/partial" "$T/cache/archives/partial"; echo "deb $MIRROR trixie main" > "$T/sources.list"
+  A="-o Dir::Etc::SourceList=$T/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$T/lists -o Dir::Cache=$T/cache -o Dir::State::Status=$ROOT/var/lib/dpkg/status"
+  apt-get $A update -qq
+  KPKG=$(apt-cache $A depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  (cd "$T" && apt-get $A download -q "$KPKG" >/dev/null)
+  dpkg-deb -x "$T"/linux-image-*.deb "$ROOT"
+  depmod -b "$ROOT" "$(ls "$ROOT/lib/modules" | sort -V | tail -1)"
+  echo "trixie root $ROOT: kernel $KPKG unpacked"
+fi
 echo "$STAMP" > "$ROOT/.aua-root"
 echo "trixie root $ROOT: built in $(( $(date +%s) - t0 )) s ($(du -sm "$ROOT" | cut -f1) MB) from $MIRROR"
