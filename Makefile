@@ -11,6 +11,7 @@
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
 #   make test-libvirt    the libvirt tier (a real libvirtd in that VM, a q35 domain under TCG)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
+#   make e2e-qemu10      the same scenarios, the inner QEMUs Debian 13's QEMU 10 (from a trixie root)
 #   make test-xen        the real-Xen tier (boots Xen 4.17 + a Debian dom0 + HVM domUs under TCG)
 #   make test-xen XEN=4.20  the same on Debian 13 (Xen 4.20, QEMU 10, udev 257), the tool from its .deb,
 #                        with upgrade, purge and reinstall (also: make test-xen-4.20)
@@ -67,7 +68,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build deb deb-prev test-deb test-xen-4.20 test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -79,6 +80,13 @@ unit:
 
 e2e: build
 	tests/e2e/run --bin $(BIN)
+
+# The same e2e scenarios with Debian 13's qemu-system-x86_64 10 as the inner QEMU (from the Xen
+# 4.20 tier's dom0 root, tests/trixie/build-root.sh; the outer VM and its kernel stay this machine's).
+QEMU10_ROOT ?= $(or $(AUA_XEN420_DIR),/var/tmp/aua-xen-4.20)/root
+e2e-qemu10: build
+	tests/trixie/build-root.sh $(QEMU10_ROOT) dom0
+	tests/e2e/run --bin $(BIN) --qemu-root $(QEMU10_ROOT)
 
 test-install:
 	tests/install/run
@@ -116,7 +124,7 @@ test-libvirt: build
 	tests/libvirt/run --bin $(BIN)
 
 # Every tier, each timed; a failing tier does not stop the ones after it (make test still fails).
-TEST_TIERS = unit test-msrv test-install test-deb e2e test-systemd test-libvirt test-xen test-xen-4.20 soak-ci
+TEST_TIERS = unit test-msrv test-install test-deb e2e e2e-qemu10 test-systemd test-libvirt test-xen test-xen-4.20 soak-ci
 test:
 	@fail=""; for t in $(TEST_TIERS); do s=$$(date +%s); $(MAKE) --no-print-directory $$t; rc=$$?; \
 		echo "tier $$t: $$(( $$(date +%s) - s )) s (exit $$rc)"; [ $$rc = 0 ] || fail="$$fail $$t"; done; \

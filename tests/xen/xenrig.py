@@ -6,8 +6,8 @@ commands in dom0 through the file agent, QMP views of the domains' QEMUs), plus 
 Two Xens: 4.17 (Debian 12: its packages fetched with `apt-get download` and unpacked over
 this machine's /) and 4.20 (Debian 13: dom0's root is a trixie root directory built with
 mmdebstrap, tests/trixie/build-root.sh). Nothing of either is installed on this host.
-The work dir ($AUA_XEN_DIR, default /var/tmp/aua-xen for 4.17, /var/tmp/aua-xen-4.20 for 4.20)
-is also the cache.  It is locked for the run, so two runs never share it.  Stdlib only."""
+The work dir ($AUA_XEN_DIR, default /var/tmp/aua-xen, for 4.17; $AUA_XEN420_DIR, default
+/var/tmp/aua-xen-4.20, for 4.20: never the same dir) is also the cache.  It is locked for the run, so two runs never share it.  Stdlib only."""
 import fcntl, os, re, shlex, shutil, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,14 +19,14 @@ from rig import Rig, RigError, GUEST_RIG, _die_with_parent  # noqa: E402
 
 XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg", "libxl-lock-hold.py")
 E2E_FILES = ("guest-agent.py", "qmp.py", "gqmp.py", "98-e2e-log.rules", "99-zz-e2e-done.rules")
-XENS = {   # version -> (rig scripts: fetch, initramfs; default work dir)
-    "4.17": ("fetch-xen.sh", "build-initramfs.sh", "/var/tmp/aua-xen"),
-    "4.20": ("fetch-xen-4.20.sh", "build-initramfs-4.20.sh", "/var/tmp/aua-xen-4.20"),
+XENS = {   # version -> (rig scripts: fetch, initramfs; work dir variable, its default)
+    "4.17": ("fetch-xen.sh", "build-initramfs.sh", "AUA_XEN_DIR", "/var/tmp/aua-xen"),
+    "4.20": ("fetch-xen-4.20.sh", "build-initramfs-4.20.sh", "AUA_XEN420_DIR", "/var/tmp/aua-xen-4.20"),
 }
 
 
 def default_dir(xen):
-    return os.environ.get("AUA_XEN_DIR", XENS[xen][2])
+    return os.environ.get(XENS[xen][2], XENS[xen][3])
 
 
 class XenRig(Rig):
@@ -55,7 +55,7 @@ class XenRig(Rig):
             shutil.copy2(os.path.join(E2E, "rig", f), self.dir)
         self.ensure_deps()
         env = dict(os.environ, XDIR=self.dir)
-        fetch, initramfs, _ = XENS[self.xen]
+        fetch, initramfs = XENS[self.xen][:2]
         if self.xen != "4.17":
             env["DOM0_ROOT"] = os.path.join(self.dir, "root")
         for script, what in ((fetch, "fetching Xen packages"), (initramfs, "dom0 initramfs")):
