@@ -9,6 +9,7 @@
 #                        (tests/trixie/build-root.sh: mmdebstrap, never installed on this host; needs root)
 #   make test-install    staged installs checked file by file (no root, no VM)
 #   make test-systemd    the real-systemd tier (a VM with systemd as PID 1)
+#   make test-systemd-deb  the same against the .deb: installed and purged with dpkg under systemd
 #   make test-libvirt    the libvirt tier (a real libvirtd in that VM, a q35 domain under TCG)
 #   make e2e             the real-stack suite alone (boots a VM with a real kernel + udev)
 #   make e2e-qemu10      the same scenarios, the inner QEMUs Debian 13's QEMU 10 (from a trixie root)
@@ -68,7 +69,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
 
 all: build
 
@@ -110,6 +111,10 @@ test-msrv:
 test-systemd: build
 	tests/systemd/run --bin $(BIN)
 
+# The real-systemd tier against the Debian package (dpkg -i / --purge under systemd as PID 1).
+test-systemd-deb: deb
+	tests/systemd/run --deb $(DEB_OUT)/auto-usb-attach_$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -1)_$$(dpkg --print-architecture).deb
+
 # XEN=4.17 (Debian 12, the binary installed as make install does) or XEN=4.20 (Debian 13 dom0 root,
 # the tool from its .deb: dpkg -i of the previous version, then this one, purge at the end).
 XEN ?= 4.17
@@ -124,7 +129,7 @@ test-libvirt: build
 	tests/libvirt/run --bin $(BIN)
 
 # Every tier, each timed; a failing tier does not stop the ones after it (make test still fails).
-TEST_TIERS = unit test-msrv test-install test-deb e2e e2e-qemu10 test-systemd test-libvirt test-xen test-xen-4.20 soak-ci
+TEST_TIERS = unit test-msrv test-install test-deb e2e e2e-qemu10 test-systemd test-systemd-deb test-libvirt test-xen test-xen-4.20 soak-ci
 test:
 	@fail=""; for t in $(TEST_TIERS); do s=$$(date +%s); $(MAKE) --no-print-directory $$t; rc=$$?; \
 		echo "tier $$t: $$(( $$(date +%s) - s )) s (exit $$rc)"; [ $$rc = 0 ] || fail="$$fail $$t"; done; \
