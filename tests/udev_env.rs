@@ -400,12 +400,14 @@ fn a_stuck_run_holding_the_lock_makes_an_event_fail_within_budget() {
         .write(true)
         .open(r.root.state_dir().join("lock"))
         .unwrap();
-    lock.lock().unwrap(); // flock(LOCK_EX), as another auto-usb-attach would hold it
+    // flock(LOCK_EX), as another auto-usb-attach would hold it (through nix, as src/lock.rs:
+    // std's File::lock needs Rust 1.89, the MSRV is 1.85)
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
     let run = r.root.udev(&r.dev.udev_env("add"));
     let line = run.fails(1, &["timed out", "lock"]);
     assert!(run.elapsed < std::time::Duration::from_secs(8), "took {:?}: {line}", run.elapsed);
     assert_eq!(f.connections(), 0, "talked QMP without the lock");
-    lock.unlock().unwrap();
+    drop(lock.unlock().unwrap());
     r.root.udev(&r.dev.udev_env("add")).ok();
     assert!(r.root.state_has_device(3, 7));
 }

@@ -32,6 +32,8 @@ XS_SOCK = "/run/xenstored/socket"        # rig/fake-xenstored.py: the domains' n
 XS_LOG = PREFIX + "/xenstored.log"
 XEN_LIB = "/run/xen-lib"                  # the config's xen-lib-dir (the guest's /var is read-only)
 QEMU_PID_DIR = "/run/e2e-qemu"            # inner QEMUs' pidfiles (not in XEN_RUN: the watcher sees that)
+# The inner QEMU: this machine's, or (tests/e2e/run --qemu-root) another root's through rig/qemu-in-root.
+INNER_QEMU = os.environ.get("E2E_INNER_QEMU", "qemu-system-x86_64")
 
 
 class Fail(Exception):
@@ -226,9 +228,9 @@ class Env:
         self.xs("write", "/local/domain/%d/name" % domid, name)
         self.xs("write", "/local/domain/%d/vm" % domid, "/vm/00000000-0000-4000-8000-%012d" % domid)
         self.xs("write", "/libxl/%d/dm-version" % domid, "qemu_xen")
-        self.gcheck("mkdir -p %s %s && qemu-system-x86_64 -M pc -nodefaults -display none -S -accel tcg -m 64 "
+        self.gcheck("mkdir -p %s %s && %s -M pc -nodefaults -display none -S -accel tcg -m 64 "
                     "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/qemu-%d.pid"
-                    % (XEN_RUN, QEMU_PID_DIR, shlex.quote(name), sock, QEMU_PID_DIR, domid), timeout=60)
+                    % (XEN_RUN, QEMU_PID_DIR, INNER_QEMU, shlex.quote(name), sock, QEMU_PID_DIR, domid), timeout=60)
         self.vms[name] = domid
         v = self.view(domid)
         check(v.get("name") == name, "inner QEMU %d answers query-name %r" % (domid, v.get("name")))
@@ -239,9 +241,9 @@ class Env:
         QMP at /run/qemu/<name>.qmp: no xenstore, nothing for the path unit to see."""
         sock = "/run/qemu/%s.qmp" % name
         t0 = time.time()
-        self.gcheck("mkdir -p /run/qemu %s && qemu-system-x86_64 %s -nodefaults -display none -S -accel tcg -m 64 "
+        self.gcheck("mkdir -p /run/qemu %s && %s %s -nodefaults -display none -S -accel tcg -m 64 "
                     "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/plain-%s.pid"
-                    % (QEMU_PID_DIR, machine, shlex.quote(name), sock, QEMU_PID_DIR, name), timeout=60)
+                    % (QEMU_PID_DIR, INNER_QEMU, machine, shlex.quote(name), sock, QEMU_PID_DIR, name), timeout=60)
         self.plain[name] = sock
         v = self.views()[name]
         check(v.get("name") == name, "inner QEMU %s answers query-name %r" % (name, v.get("name")))

@@ -1,31 +1,41 @@
-"""Host side of the real-Xen tier: boots Xen 4.17 + a Debian dom0 under TCG in an outer
-QEMU and gives the scenarios what tests/e2e's harness gives its own (plug/unplug over the
-outer QMP, commands in dom0 through the file agent, QMP views of the domains' QEMUs),
-plus Xen: `xl create`/`destroy`, xenstore reads, `xl usb-list`.
+"""Host side of the real-Xen tier: boots Xen + a Debian dom0 under TCG in an outer QEMU and
+gives the scenarios what tests/e2e's harness gives its own (plug/unplug over the outer QMP,
+commands in dom0 through the file agent, QMP views of the domains' QEMUs), plus Xen:
+`xl create`/`destroy`, xenstore reads, `xl usb-list`.
 
-The work dir ($AUA_XEN_DIR, default /var/tmp/aua-xen) is also the cache: Debian's Xen
-packages are fetched once with `apt-get download` and unpacked there (never installed on
-this host).  It is locked for the run, so two runs never share it.  Stdlib only."""
+Two Xens: 4.17 (Debian 12: its packages fetched with `apt-get download` and unpacked over
+this machine's /) and 4.20 (Debian 13: dom0's root is a trixie root directory built with
+mmdebstrap, tests/trixie/build-root.sh). Nothing of either is installed on this host.
+The work dir ($AUA_XEN_DIR, default /var/tmp/aua-xen, for 4.17; $AUA_XEN420_DIR, default
+/var/tmp/aua-xen-4.20, for 4.20: never the same dir) is also the cache.  It is locked for the run, so two runs never share it.  Stdlib only."""
 import fcntl, os, re, shlex, shutil, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 E2E = os.path.join(REPO, "tests", "e2e")
 sys.path.insert(0, E2E)
-from harness import Env, Fail, check, _indent  # noqa: E402,F401
+from harness import Env, Fail, check, toml, _indent  # noqa: E402,F401
 from rig import Rig, RigError, GUEST_RIG, _die_with_parent  # noqa: E402
 
 XEN_FILES = ("initramfs-init", "dom0-init.sh", "hvm1.cfg", "hvm2.cfg", "busy.cfg", "fw.cfg", "libxl-lock-hold.py",
              "create-and-sync.py")
 E2E_FILES = ("guest-agent.py", "qmp.py", "gqmp.py", "98-e2e-log.rules", "99-zz-e2e-done.rules")
-DEFAULT_DIR = os.environ.get("AUA_XEN_DIR", "/var/tmp/aua-xen")
+XENS = {   # version -> (rig scripts: fetch, initramfs; work dir variable, its default)
+    "4.17": ("fetch-xen.sh", "build-initramfs.sh", "AUA_XEN_DIR", "/var/tmp/aua-xen"),
+    "4.20": ("fetch-xen-4.20.sh", "build-initramfs-4.20.sh", "AUA_XEN420_DIR", "/var/tmp/aua-xen-4.20"),
+}
+
+
+def default_dir(xen):
+    return os.environ.get(XENS[xen][2], XENS[xen][3])
 
 
 class XenRig(Rig):
     """The outer QEMU runs Xen; dom0 is the "guest" of e2e's Rig (same agent, same /tmp/rig)."""
 
-    def __init__(self, workdir=DEFAULT_DIR, keep=False, log=print):
-        super().__init__(workdir, keep, log)
+    def __init__(self, workdir=None, keep=False, log=print, xen="4.17"):
+        super().__init__(workdir or default_dir(xen), keep, log)
+        self.xen = xen
         self._lockf = None
         self.t_fetch = None
 
@@ -46,13 +56,16 @@ class XenRig(Rig):
             shutil.copy2(os.path.join(E2E, "rig", f), self.dir)
         self.ensure_deps()
         env = dict(os.environ, XDIR=self.dir)
-        for script, what in (("fetch-xen.sh", "fetching Xen packages"), ("build-initramfs.sh", "dom0 initramfs")):
+        fetch, initramfs = XENS[self.xen][:2]
+        if self.xen != "4.17":
+            env["DOM0_ROOT"] = os.path.join(self.dir, "root")
+        for script, what in ((fetch, "fetching Xen packages"), (initramfs, "dom0 initramfs")):
             t = time.time()
             r = subprocess.run([os.path.join(HERE, "rig", script)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if r.returncode:
                 raise RigError("%s (%s) failed:\n%s" % (script, what, r.stdout.decode(errors="replace")[-3000:]))
-            if script == "fetch-xen.sh":
+            if script == fetch:
                 self.t_fetch = time.time() - t
         self.proc = subprocess.Popen(
             [os.path.join(HERE, "rig", "start-outer.sh")], env=env, stdin=subprocess.DEVNULL,
@@ -91,9 +104,74 @@ class XenEnv(Env):
     the scenarios look into (every views() call asks each one's QEMU); `others` holds the
     rest (e.g. an unrelated domain whose socket a scenario keeps busy)."""
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
+    def __init__(self, rig, bin_path, debs=None, **kw):
+        """debs: None (install the binary the way `make install` does, as tests/e2e), or
+        {"current": [.deb, ...], "prev": [.deb, ...] or None}: the tool comes from the package,
+        `dpkg -i` in dom0 (the previous version first, when given; the upgrade scenario then
+        installs the current one), and runs as /usr/sbin/auto-usb-attach with
+        /etc/auto-usb-attach.toml, the package's rule in /usr/lib/udev/rules.d."""
+        super().__init__(rig, bin_path, **kw)
         self.others = {}
+        self.debs = debs
+
+    # ---- the tool from its Debian package -------------------------------------------------
+    DEB_BIN = "/usr/sbin/auto-usb-attach"
+    DEB_CONF = "/etc/auto-usb-attach.toml"
+
+    def stage_debs(self):
+        """Copy the packages into the work dir (dom0's /tmp/rig/stage/debs); {host path: dom0 path}."""
+        d = os.path.join(self.rig.dir, "stage", "debs")
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        out = {}
+        for p in (self.debs.get("current") or []) + (self.debs.get("prev") or []):
+            shutil.copy2(p, d)
+            out[p] = GUEST_RIG + "/stage/debs/" + os.path.basename(p)
+        return out
+
+    def dpkg_install(self, which):
+        """dpkg -i the "current" or "prev" packages in dom0; returns the installed version."""
+        debs = [self.staged[p] for p in self.debs[which]]
+        rc, out = self.g("DEBIAN_FRONTEND=noninteractive dpkg -i %s </dev/null 2>&1" % " ".join(debs), 180)
+        check(rc == 0, "dpkg -i %s exited %d:\n%s" % (" ".join(debs), rc, _indent(out.strip())))
+        return self.deb_version()
+
+    def deb_version(self):
+        rc, out = self.g("dpkg-query -W -f='${Status} ${Version}' auto-usb-attach 2>&1")
+        return out.strip().split()[-1] if rc == 0 and out.startswith("install ok installed") else None
+
+    def install(self, config):
+        if not self.debs:
+            return super().install(config)
+        self.staged = self.stage_debs()
+        which = "prev" if self.debs.get("prev") else "current"
+        v = self.dpkg_install(which)
+        rc, out = self.g("test -x %s && grep -c 'RUN+=\"%s ' /usr/lib/udev/rules.d/99-xen-usb.rules" % (self.DEB_BIN, self.DEB_BIN))
+        check(rc == 0, "the package did not install %s and its rule: %s" % (self.DEB_BIN, out))
+        self.write_config(config)
+        self.install_method = "dpkg -i %s (version %s)" % (
+            " ".join(os.path.basename(p) for p in self.debs[which]), v)
+        return self.install_method
+
+    def write_config(self, cfg):
+        if not self.debs:
+            return super().write_config(cfg)
+        text = toml(cfg)
+        src = self.rig.put("stage/auto-usb-attach.toml", text)
+        # the tier's log-file is under /run/aua; the config as an admin's edit of the conffile
+        self.gcheck("mkdir -p /run/aua && cp %s %s && chown 0:0 %s && chmod 0644 %s"
+                    % (src, self.DEB_CONF, self.DEB_CONF, self.DEB_CONF))
+        return text
+
+    def tool(self, args, timeout=40):
+        if not self.debs:
+            return super().tool(args, timeout)
+        return self.g("%s %s" % (self.DEB_BIN, args), timeout)
+
+    def check_with_units_linked(self, timeout=60):
+        if not self.debs:
+            return super().check_with_units_linked(timeout)
+        return self.tool("check 2>&1", timeout)     # the package's units are on systemd's path
 
     # udev events in dom0 take 0.5-2 s under TCG on an idle machine, but 20 s apart when other
     # TCG VMs share the two cores: wait long (these are bounds, not sleeps).

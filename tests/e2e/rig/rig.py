@@ -13,7 +13,7 @@ from qmp import QMP  # noqa: E402
 GUEST_RIG = "/tmp/rig"           # where the work dir is mounted inside the guest
 GUEST_FILES = ("build-initramfs.sh", "initramfs-init", "guest-init.sh", "guest-agent.py",
                "qmp.py", "gqmp.py", "start-outer.sh", "98-e2e-log.rules",
-               "99-zz-e2e-done.rules", "pathunit.py", "fake-xenstored.py")
+               "99-zz-e2e-done.rules", "pathunit.py", "fake-xenstored.py", "qemu-in-root")
 PR_SET_PDEATHSIG = 1
 
 
@@ -61,6 +61,8 @@ class Rig:
             shutil.copytree(os.path.join(HERE, "units-systemd"), os.path.join(self.dir, "units-systemd"),
                             dirs_exist_ok=True)
             env["KAPPEND"] = "systemd.unit=aua-rig.target"
+        if os.environ.get("E2E_QEMU_ROOT"):   # inner QEMUs from that root (rig/qemu-in-root)
+            env["KAPPEND"] = (env.get("KAPPEND", "") + " aua.qemuroot").strip()
         self.ensure_deps()
         r = subprocess.run([os.path.join(self.dir, "build-initramfs.sh")], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Boot the OUTER VM.  Usage: start-outer.sh [kvm|tcg]  (default tcg)
 # Env: RIG (work dir, required), FOREGROUND=1 (exec QEMU in the foreground instead of
-# -daemonize; the e2e harness does this so the VM dies with it), OUTER_MEM, OUTER_SMP.
+# -daemonize; the e2e harness does this so the VM dies with it), OUTER_MEM, OUTER_SMP,
+# E2E_QEMU_ROOT (another root, e.g. Debian 13's, shared read-only as 9p tag qemuroot: the guest
+# runs its inner QEMUs from there through rig/qemu-in-root).
 set -eu
 : "${RIG:?RIG must name the work dir}"
 KVER=${KVER:-$(ls /lib/modules | sort -V | tail -1)}
@@ -21,4 +23,5 @@ exec qemu-system-x86_64 $ACC -name aua-e2e-outer -M pc -m ${OUTER_MEM:-1024} -sm
   -device qemu-xhci,id=xhci,p2=15,p3=15 \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs local,path="$RIG",mount_tag=rig,security_model=passthrough,multidevs=remap \
+  ${E2E_QEMU_ROOT:+-virtfs local,path=$E2E_QEMU_ROOT,mount_tag=qemuroot,security_model=passthrough,readonly=on,multidevs=remap} \
   $DAEMON -pidfile "$RIG/out/outer.pid"

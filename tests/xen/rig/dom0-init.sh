@@ -1,6 +1,8 @@
 #!/bin/sh
 # PID 1 in dom0's chroot: Xen's daemons (xenstored, xen-init-dom0, xenconsoled), real
 # systemd-udevd with the rig's event-log rules, then the command agent (/tmp/rig/ctl).
+# The same script for both tiers: Xen 4.17 (Debian 12's tools unpacked over this machine's /)
+# and Xen 4.20 (a Debian 13 root); the tools' directory says which.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 exec >/dev/hvc0 2>&1
 t() { echo "dom0: $(cut -d' ' -f1 /proc/uptime)s $*"; }
@@ -10,12 +12,13 @@ mount -t xenfs xenfs /proc/xen || t "xenfs mount failed"
 t "hypervisor $(cat /sys/hypervisor/type) $(cat /sys/hypervisor/version/major).$(cat /sys/hypervisor/version/minor)"
 mkdir -p /run/xen /run/xenstored /var/lib/xen /var/log/xen /var/lib/xenstored
 mount -t tmpfs tmpfs /var/lib/xen; mount -t tmpfs tmpfs /var/log; mkdir -p /var/log/xen
-t "xenstored"; /usr/lib/xen-4.17/bin/xenstored --pid-file /run/xenstore.pid
-t "xen-init-dom0"; /usr/lib/xen-4.17/bin/xen-init-dom0
-t "xenconsoled"; /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xenconsoled.pid
-# Files in the xentree layer live on the 9p work-dir mount; the device model reads ROMs
-# straight into foreign-mapped guest memory, which fails on 9p zero-copy reads: copy them up.
-find /usr/share/seabios /usr/share/qemu /usr/lib/ipxe /usr/lib/xen-4.17/boot -type f -exec touch {} +
+XL=$(ls -d /usr/lib/xen-4.* | sort -V | tail -1)
+t "xenstored ($XL)"; $XL/bin/xenstored --pid-file /run/xenstore.pid
+t "xen-init-dom0"; $XL/bin/xen-init-dom0
+t "xenconsoled"; $XL/bin/xenconsoled --pid-file=/run/xenconsoled.pid
+# Files in the lower layers live on 9p mounts; the device model reads ROMs straight into
+# foreign-mapped guest memory, which fails on 9p zero-copy reads: copy them up.
+find /usr/share/seabios /usr/share/qemu /usr/lib/ipxe $XL/boot -type f -exec touch {} + 2>/dev/null
 mkdir -p /run/lock /run/udev/rules.d
 cp /tmp/rig/98-e2e-log.rules /tmp/rig/99-zz-e2e-done.rules /run/udev/rules.d/
 for n in hvm1 hvm2 busy fw; do cp /tmp/rig/build/hlt.img /run/hlt-$n.img; done   # one each: QEMU locks an image it writes
