@@ -385,7 +385,8 @@ fn try_once(
         if let Some(why) = s.controller_wait().map_err(|e| vm_err(vm, "query-pci/query-blockstats", e))? {
             let text = format!(
                 "VM {}: waiting: {why}; not hot-plugging USB controller {} into a guest in its firmware; {} ({}) \
-                 is left for the next sync (or give the domain usbctrl = [\"version=3,ports=15\"])",
+                 is left for the next sync (or add usbctrl = ['type=devicemodel,version=3,ports=15'] to the domain's \
+                 xl config)",
                 vm.name,
                 c.id,
                 dev.at(),
