@@ -5,17 +5,8 @@
 
 mod common;
 use common::*;
-use nix::fcntl::{Flock, FlockArg};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
-
-/// Holds the state lock as a busy invocation would, for as long as it lives.
-fn hold_lock(r: &TestRoot) -> Flock<std::fs::File> {
-    std::fs::create_dir_all(r.state_dir()).unwrap();
-    let f =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(r.state_dir().join("lock")).unwrap();
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).unwrap()
-}
 
 #[test]
 fn an_event_for_a_vm_whose_xenstored_hangs_gives_up_before_the_lock() {
@@ -24,7 +15,7 @@ fn an_event_for_a_vm_whose_xenstored_hangs_gives_up_before_the_lock() {
     std::fs::create_dir_all(r.p("/run/xenstored")).unwrap();
     let _hung = UnixListener::bind(r.p("/run/xenstored/socket")).unwrap();
     // Were the lock asked for, this event would wait on it for the whole budget.
-    let _held = hold_lock(&r);
+    let _held = r.hold_lock();
     for action in ["add", "remove"] {
         let run = r.udev(&dev.udev_env(action));
         let line = run.fails(1, &["win10", "xenstore"]);

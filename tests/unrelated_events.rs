@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use nix::fcntl::{Flock, FlockArg};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
@@ -14,18 +13,10 @@ fn rig(tag: &str) -> (TestRoot, FakeSysfs, UsbDev) {
     receiver_at_3_7(tag, &config_xen("win10", "hubs = [\"5-1\"]"))
 }
 
-/// Holds the state lock as a busy invocation would, for as long as it lives.
-fn hold_lock(r: &TestRoot) -> Flock<std::fs::File> {
-    std::fs::create_dir_all(r.state_dir()).unwrap();
-    let f =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(r.state_dir().join("lock")).unwrap();
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).unwrap()
-}
-
 #[test]
 fn an_unrelated_unplug_with_no_xenstored_exits_0_and_takes_no_lock() {
     let (r, _sys, dev) = rig("unrel-none");
-    let _held = hold_lock(&r);
+    let _held = r.hold_lock();
     let run = r.udev(&dev.udev_env("remove"));
     run.ok();
     assert!(run.elapsed < Duration::from_secs(2), "took {:?}: waited for something:\n{}", run.elapsed, run.dump());
@@ -37,7 +28,7 @@ fn an_unrelated_unplug_with_a_hung_xenstored_exits_0_within_the_lookup_cap() {
     // Accepts (the kernel's backlog) and never answers: xenstored hung.
     std::fs::create_dir_all(r.p("/run/xenstored")).unwrap();
     let _hung = UnixListener::bind(r.p("/run/xenstored/socket")).unwrap();
-    let _held = hold_lock(&r);
+    let _held = r.hold_lock();
     let run = r.udev(&dev.udev_env("remove"));
     run.ok();
     // The lookup's cap is 0.5 s; the budget (5 s) is never waited out.

@@ -10,6 +10,18 @@ pub struct TestRoot {
 }
 
 impl TestRoot {
+    /// Holds the state lock as a busy invocation would, for as long as the guard lives.
+    pub fn hold_lock(&self) -> nix::fcntl::Flock<std::fs::File> {
+        std::fs::create_dir_all(self.state_dir()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.state_dir().join("lock"))
+            .unwrap();
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e).unwrap()
+    }
+
     /// `/tmp/aua-<tag>-<pid>-<n>`: kept short, QMP socket paths must fit in 108 bytes.
     pub fn new(tag: &str) -> TestRoot {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
