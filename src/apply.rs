@@ -560,6 +560,7 @@ mod tests {
             dry_run: false,
             xen_names: Default::default(),
             outcomes: Default::default(),
+            serve: None,
         };
         let log = Arc::new(Mutex::new(Vec::new()));
         let sessions = vec![(0, session("a", &log, true)), (1, session("b", &log, false))];
@@ -587,6 +588,7 @@ mod tests {
             dry_run: false,
             xen_names: Default::default(),
             outcomes: Default::default(),
+            serve: None,
         };
         let mut dev = HostDevice::fixture(1, 2, "1-4", 0x046d, 0xc52b);
         dev.serial = Some("s1".into());

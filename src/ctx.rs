@@ -24,7 +24,13 @@ pub(crate) struct Ctx {
     /// Each device's outcome so far (`apply::Exec` says them), for the
     /// config's `hook` once the command is done (`cmd::run`).
     pub(crate) outcomes: std::cell::RefCell<Vec<crate::outcome::Outcome>>,
+    /// What serves an event queued for the lock's holder (`queue`): the
+    /// udev command's handler, for every command that takes the lock.
+    pub(crate) serve: Option<Serve>,
 }
+
+/// Handle queued udev event `ev` under the lock, on `state`.
+pub(crate) type Serve = fn(&Ctx, &mut State, &crate::host::UdevEvent) -> Result<()>;
 
 impl Ctx {
     pub(crate) fn state_dir(&self) -> PathBuf {
@@ -33,29 +39,165 @@ impl Ctx {
 
     /// Run `f` on state under the lock and save whatever it changed, even
     /// when it fails half-way (a controller created before a failed
-    /// device_add is real).
+    /// device_add is real). Waits for the lock; serves the events queued
+    /// meanwhile (`queue`) before letting it go.
     pub(crate) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
-        let dir = self.state_dir();
-        let lock = LockGuard::acquire(&dir, &self.deadline)?;
+        let lock = LockGuard::acquire(&self.state_dir(), &self.deadline)?;
+        self.locked(lock, None, f).map(|done| done.expect("no event to queue"))
+    }
+
+    /// `with_state` for udev event `ev` (`SEQNUM` `seq`): when another
+    /// invocation holds the lock, the event is queued for it and this
+    /// returns `Ok(None)` at once, so udev's worker is free again.
+    pub(crate) fn with_state_or_queue<T>(
+        &self,
+        seq: u64,
+        ev: &crate::host::UdevEvent,
+        f: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let dir = crate::fsio::Dir::create(&self.state_dir())?;
+        let d = match LockGuard::try_acquire(dir)? {
+            Ok(lock) => return self.locked(lock, Some((seq, ev)), f),
+            // A dry run changes nothing, not even the queue.
+            Err(_) if self.dry_run => return self.with_state(f).map(Some),
+            Err(d) => d,
+        };
+        if let Err(e) = crate::queue::push(&d, seq, ev) {
+            log::warn!("cannot queue this event in {} ({e}); waiting for the lock instead", d.path().display());
+            return self.with_state(f).map(Some);
+        }
+        // The holder may have looked at the queue before the entry was
+        // there: try once more, and serve it ourselves if it let go since.
+        match LockGuard::try_acquire(d)? {
+            Ok(lock) => self.serve_and_release(lock),
+            Err(_) => log::debug!("the state lock is held: event {seq} is queued for its holder"),
+        }
+        Ok(None)
+    }
+
+    /// Under `lock`: the queued events older than `own` (an event's
+    /// SEQNUM), `f`, then the rest of the queue; state saved, the lock
+    /// released, and the queue looked at once more. `Ok(None)`: the older
+    /// entries did not all fit in the budget, so `own` was queued behind
+    /// them instead of overtaking them.
+    fn locked<T>(
+        &self,
+        lock: LockGuard,
+        own: Option<(u64, &crate::host::UdevEvent)>,
+        f: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<Option<T>> {
         let mut state = State::load_from(lock.dir())?;
         let before = state.clone();
-        let out = f(&mut state);
-        // A dry run reads and plans but leaves state as it found it.
-        if state != before && !self.dry_run {
-            if let Err(save) = state.save_to(lock.dir()) {
-                // Both outcomes in one line. The file keeps its last good
-                // contents, which the next event reconciles with QEMU (a
-                // missing record is looked up by id; a stale one is dropped
-                // when QEMU lacks it).
-                return Err(match out {
-                    Ok(_) => Error::new(format!(
-                        "QEMU changed as asked, but {save:#}; the next event or sync rebuilds it from QEMU"
-                    )),
-                    Err(e) => Error::new(format!("{e:#}; and {save:#}")),
-                });
+        let mut served = Vec::new();
+        let mut out = None;
+        let behind = match own {
+            Some((seq, ev)) => {
+                !self.serve(lock.dir(), &mut state, Some(seq), &mut served) && {
+                    // Order within a device must hold: wait in line.
+                    crate::queue::push(lock.dir(), seq, ev).is_ok()
+                }
+            }
+            None => false,
+        };
+        if !behind {
+            out = Some(f(&mut state));
+            self.serve(lock.dir(), &mut state, None, &mut served);
+        }
+        let saved = self.save(&lock, &state, &before);
+        if saved.is_ok() {
+            // Served and saved: only now are the entries done (a holder
+            // killed before this leaves them for the next one).
+            for q in &served {
+                crate::queue::done(lock.dir(), q);
             }
         }
-        out
+        self.after_release(lock.release());
+        match (out, saved) {
+            (None, Ok(())) => Ok(None),
+            (None, Err(e)) => Err(e),
+            (Some(out), Ok(())) => out.map(Some),
+            // Both outcomes in one line. The file keeps its last good
+            // contents, which the next event reconciles with QEMU (a missing
+            // record is looked up by id; a stale one is dropped when QEMU
+            // lacks it).
+            (Some(Ok(_)), Err(save)) => Err(Error::new(format!(
+                "QEMU changed as asked, but {save:#}; the next event or sync rebuilds it from QEMU"
+            ))),
+            (Some(Err(e)), Err(save)) => Err(Error::new(format!("{e:#}; and {save:#}"))),
+        }
+    }
+
+    /// Save `state` if it changed (a dry run leaves it as it found it).
+    fn save(&self, lock: &LockGuard, state: &State, before: &State) -> Result<()> {
+        if state != before && !self.dry_run {
+            state.save_to(lock.dir())?;
+        }
+        Ok(())
+    }
+
+    /// Serve the queue under `lock`, save, release.
+    fn serve_and_release(&self, lock: LockGuard) {
+        if let Err(e) = self.locked(lock, None, |_| Ok(())) {
+            log::error!("serving queued events: {e:#}");
+        }
+    }
+
+    /// The lock was let go: an event queued while it was held and not
+    /// served (it came after the last look) is served now, unless another
+    /// invocation has the lock (it looks at the queue before letting go).
+    fn after_release(&self, dir: crate::fsio::Dir) {
+        if self.dry_run || self.serve.is_none() || crate::queue::list(&dir).is_empty() || self.out_of_budget() {
+            return;
+        }
+        match LockGuard::try_acquire(dir) {
+            Ok(Ok(lock)) => self.serve_and_release(lock),
+            Ok(Err(_)) => {}
+            Err(e) => log::warn!("{e:#}"),
+        }
+    }
+
+    /// Serving stops with a quarter of the budget left: the holder's own
+    /// save and exit must fit, and udev kills a RUN program that overruns.
+    fn out_of_budget(&self) -> bool {
+        self.deadline.remaining("").map_or(true, |left| left < self.config.timeout / 4)
+    }
+
+    /// Serve the queued events (older than `before`, if given) with the
+    /// same handler the events run themselves (`serve`), oldest first,
+    /// while the budget lasts; each is added to `served` once tried (its
+    /// failure is logged: it is that event's, not ours). True when none
+    /// was left for lack of budget.
+    fn serve(
+        &self,
+        dir: &crate::fsio::Dir,
+        state: &mut State,
+        before: Option<u64>,
+        served: &mut Vec<crate::queue::Queued>,
+    ) -> bool {
+        let Some(handler) = self.serve.filter(|_| !self.dry_run) else { return true };
+        let queued: Vec<crate::queue::Queued> = crate::queue::list(dir)
+            .into_iter()
+            .filter(|q| before.is_none_or(|b| q.seqnum < b) && !served.contains(q))
+            .collect();
+        let n = queued.len();
+        for (i, q) in queued.into_iter().enumerate() {
+            if self.out_of_budget() {
+                log::info!(
+                    "leaving {} queued events for the next invocation or sync (this one's budget is spent)",
+                    n - i
+                );
+                return false;
+            }
+            if let Some(ev) = crate::queue::read(dir, &q) {
+                let seq = q.seqnum;
+                log::debug!("serving queued event {seq} ({} {}:{})", ev.action.as_str(), ev.bus, ev.addr);
+                if let Err(e) = handler(self, state, &ev) {
+                    log::error!("queued event {seq} ({} {}:{}): {e:#}", ev.action.as_str(), ev.bus, ev.addr);
+                }
+            }
+            served.push(q);
+        }
+        true
     }
 
     /// The device node QEMU opens itself (`hostdevice`), under the root.

@@ -284,6 +284,28 @@ impl Dir {
         done
     }
 
+    /// Names in the directory that start with `prefix`, unsorted.
+    pub fn names_with_prefix(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().to_str() {
+                if name.starts_with(prefix) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes file `name`; one already gone is no error.
+    pub fn remove(&self, name: &str) -> std::io::Result<()> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Moves `name` aside to `to` (or, if that is taken by something that
     /// cannot be replaced, `to.<pid>`); returns the name used.
     pub fn move_aside(&self, name: &str, to: &str) -> std::io::Result<String> {

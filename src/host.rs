@@ -280,7 +280,8 @@ pub fn find(root: &Root, bus: u16, addr: u16) -> Result<HostDevice> {
         .ok_or_else(|| Error::new(format!("no USB device at bus {bus} address {addr} on this host")))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     Add,
     Bind,
@@ -290,8 +291,21 @@ pub enum Action {
     Remove,
 }
 
-/// One udev event for a USB device, as the RUN program's environment gives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Add => "add",
+            Action::Bind => "bind",
+            Action::Change => "change",
+            Action::Remove => "remove",
+        }
+    }
+}
+
+/// One udev event for a USB device, as the RUN program's environment gives it
+/// (and as `queue` keeps it for the lock's holder).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct UdevEvent {
     pub action: Action,
     pub bus: u16,

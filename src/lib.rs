@@ -24,6 +24,7 @@ pub(crate) mod lock;
 pub mod log;
 pub mod outcome;
 pub(crate) mod plan;
+pub(crate) mod queue;
 pub(crate) mod report;
 pub mod root;
 pub mod selector;

@@ -49,8 +49,24 @@ impl LockGuard {
         }
     }
 
+    /// The lock if it is free now, else the dir back (never waits): an
+    /// event that finds it held queues itself (`queue`) instead of waiting.
+    pub(crate) fn try_acquire(d: crate::fsio::Dir) -> Result<std::result::Result<LockGuard, crate::fsio::Dir>> {
+        let file = d.open_rw("lock", crate::fsio::FILE_MODE).context("cannot open lock")?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => Ok(Ok(LockGuard { _file: locked, dir: d })),
+            Err((_, Errno::EWOULDBLOCK | Errno::EINTR)) => Ok(Err(d)),
+            Err((_, e)) => Err(Error::caused(format!("cannot lock {}", d.shown("lock")), e)),
+        }
+    }
+
     pub(crate) fn dir(&self) -> &crate::fsio::Dir {
         &self.dir
+    }
+
+    /// Release the lock, keeping the dir (to look at the queue after).
+    pub(crate) fn release(self) -> crate::fsio::Dir {
+        self.dir
     }
 }
 

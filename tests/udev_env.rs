@@ -386,27 +386,101 @@ fn detached_by_hand_stays_out_until_replugged() {
     assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"], "not re-attached after replug");
 }
 
+fn queued(r: &Rig) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(r.root.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("queued-"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn a_stuck_run_holding_the_lock_makes_an_event_fail_within_budget() {
+fn an_event_that_finds_the_lock_held_is_queued_at_once_and_the_next_holder_serves_it() {
+    // udev holds a device's (and its interfaces') later events while its RUN
+    // runs, and has few workers: an event must not sit waiting for the lock.
     let r = rig("u-lock", "");
+    let second = UsbDev::new(3, 8, "3-1.3");
+    r.sys.device(&second);
+    let f = r.fake();
+    let lock = r.root.hold_lock();
+    let run = r.root.udev(&r.dev.udev_env("add"));
+    run.ok();
+    assert!(run.elapsed < std::time::Duration::from_secs(1), "took {:?}", run.elapsed);
+    assert_eq!(f.connections(), 0, "talked QMP without the lock");
+    let q = queued(&r);
+    assert_eq!(q.len(), 1, "{q:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(r.root.state_dir().join(&q[0])).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o600);
+    assert!(!r.root.state_has_device(3, 7));
+    drop(lock.unlock().unwrap());
+    // The next event takes the lock and serves the queued one too.
+    let mut env = second.udev_env("add");
+    set(&mut env, "SEQNUM", "4712");
+    r.root.udev(&env).ok();
+    assert!(r.root.state_has_device(3, 7), "the queued event was not served");
+    assert!(r.root.state_has_device(3, 8));
+    assert_eq!(queued(&r), Vec::<String>::new());
+    let mut got = f.device_ids();
+    got.sort();
+    assert_eq!(got, vec!["xenusb-0", "xenusb-3-7", "xenusb-3-8"]);
+    r.root.assert_state_clean();
+}
+
+#[test]
+fn queued_events_of_one_device_are_served_in_order_before_a_later_event() {
+    // add then remove of 3:7 queued while the lock was held; then 3:8's add
+    // (a later SEQNUM) takes the lock: 3:7 is added and removed, in that order.
+    let r = rig("u-order", "");
+    let second = UsbDev::new(3, 8, "3-1.3");
+    r.sys.device(&second);
+    let f = r.fake();
+    let lock = r.root.hold_lock();
+    let mut add = r.dev.udev_env("add");
+    set(&mut add, "SEQNUM", "100");
+    r.root.udev(&add).ok();
+    let mut remove = r.dev.udev_env("remove");
+    set(&mut remove, "SEQNUM", "101");
+    r.root.udev(&remove).ok();
+    assert_eq!(queued(&r).len(), 2);
+    drop(lock.unlock().unwrap());
+    let mut later = second.udev_env("add");
+    set(&mut later, "SEQNUM", "102");
+    r.root.udev(&later).ok();
+    let order: Vec<String> = f
+        .commands()
+        .iter()
+        .filter(|c| c["execute"] == "device_add" || c["execute"] == "device_del")
+        .map(|c| format!("{} {}", c["execute"].as_str().unwrap(), c["arguments"]["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        vec!["device_add xenusb-0", "device_add xenusb-3-7", "device_del xenusb-3-7", "device_add xenusb-3-8"],
+    );
+    assert!(!r.root.state_has_device(3, 7));
+    assert!(r.root.state_has_device(3, 8));
+    assert_eq!(queued(&r), Vec::<String>::new());
+}
+
+#[test]
+fn an_event_without_a_seqnum_waits_for_the_lock_and_fails_within_budget() {
+    // Run by hand with an event's environment but no SEQNUM: nothing to
+    // queue by, so it waits for the lock as before, within its budget.
+    let r = rig("u-wait", "");
     r.root.write_config(&format!(
         "timeout = 2\n\n[[vm]]\nname = \"win10\"\nqmp = \"{QMP}\"\ndevices = [\"046d:c52b\"]\n"
     ));
     let f = r.fake();
-    std::fs::create_dir_all(r.root.state_dir()).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(r.root.state_dir().join("lock"))
-        .unwrap();
-    // flock(LOCK_EX), as another auto-usb-attach would hold it (through nix, as src/lock.rs:
-    // std's File::lock needs Rust 1.89, the MSRV is 1.85)
-    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
-    let run = r.root.udev(&r.dev.udev_env("add"));
+    let lock = r.root.hold_lock();
+    let mut env = r.dev.udev_env("add");
+    env.retain(|(k, _)| k != "SEQNUM");
+    let run = r.root.udev(&env);
     let line = run.fails(1, &["timed out", "lock"]);
     assert!(run.elapsed < std::time::Duration::from_secs(8), "took {:?}: {line}", run.elapsed);
     assert_eq!(f.connections(), 0, "talked QMP without the lock");
+    assert_eq!(queued(&r), Vec::<String>::new());
     drop(lock.unlock().unwrap());
     r.root.udev(&r.dev.udev_env("add")).ok();
     assert!(r.root.state_has_device(3, 7));

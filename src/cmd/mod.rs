@@ -69,6 +69,7 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         dry_run,
         xen_names: Default::default(),
         outcomes: Default::default(),
+        serve: Some(udev::serve),
     };
     let done = match cli.command {
         Command::Udev { .. } => udev::udev(&ctx, &std::env::vars().collect()),

@@ -18,17 +18,65 @@ pub(super) fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
         log::debug!("ignoring event ACTION={:?}", env.get("ACTION"));
         return Ok(());
     };
+    // udev numbers its events; one without a number (run by hand) waits
+    // for the lock instead of queueing.
+    let seq = env.get("SEQNUM").and_then(|s| s.parse::<u64>().ok());
     match ev.action {
-        Action::Add | Action::Bind | Action::Change => add(ctx, &ev),
-        Action::Remove => remove(ctx, &ev),
+        Action::Add | Action::Bind | Action::Change => add(ctx, &ev, seq),
+        Action::Remove => remove(ctx, &ev, seq),
     }
+}
+
+/// Run `f` under the state lock; or, while another invocation holds it,
+/// queue the event for that one (`queue`) and return at once.
+fn locked(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>, f: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
+    match seq {
+        Some(seq) => ctx.with_state_or_queue(seq, ev, f).map(drop),
+        None => ctx.with_state(f),
+    }
+}
+
+/// Handle `ev`, an event queued for the lock's holder (`queue`), under the
+/// lock: what its own invocation would have done there. What it did before
+/// the lock (routing, the host's holds and their lines) is decided again.
+pub(super) fn serve(ctx: &Ctx, state: &mut State, ev: &UdevEvent) -> Result<()> {
+    if ev.action == Action::Remove {
+        let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
+        if let Some(vm) = routed {
+            ctx.probe(&ctx.config.vms[vm], None)?;
+        }
+        // libxl's records of a device only `xl usbdev-attach` put in a
+        // domain are left to the next sync (they are asked without the lock).
+        return remove_locked(ctx, state, ev, routed).map(drop);
+    }
+    if !ev.sysfs_dir(&ctx.root).exists() {
+        log::debug!(
+            "{} ({}:{}) left before its queued {} was served",
+            ev.port_path(),
+            ev.bus,
+            ev.addr,
+            ev.action.as_str()
+        );
+        return Ok(());
+    }
+    let dev = ev.device(&ctx.root)?;
+    let routed = match plan::routing(&ctx.config, &dev) {
+        Routing::To(vm) => Some(vm),
+        // Said when the event came.
+        Routing::Held { .. } => return Ok(()),
+        Routing::Nobody => None,
+    };
+    if let Some(vm) = routed {
+        ctx.probe(&ctx.config.vms[vm], None)?;
+    }
+    add_locked(ctx, state, &dev, ev.action, routed)
 }
 
 /// An unplug. Most are nobody's business: neither in state, nor kept out,
 /// nor routed by a rule. Those take no lock and touch no VM; only libxl's
 /// records are asked (bounded, and never fatal) whether `xl usbdev-attach`
 /// put the device in a domain.
-fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
+fn remove(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
     let at = BusAddr::new(ev.bus, ev.addr);
     // The event's own ids (sysfs is gone): where the rules route it.
     let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
@@ -50,14 +98,14 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     if let Some(vm) = owner {
         ctx.probe(&ctx.config.vms[vm], None)?;
     }
-    let left = ctx.with_state(|state| {
-        // Ours by state's records; a routed device state has no record
-        // of is looked up in QEMU by `on_remove`'s Detach and still goes
-        // on to libxl's records below.
-        let ours = state.find(at.bus, at.addr).is_some();
-        let steps = events::on_remove(&ctx.config, state, at, routed, unix_now());
-        apply::execute(ctx, state, &steps, Mode::Triggered)?;
-        Ok((!ours).then(|| state.clone()))
+    // A routed device state has no record of is looked up in QEMU by
+    // `on_remove`'s Detach and still goes on to libxl's records below.
+    let mut left = None;
+    locked(ctx, ev, seq, |state| {
+        if !remove_locked(ctx, state, ev, routed)? {
+            left = Some(state.clone());
+        }
+        Ok(())
     })?;
     match left {
         Some(state) => xl_unplugged(ctx, at, ev.port_path(), &state),
@@ -65,7 +113,16 @@ fn remove(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     }
 }
 
-fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
+/// The unplug under the lock; true if state had the device (ours).
+fn remove_locked(ctx: &Ctx, state: &mut State, ev: &UdevEvent, routed: Option<usize>) -> Result<bool> {
+    let at = BusAddr::new(ev.bus, ev.addr);
+    let ours = state.find(at.bus, at.addr).is_some();
+    let steps = events::on_remove(&ctx.config, state, at, routed, unix_now());
+    apply::execute(ctx, state, &steps, Mode::Triggered)?;
+    Ok(ours)
+}
+
+fn add(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
     let dev = ev.device(&ctx.root)?;
     let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
     // Decided before taking the lock: most devices are nobody's business.
@@ -96,24 +153,31 @@ fn add(ctx: &Ctx, ev: &UdevEvent) -> Result<()> {
     if let Some(vm) = routed {
         ctx.probe(&ctx.config.vms[vm], None)?;
     }
-    ctx.with_state(|state| {
-        let mut steps = Vec::new();
-        let (vm, origin) = match routed {
-            Some(vm) => (vm, Origin::Rule),
-            // Asked again under the lock: the peek may be old.
-            None => match events::follow(&ctx.config, state, &dev, unix_now()) {
-                Some((vm, l)) => {
-                    let text = format!("following {} on {} into VM {}: {shown}", l.usb_id, l.port_path, l.vm);
-                    steps.push(Step::Note { level: log::Level::Info, text });
-                    steps.push(Step::Followed { port_path: l.port_path.clone() });
-                    (vm, Origin::Followed)
-                }
-                None => return Ok(()),
-            },
-        };
-        steps.extend(events::on_add(&ctx.config, state, &dev, ev.action, vm, origin));
-        apply::execute(ctx, state, &steps, Mode::Triggered)
-    })
+    locked(ctx, ev, seq, |state| add_locked(ctx, state, &dev, ev.action, routed))
+}
+
+/// The add, bind or change of `dev` under the lock: to VM `routed`, or
+/// (None) following a device that just left its socket, if one did.
+fn add_locked(ctx: &Ctx, state: &mut State, dev: &HostDevice, action: Action, routed: Option<usize>) -> Result<()> {
+    let mut steps = Vec::new();
+    let (vm, origin) = match routed {
+        Some(vm) => (vm, Origin::Rule),
+        // Asked again under the lock: the peek may be old.
+        None => match events::follow(&ctx.config, state, dev, unix_now()) {
+            // The host's hold was said before the lock.
+            Some(_) if plan::held_back(&ctx.config, dev).is_some() => return Ok(()),
+            Some((vm, l)) => {
+                let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
+                let text = format!("following {} on {} into VM {}: {shown}", l.usb_id, l.port_path, l.vm);
+                steps.push(Step::Note { level: log::Level::Info, text });
+                steps.push(Step::Followed { port_path: l.port_path.clone() });
+                (vm, Origin::Followed)
+            }
+            None => return Ok(()),
+        },
+    };
+    steps.extend(events::on_add(&ctx.config, state, dev, action, vm, origin));
+    apply::execute(ctx, state, &steps, Mode::Triggered)
 }
 
 /// A device VM `vm` wants (by a rule, or following) that the host keeps
