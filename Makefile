@@ -69,7 +69,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv bench-floor test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench install uninstall clean
+.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv bench-floor test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench-storm bench install uninstall clean
 
 all: build
 
@@ -151,6 +151,11 @@ soak: build
 
 storm: build
 	tests/soak/run --bin $(BIN) --storm 32 $(SOAK_ARGS)
+
+# The storm against its floor, side by side in one rig run (issue 23): 32 gadgets at once into a
+# plain QEMU VM, then one raw QMP session adding the same devices; prints the ratio.
+bench-storm: build
+	tests/soak/run --bin $(BIN) --storm 32 --plain --floor $(SOAK_ARGS)
 
 demo: build
 	tests/e2e/demo --bin $(BIN)
