@@ -80,6 +80,22 @@ fn main() {
     let q = Qemu::start("a", &sock);
     q.qmp().add_xhci("xenusb-0", 15);
     let floor = floor_bin();
+    // FLOOR_STRACE=1: one of each under `strace -f -c` (where the difference goes), no timing.
+    if std::env::var_os("FLOOR_STRACE").is_some() {
+        for (what, addr) in [("auto-usb-attach udev remove", 8u32), ("qmp_floor device_del", 9)] {
+            place(&root, &q, &sock, addr);
+            let mut c = Command::new("strace");
+            c.args(["-f", "-c", "-o", "/dev/stdout", "--"]);
+            if what.starts_with("auto") {
+                c.arg(BIN).args(["--root", root.root_str(), "udev"]).env_clear().envs(remove_env(BUS, addr));
+            } else {
+                c.arg(&floor).arg(&sock).arg(format!("xenusb-{BUS}-{addr}")).env_clear();
+            }
+            let out = c.output().expect("strace");
+            println!("--- {what} ---\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+        return;
+    }
     let (mut tool, mut raw) = (Vec::new(), Vec::new());
     for i in 0..PAIRS {
         let addr = 10 + i as u32;
@@ -92,8 +108,10 @@ fn main() {
         };
         let run_floor = |raw: &mut Vec<Duration>| {
             place(&root, &q, &sock, addr);
+            // The same empty environment as the tool's run (udev gives RUN
+            // programs no LD_LIBRARY_PATH; cargo gives benches one).
             let mut c = Command::new(&floor);
-            c.arg(&sock).arg(&id);
+            c.env_clear().arg(&sock).arg(&id);
             raw.push(timed(c));
         };
         if i % 2 == 0 {
