@@ -85,7 +85,8 @@ fn main() {
         for (what, addr) in [("auto-usb-attach udev remove", 8u32), ("qmp_floor device_del", 9)] {
             place(&root, &q, &sock, addr);
             let mut c = Command::new("strace");
-            c.args(["-f", "-c", "-o", "/dev/stdout", "--"]);
+            let full = std::env::var("FLOOR_STRACE").is_ok_and(|v| v == "full");
+            c.args(["-f", if full { "-tt" } else { "-c" }, "-o", "/dev/stdout", "--"]);
             if what.starts_with("auto") {
                 c.arg(BIN).args(["--root", root.root_str(), "udev"]).env_clear().envs(remove_env(BUS, addr));
             } else {

@@ -114,8 +114,9 @@ pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
 /// writable by group or others (`sticky_ok`: a sticky dir is fine as a parent,
 /// since others cannot replace entries they do not own).
 fn vet(m: &Metadata, sticky_ok: bool) -> Option<String> {
+    static ME: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let mode = m.mode() & 0o7777;
-    let me = nix::unistd::geteuid().as_raw();
+    let me = *ME.get_or_init(|| nix::unistd::geteuid().as_raw());
     if m.uid() != 0 && m.uid() != me {
         Some(format!("owned by uid {} (mode {mode:04o})", m.uid()))
     } else if mode & 0o022 != 0 && !(sticky_ok && m.file_type().is_dir() && mode & 0o1000 != 0) {
@@ -131,34 +132,68 @@ fn vet(m: &Metadata, sticky_ok: bool) -> Option<String> {
 /// entry is checked through its existing parents (it will be created there).
 /// `no_symlink`: the entry itself must not be a symlink (the state dir).
 pub fn unsafe_path(path: &Path, no_symlink: bool) -> Option<String> {
+    unsafe_path_seen(path, no_symlink, &mut Vec::new())
+}
+
+/// `unsafe_path` for each of `paths` (path, no_symlink); a directory that
+/// two of them share is looked at once. The first problem: which, and why.
+pub fn unsafe_paths(paths: &[(&Path, bool)]) -> Option<(usize, String)> {
+    let mut seen = Vec::new();
+    paths.iter().enumerate().find_map(|(i, (p, no_link))| unsafe_path_seen(p, *no_link, &mut seen).map(|w| (i, w)))
+}
+
+/// `seen`: directories already found safe.
+fn unsafe_path_seen(path: &Path, no_symlink: bool, seen: &mut Vec<PathBuf>) -> Option<String> {
+    // Symlinks (or `..`) on the way mean the resolved path must be checked too.
+    let mut resolve = path.components().any(|c| c == std::path::Component::ParentDir);
     match std::fs::symlink_metadata(path) {
         Ok(l) if l.file_type().is_symlink() && no_symlink => return Some("a symlink".into()),
-        Ok(_) => {
-            if let Ok(m) = std::fs::metadata(path) {
-                if let Some(why) = vet(&m, false) {
-                    return Some(why);
-                }
+        Ok(l) if l.file_type().is_symlink() => {
+            resolve = true;
+            if let Some(why) = std::fs::metadata(path).ok().and_then(|m| vet(&m, false)) {
+                return Some(why);
+            }
+        }
+        Ok(l) => {
+            if let Some(why) = vet(&l, false) {
+                return Some(why);
             }
         }
         Err(_) => {}
     }
-    let mut dirs: Vec<PathBuf> = path.ancestors().skip(1).map(Path::to_path_buf).collect();
-    if let Ok(real) = std::fs::canonicalize(path) {
+    let written: Vec<PathBuf> = path.ancestors().skip(1).map(Path::to_path_buf).collect();
+    if let Some(why) = vet_dirs(&written, &mut resolve, seen) {
+        return Some(why);
+    }
+    if resolve {
         // Each directory once: without symlinks both lists are the same.
-        for d in real.ancestors().skip(1) {
-            if !dirs.iter().any(|x| x == d) {
-                dirs.push(d.to_path_buf());
-            }
+        if let Ok(real) = std::fs::canonicalize(path) {
+            let real: Vec<PathBuf> = real.ancestors().skip(1).map(Path::to_path_buf).collect();
+            return vet_dirs(&real, &mut false, seen);
         }
     }
+    None
+}
+
+/// Vet each of `dirs` not in `seen` (following a symlink, and then setting
+/// `symlinked`); the safe ones join `seen`.
+fn vet_dirs(dirs: &[PathBuf], symlinked: &mut bool, seen: &mut Vec<PathBuf>) -> Option<String> {
     for d in dirs {
-        if d.as_os_str().is_empty() {
+        if d.as_os_str().is_empty() || seen.contains(d) {
             continue;
         }
-        let Ok(m) = std::fs::metadata(&d) else { continue };
+        let m = match std::fs::symlink_metadata(d) {
+            Ok(l) if l.file_type().is_symlink() => {
+                *symlinked = true;
+                std::fs::metadata(d)
+            }
+            other => other,
+        };
+        let Ok(m) = m else { continue };
         if let Some(why) = vet(&m, true) {
             return Some(format!("in {} which is {why}", d.display()));
         }
+        seen.push(d.clone());
     }
     None
 }

@@ -278,11 +278,13 @@ impl log::Log for Logger {
         let to_stderr = self.sinks.stderr || (r.level() == log::Level::Error && self.sinks.stderr_errors);
         // A socket that stopped accepting (journald restarting) must not lose the line.
         if to_stderr || !sent && self.socket.is_some() {
-            eprintln!("{level}: {msg}");
+            // One write per line: stderr is unbuffered, and under udev a pipe.
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), format!("{level}: {msg}\n").as_bytes());
         }
         if let Ok(mut f) = self.file.lock() {
             if let Some(f) = f.as_mut() {
-                let _ = writeln!(f, "{} [{pid}] {level}: {msg}", iso8601(std::time::SystemTime::now(), local_zone()));
+                let line = format!("{} [{pid}] {level}: {msg}\n", iso8601(std::time::SystemTime::now(), local_zone()));
+                let _ = f.write_all(line.as_bytes());
             }
         }
     }

@@ -55,10 +55,10 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
     if cli.command.changes_things() {
         // Parents included, through symlinks; the state dir itself must not
         // be a symlink nor a sticky shared dir like /tmp.
-        for (what, shown, is_dir) in [("config", &cli.config, false), ("state dir", &config.state_dir, true)] {
-            if let Some(why) = crate::fsio::unsafe_path(&root.path(shown), is_dir) {
-                crate::bail!("refusing to run: {what} {} is {why}", shown.display());
-            }
+        let (config_at, state_at) = (root.path(&cli.config), root.path(&config.state_dir));
+        if let Some((i, why)) = crate::fsio::unsafe_paths(&[(&config_at, false), (&state_at, true)]) {
+            let (what, shown) = [("config", &cli.config), ("state dir", &config.state_dir)][i];
+            crate::bail!("refusing to run: {what} {} is {why}", shown.display());
         }
     }
     let dry_run = cli.command.dry_run();
