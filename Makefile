@@ -24,6 +24,7 @@
 #                        (SEED=n STEPS=n; SOAK_ARGS=--quiet etc.)
 #   make storm           32 devices at once into one VM on the real-kernel rig
 #   make bench           event latency / lock contention figures (real QEMU)
+#   make bench-libvirt   libvirt attach: the tool against virsh attach-device in the libvirt rig (BENCH_PAIRS=n)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config and hook
 #                        (never overwrites a config; enables the units when systemd runs)
 #   sudo make uninstall  removes what install put there, except the config
@@ -69,7 +70,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv bench-floor test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench-storm bench install uninstall clean
+.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv bench-floor bench-libvirt test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench-storm bench install uninstall clean
 
 all: build
 
@@ -169,6 +170,12 @@ bench: bench-floor
 bench-floor:
 	$(CARGO) build --release --locked --example qmp_floor
 	$(CARGO) bench --locked --bench floor
+
+# libvirt attach, the tool against `virsh attach-device` on the same domain and device in the
+# libvirt tier's rig (issue 23): BENCH_PAIRS alternating pairs, p50/p90 of each and the ratio.
+BENCH_PAIRS ?= 12
+bench-libvirt: build
+	tests/libvirt/run --bin $(BIN) --bench $(BENCH_PAIRS)
 
 # Does not build: run `make` first (as your user), then `sudo make install`.
 install:

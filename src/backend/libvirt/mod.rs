@@ -5,16 +5,20 @@
 //! stays true, the persistent definition is never touched, and an admin's
 //! own hostdevs (any other alias) are left alone.
 //!
-//! The XML both ways is pure (`xml`). libvirtd is talked to by a helper
-//! program, `auto-usb-attach-libvirt` (`conn`, cargo feature `libvirt`:
-//! libvirt's C library through the `virt` crate), that the tool runs for a
-//! libvirt domain's session only (`helper`: every reply waited for within
-//! the invocation's budget), so the tool itself never loads libvirt.
+//! The XML both ways is pure (`xml`). A local `qemu:///system` is reached
+//! directly, one connection on libvirtd's socket in libvirt's own RPC
+//! protocol (`rpc`: the calls one session needs, each bounded by the
+//! invocation's budget). Any other URI goes through a helper program,
+//! `auto-usb-attach-libvirt` (`conn`, cargo feature `libvirt`: libvirt's C
+//! library through the `virt` crate), that the tool runs for that domain's
+//! session only (`helper`: every reply waited for within the budget). The
+//! tool itself never loads libvirt.
 
 #[cfg(feature = "libvirt")]
 mod conn;
 mod helper;
 mod proto;
+mod rpc;
 mod xml;
 
 use super::{Env, Finder, Link, Located, Op, OpError, Opened};
@@ -171,14 +175,18 @@ impl Finder for Libvirt {
     }
 }
 
-/// Connect to libvirtd at the VM's `uri` (through the libvirt helper) and
-/// find its running domain.
+/// Connect to libvirtd at the VM's `uri` (directly when it is the local
+/// daemon's, else through the libvirt helper) and find its running domain.
 fn locate(vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
     let Some(t) = &vm.libvirt else {
         return Err(Error::new(format!("VM {}: backend libvirt needs a domain", vm.name)));
     };
     let socket = PathBuf::from(format!("libvirt:{}#{}", t.uri, t.domain));
-    match helper::open(&t.uri, &t.domain, deadline) {
+    let opened = match rpc::socket_for(&t.uri) {
+        Some(sock) => rpc::open(&sock, &t.uri, &t.domain, deadline),
+        None => helper::open(&t.uri, &t.domain, deadline),
+    };
+    match opened {
         Ok(Ok(d)) => {
             let link = Box::new(LibvirtVm { link: d.link });
             Ok(Located::Running(Opened { link, socket, instance: d.instance, domid: None }))
