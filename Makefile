@@ -25,6 +25,8 @@
 #   make storm           32 devices at once into one VM on the real-kernel rig
 #   make bench           event latency / lock contention figures (real QEMU)
 #   make bench-libvirt   libvirt attach: the tool against virsh attach-device in the libvirt rig (BENCH_PAIRS=n)
+#   make bench-rig       per-event figures on the real-kernel rig (TCG): the tool vs a raw QMP client, udevd's
+#                        broadcast delay with and without the rule, unplug -> gone from QEMU (BENCH_RIG_ARGS)
 #   sudo make install    binary, udev rule, systemd sync units, man pages, shell completions, example config and hook
 #                        (never overwrites a config; enables the units when systemd runs)
 #   sudo make uninstall  removes what install put there, except the config
@@ -70,7 +72,7 @@ CARGO_FEATURES = $(if $(strip $(FEATURES)),--features $(strip $(FEATURES)))
 BIN ?= target/release/auto-usb-attach
 DESTDIR ?=
 
-.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv bench-floor bench-libvirt test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench-storm bench install uninstall clean
+.PHONY: all build deb deb-prev test-deb test-xen-4.20 e2e-qemu10 test-systemd-deb test unit test-msrv bench-floor bench-libvirt bench-rig test-install test-systemd test-libvirt e2e test-xen demo soak soak-ci storm bench-storm bench install uninstall clean
 
 all: build
 
@@ -176,6 +178,13 @@ bench-floor:
 BENCH_PAIRS ?= 12
 bench-libvirt: build
 	tests/libvirt/run --bin $(BIN) --bench $(BENCH_PAIRS)
+# The same floor on the real-kernel rig (a TCG VM with real udevd and gadget devices), with udevd's
+# broadcast delay with and without the rule and the unplug latency (issue 23): tests/bench/run.
+# One TCG rig at a time on a small machine: run it under a lock shared with the other rig tiers
+# (e.g. flock /var/tmp/aua-rig.lock make bench-rig).
+bench-rig: build
+	$(CARGO) build --release --locked --example qmp_floor
+	tests/bench/run --bin $(BIN) $(BENCH_RIG_ARGS)
 
 # Does not build: run `make` first (as your user), then `sudo make install`.
 install:
