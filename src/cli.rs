@@ -90,6 +90,56 @@ pub enum Command {
     },
 }
 
+impl Cli {
+    /// The udev rule's own command line, `[--root DIR] [--config FILE] [-v]
+    /// udev` in any order, read without building clap's command tree: every
+    /// event pays for that build, and under TCG it was a fifth of the tool's
+    /// CPU per event (`make bench-rig`). Anything else (another command, an
+    /// option more or repeated, `--help`, `AUTO_USB_ATTACH_ROOT` set) is
+    /// None: clap parses it. A test holds both parsers to the same result.
+    pub fn parse_rule_line(args: &[std::ffi::OsString]) -> Option<Cli> {
+        if std::env::var_os("AUTO_USB_ATTACH_ROOT").is_some() {
+            return None;
+        }
+        let (mut root, mut config, mut verbose, mut udev) = (None, None, 0u8, false);
+        let mut it = args.iter().skip(1);
+        while let Some(a) = it.next() {
+            let a = a.to_str()?;
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+                _ => (a, None),
+            };
+            let slot = match flag {
+                "udev" if !udev && inline.is_none() => {
+                    udev = true;
+                    continue;
+                }
+                "-v" | "--verbose" if inline.is_none() && verbose == 0 => {
+                    verbose += 1;
+                    continue;
+                }
+                "--config" if config.is_none() => &mut config,
+                "--root" if root.is_none() => &mut root,
+                _ => return None,
+            };
+            let value = match inline {
+                Some(v) => v,
+                None => it.next()?.to_str()?,
+            };
+            if value.is_empty() || value.starts_with('-') {
+                return None;
+            }
+            *slot = Some(PathBuf::from(value));
+        }
+        udev.then(|| Cli {
+            root,
+            config: config.unwrap_or_else(|| crate::config::DEFAULT_PATH.into()),
+            verbose,
+            command: Command::Udev { dry: DryRun { dry_run: false } },
+        })
+    }
+}
+
 impl Command {
     /// Whether this command changes VMs or state (and so needs root).
     pub fn changes_things(&self) -> bool {
@@ -212,5 +262,39 @@ mod tests {
         let help = cli.clone().render_help().to_string();
         assert!(help.contains("Global options:") && !help.contains("--root"), "{help}");
         assert!(parse(&["--root", "/tmp/x", "list"]).unwrap().root.is_some());
+    }
+
+    #[test]
+    fn the_rule_line_reads_as_clap_reads_it_and_anything_else_goes_to_clap() {
+        let v = |a: &[&str]| -> Vec<std::ffi::OsString> { a.iter().map(Into::into).collect() };
+        for args in [
+            &["aua", "udev"][..],
+            &["aua", "--config", "/etc/auto-usb-attach.toml", "udev"],
+            &["aua", "udev", "--config", "/x.toml"],
+            &["aua", "--config=/x.toml", "udev", "-v"],
+            &["aua", "--root", "/r", "--config", "c.toml", "udev", "--verbose"],
+            &["aua", "--root=/r", "udev"],
+        ] {
+            let fast = Cli::parse_rule_line(&v(args)).unwrap_or_else(|| panic!("{args:?} not read"));
+            let slow = Cli::try_parse_from(v(args)).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{args:?}");
+        }
+        for args in [
+            &["aua"][..],
+            &["aua", "udev", "--dry-run"],
+            &["aua", "udev", "udev"],
+            &["aua", "--config", "udev"],
+            &["aua", "--config"],
+            &["aua", "--config", "a", "--config", "b", "udev"],
+            &["aua", "--config=", "udev"],
+            &["aua", "-vvv", "udev"],
+            &["aua", "-v", "udev", "-v"],
+            &["aua", "--help"],
+            &["aua", "attach", "--bus", "3", "--addr", "7"],
+            &["aua", "--", "udev"],
+            &["aua", "udev=1"],
+        ] {
+            assert!(Cli::parse_rule_line(&v(args)).is_none(), "{args:?} must go to clap");
+        }
     }
 }
