@@ -396,15 +396,22 @@ fn queued(r: &Rig) -> Vec<String> {
     names
 }
 
-#[test]
-fn an_event_that_finds_the_lock_held_is_queued_at_once_and_the_next_holder_serves_it() {
-    // udev holds a device's (and its interfaces') later events while its RUN
-    // runs, and has few workers: an event must not sit waiting for the lock.
-    let r = rig("u-lock", "");
+/// The routed receiver at 3:7, a second routed device at 3:8, a fake QMP
+/// server, and the state lock held as another invocation would hold it.
+fn held_with_a_second_device(tag: &str) -> (Rig, UsbDev, FakeQmp, nix::fcntl::Flock<std::fs::File>) {
+    let r = rig(tag, "");
     let second = UsbDev::new(3, 8, "3-1.3");
     r.sys.device(&second);
     let f = r.fake();
     let lock = r.root.hold_lock();
+    (r, second, f, lock)
+}
+
+#[test]
+fn an_event_that_finds_the_lock_held_is_queued_at_once_and_the_next_holder_serves_it() {
+    // udev holds a device's (and its interfaces') later events while its RUN
+    // runs, and has few workers: an event must not sit waiting for the lock.
+    let (r, second, f, lock) = held_with_a_second_device("u-lock");
     let run = r.root.udev(&r.dev.udev_env("add"));
     run.ok();
     assert!(run.elapsed < std::time::Duration::from_secs(1), "took {:?}", run.elapsed);
@@ -433,11 +440,7 @@ fn an_event_that_finds_the_lock_held_is_queued_at_once_and_the_next_holder_serve
 fn queued_events_of_one_device_are_served_in_order_before_a_later_event() {
     // add then remove of 3:7 queued while the lock was held; then 3:8's add
     // (a later SEQNUM) takes the lock: 3:7 is added and removed, in that order.
-    let r = rig("u-order", "");
-    let second = UsbDev::new(3, 8, "3-1.3");
-    r.sys.device(&second);
-    let f = r.fake();
-    let lock = r.root.hold_lock();
+    let (r, second, f, lock) = held_with_a_second_device("u-order");
     let mut add = r.dev.udev_env("add");
     set(&mut add, "SEQNUM", "100");
     r.root.udev(&add).ok();
