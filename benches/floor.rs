@@ -23,6 +23,19 @@ use std::time::{Duration, Instant};
 const PAIRS: usize = 40;
 const BUS: u32 = 1;
 
+/// What udevd gives the rule's RUN program for the device's removal: the
+/// kernel's uevent (with its SEQNUM) and the rule's properties.
+fn udev_env(addr: u32) -> Vec<(String, String)> {
+    let mut env = remove_env(BUS, addr);
+    env.push(("SEQNUM".into(), (5000 + addr).to_string()));
+    env
+}
+
+/// The tool under test: this build's, or `TOOL_BIN` (e.g. another profile's build).
+fn tool_bin() -> PathBuf {
+    std::env::var_os("TOOL_BIN").map_or_else(|| BIN.into(), PathBuf::from)
+}
+
 fn floor_bin() -> PathBuf {
     if let Ok(p) = std::env::var("FLOOR_BIN") {
         return p.into();
@@ -80,6 +93,7 @@ fn main() {
     let q = Qemu::start("a", &sock);
     q.qmp().add_xhci("xenusb-0", 15);
     let floor = floor_bin();
+    let tool_exe = tool_bin();
     // FLOOR_STRACE=1: one of each under `strace -f -c` (where the difference goes), no timing.
     if std::env::var_os("FLOOR_STRACE").is_some() {
         for (what, addr) in [("auto-usb-attach udev remove", 8u32), ("qmp_floor device_del", 9)] {
@@ -88,12 +102,49 @@ fn main() {
             let full = std::env::var("FLOOR_STRACE").is_ok_and(|v| v == "full");
             c.args(["-f", if full { "-tt" } else { "-c" }, "-o", "/dev/stdout", "--"]);
             if what.starts_with("auto") {
-                c.arg(BIN).args(["--root", root.root_str(), "udev"]).env_clear().envs(remove_env(BUS, addr));
+                c.arg(tool_bin()).args(["--root", root.root_str(), "udev"]).env_clear().envs(udev_env(addr));
             } else {
                 c.arg(&floor).arg(&sock).arg(format!("xenusb-{BUS}-{addr}")).env_clear();
             }
             let out = c.output().expect("strace");
             println!("--- {what} ---\n{}", String::from_utf8_lossy(&out.stdout));
+        }
+        return;
+    }
+    // FLOOR_PERF=1: 20 of each under `perf stat` (task-clock, page faults,
+    // user/kernel instructions, syscalls), means printed, no timing.
+    if std::env::var_os("FLOOR_PERF").is_some() {
+        const EVENTS: &str = "task-clock,page-faults,raw_syscalls:sys_enter";
+        for (what, base) in [("auto-usb-attach udev remove", 60u32), ("qmp_floor device_del", 90)] {
+            let mut sums: Vec<(String, f64)> = Vec::new();
+            const N: u32 = 20;
+            for i in 0..N {
+                let addr = base + i;
+                place(&root, &q, &sock, addr);
+                let mut c = Command::new("perf");
+                c.args(["stat", "-x", ",", "-e", EVENTS, "--"]);
+                if what.starts_with("auto") {
+                    c.arg(&tool_exe).args(["--root", root.root_str(), "udev"]).env_clear().envs(udev_env(addr));
+                } else {
+                    c.arg(&floor).arg(&sock).arg(format!("xenusb-{BUS}-{addr}")).env_clear();
+                }
+                let out = c.output().expect("perf");
+                assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+                for line in String::from_utf8_lossy(&out.stderr).lines() {
+                    let f: Vec<&str> = line.split(',').collect();
+                    let (Some(v), Some(name)) = (f.first().and_then(|v| v.parse::<f64>().ok()), f.get(2)) else {
+                        continue;
+                    };
+                    match sums.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, s)) => *s += v,
+                        None => sums.push((name.to_string(), v)),
+                    }
+                }
+            }
+            println!("--- {what}: mean of {N} under perf stat ---");
+            for (name, s) in sums {
+                println!("  {name:<28} {:>12.3}", s / f64::from(N));
+            }
         }
         return;
     }
@@ -103,8 +154,8 @@ fn main() {
         let id = format!("xenusb-{BUS}-{addr}");
         let run_tool = |tool: &mut Vec<Duration>| {
             place(&root, &q, &sock, addr);
-            let mut c = Command::new(BIN);
-            c.env_clear().envs(remove_env(BUS, addr)).args(["--root", root.root_str(), "udev"]);
+            let mut c = Command::new(&tool_exe);
+            c.env_clear().envs(udev_env(addr)).args(["--root", root.root_str(), "udev"]);
             tool.push(timed(c));
         };
         let run_floor = |raw: &mut Vec<Duration>| {
