@@ -341,6 +341,12 @@ impl UdevEvent {
                 .filter(|n| (1..=max).contains(n) && v.len() <= 3 && v.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or_else(|| Error::new(format!("udev event: {k}={v:?} is not a number 1..{max}")))
         };
+        // Address 0 is no address: the device is being reset (the kernel
+        // sends one as QEMU lets go of a device it had). Nothing to act on.
+        if get("DEVNUM").is_some_and(|v| v.len() <= 3 && v.bytes().all(|b| b == b'0')) {
+            log::debug!("ignoring {} of {:?}: DEVNUM 000, no address (being reset)", action.as_str(), get("DEVPATH"));
+            return Ok(None);
+        }
         let bus = num("BUSNUM", 999)?;
         let addr = num("DEVNUM", 127)?;
         let devpath = get("DEVPATH").ok_or_else(|| Error::new("udev event: DEVPATH is not set"))?;
@@ -508,10 +514,23 @@ mod tests {
     }
 
     #[test]
+    fn a_device_without_an_address_is_ignored() {
+        for action in ["add", "bind", "change", "remove"] {
+            for zero in ["000", "0"] {
+                let mut m = env(ADD);
+                m.insert("ACTION".into(), action.into());
+                m.insert("DEVNUM".into(), zero.into());
+                assert_eq!(UdevEvent::from_env(&m).unwrap(), None, "{action} DEVNUM={zero}");
+            }
+        }
+    }
+
+    #[test]
     fn bad_env_names_the_variable() {
         for (k, v) in [
             ("BUSNUM", "abc"),
-            ("DEVNUM", "0"),
+            ("DEVNUM", "-1"),
+            ("DEVNUM", "0000"),
             ("DEVNUM", "1000"),
             ("DEVNUM", "128"),
             ("ID_VENDOR_ID", "+46d"),
