@@ -110,6 +110,11 @@ impl Ctx {
             for q in &served {
                 crate::queue::done(lock.dir(), q);
             }
+            if !self.dry_run {
+                if let Err(e) = state.sync_marks(lock.dir()) {
+                    log::warn!("cannot update {}*: {e}", lock.dir().shown(crate::state::MARK_PREFIX));
+                }
+            }
         }
         self.after_release(lock.release());
         match (out, saved) {

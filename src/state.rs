@@ -13,6 +13,16 @@ use std::path::{Path, PathBuf};
 
 pub const VERSION: u32 = 1;
 pub const FILE: &str = "state.json";
+/// `<state-dir>/attached-BBB-DDD`: an empty file for each host device that
+/// state holds in a VM, named with udev's BUSNUM and DEVNUM, for the udev
+/// rule to test. The kernel sends `bind` right after `add`; when the add
+/// attached the device, the bind has nothing to do and the rule starts no
+/// program for it (udev holds the device's later events, and every other
+/// listener's view of this one, while a RUN program runs). Made again from
+/// state at the end of every locked section (`State::sync_marks`): a lost
+/// one costs one invocation that finds the device attached, a stale one
+/// lasts until the next event that takes the lock.
+pub const MARK_PREFIX: &str = "attached-";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -168,6 +178,12 @@ pub struct HeldOut {
     pub vm: String,
 }
 
+/// The mark of host device `at`: `attached-001-005` (udev's zero-padded
+/// BUSNUM and DEVNUM, as the rule's `$env{BUSNUM}-$env{DEVNUM}` spells them).
+pub fn mark_name(at: BusAddr) -> String {
+    format!("{MARK_PREFIX}{:03}-{:03}", at.bus, at.addr)
+}
+
 impl Attached {
     pub fn at(&self) -> BusAddr {
         BusAddr::new(self.bus, self.addr)
@@ -228,6 +244,20 @@ impl State {
     pub(crate) fn save_to(&self, d: &crate::fsio::Dir) -> Result<()> {
         d.write_atomic(FILE, self.to_json().as_bytes(), crate::fsio::FILE_MODE)
             .with_context(|| format!("cannot write {}", d.shown(FILE)))
+    }
+
+    /// Make `<state-dir>/attached-*` (`MARK_PREFIX`) what this state holds.
+    pub(crate) fn sync_marks(&self, d: &crate::fsio::Dir) -> std::io::Result<()> {
+        let want: std::collections::BTreeSet<String> =
+            self.vms.values().flat_map(|v| &v.devices).map(|a| mark_name(a.at())).collect();
+        let have: std::collections::BTreeSet<String> = d.names_with_prefix(MARK_PREFIX)?.into_iter().collect();
+        for gone in have.difference(&want) {
+            d.remove(gone)?;
+        }
+        for new in want.difference(&have) {
+            d.touch(new, crate::fsio::FILE_MODE)?;
+        }
+        Ok(())
     }
 
     /// State as last saved, read without the lock (it is replaced

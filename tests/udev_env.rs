@@ -103,6 +103,39 @@ fn bind_after_add_does_not_attach_twice() {
     assert_eq!(f.device_ids(), vec!["xenusb-0", "xenusb-3-7"]);
 }
 
+/// The state dir's `attached-*` marks, sorted.
+fn marks(r: &Rig) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(r.root.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("attached-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_attached_device_has_the_mark_the_rule_tests_for_bind_and_loses_it_on_remove() {
+    // The rule starts nothing for a bind when <state-dir>/attached-BUSNUM-DEVNUM
+    // exists: the mark must mean "state holds this device in a VM", no more.
+    let r = rig("u-mark", "");
+    let f = r.fake();
+    r.root.udev(&r.dev.udev_env("add")).ok();
+    assert_eq!(marks(&r), vec!["attached-003-007"]);
+    let m = std::fs::metadata(r.root.state_dir().join("attached-003-007")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert!(m.is_file() && m.len() == 0 && m.permissions().mode() & 0o7777 == 0o644, "{m:?}");
+    r.root.assert_state_clean();
+    // A mark state does not back (state lost, a crash between the two) is
+    // gone after the next event that takes the lock, whatever it is for.
+    std::fs::write(r.root.state_dir().join("attached-003-099"), b"").unwrap();
+    r.sys.remove(&r.dev);
+    r.root.udev(&r.dev.udev_env("remove")).ok();
+    assert!(f.command_names().contains(&"device_del".to_string()));
+    assert_eq!(marks(&r), Vec::<String>::new());
+    r.root.assert_state_clean();
+}
+
 #[test]
 fn bind_alone_attaches_with_hostbus_hostaddr() {
     // Contract: on bind, if not yet attached, hostbus/hostaddr (no hostdevice).

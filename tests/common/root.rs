@@ -86,16 +86,42 @@ impl TestRoot {
     }
 
     /// Asserts the state dir holds no half-written or moved-aside state file.
+    /// Nothing in the state dir but state.json, the lock, and one
+    /// `attached-BBB-DDD` mark for each device state holds (the udev rule's
+    /// test), no more and no fewer.
     pub fn assert_state_clean(&self) {
-        if let Ok(rd) = std::fs::read_dir(self.state_dir()) {
-            for e in rd {
-                let name = e.unwrap().file_name().to_string_lossy().into_owned();
-                assert!(
-                    name == "state.json" || name == "lock",
-                    "unexpected file {name:?} in the state dir (temp file left behind or state moved aside?)"
-                );
+        let Ok(rd) = std::fs::read_dir(self.state_dir()) else { return };
+        let mut marks = Vec::new();
+        for e in rd {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name.starts_with("attached-") {
+                marks.push(name);
+                continue;
             }
+            assert!(
+                name == "state.json" || name == "lock",
+                "unexpected file {name:?} in the state dir (temp file left behind or state moved aside?)"
+            );
         }
+        marks.sort();
+        assert_eq!(marks, self.expected_marks(), "the attached-* marks are not what state holds");
+    }
+
+    /// `attached-BBB-DDD` for each device in state, sorted.
+    pub fn expected_marks(&self) -> Vec<String> {
+        let mut want: Vec<String> = self
+            .state()
+            .map(|s| {
+                let vms = s["vms"].as_object().cloned().unwrap_or_default();
+                vms.values()
+                    .flat_map(|v| v["devices"].as_array().cloned().unwrap_or_default())
+                    .map(|d| format!("attached-{:03}-{:03}", d["bus"].as_u64().unwrap(), d["addr"].as_u64().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        want.sort();
+        want.dedup();
+        want
     }
 
     pub fn remove_state(&self) {
