@@ -112,7 +112,7 @@ impl Ctx {
             }
             if !self.dry_run {
                 if let Err(e) = state.sync_marks(lock.dir()) {
-                    log::warn!("cannot update {}*: {e}", lock.dir().shown(crate::state::MARK_PREFIX));
+                    log::warn!("cannot update {}*: {e:#}", lock.dir().shown(crate::state::MARK_PREFIX));
                 }
             }
         }

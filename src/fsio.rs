@@ -319,17 +319,6 @@ impl Dir {
         done
     }
 
-    /// Creates empty regular file `name`, mode `mode` exactly, unless it
-    /// exists (O_EXCL: never through a symlink).
-    pub fn touch(&self, name: &str, mode: u32) -> std::io::Result<()> {
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode)) {
-            Ok(fd) => File::from(fd).set_permissions(std::fs::Permissions::from_mode(mode)),
-            Err(rustix::io::Errno::EXIST) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Names in the directory that start with `prefix`, unsorted.
     pub fn names_with_prefix(&self, prefix: &str) -> std::io::Result<Vec<String>> {
         let mut out = Vec::new();

@@ -247,7 +247,7 @@ impl State {
     }
 
     /// Make `<state-dir>/attached-*` (`MARK_PREFIX`) what this state holds.
-    pub(crate) fn sync_marks(&self, d: &crate::fsio::Dir) -> std::io::Result<()> {
+    pub(crate) fn sync_marks(&self, d: &crate::fsio::Dir) -> Result<()> {
         let want: std::collections::BTreeSet<String> =
             self.vms.values().flat_map(|v| &v.devices).map(|a| mark_name(a.at())).collect();
         let have: std::collections::BTreeSet<String> = d.names_with_prefix(MARK_PREFIX)?.into_iter().collect();
@@ -255,7 +255,8 @@ impl State {
             d.remove(gone)?;
         }
         for new in want.difference(&have) {
-            d.touch(new, crate::fsio::FILE_MODE)?;
+            // Empty, never through a symlink, a regular file of exactly this mode.
+            d.open_rw(new, crate::fsio::FILE_MODE)?;
         }
         Ok(())
     }

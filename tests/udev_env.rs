@@ -105,13 +105,7 @@ fn bind_after_add_does_not_attach_twice() {
 
 /// The state dir's `attached-*` marks, sorted.
 fn marks(r: &Rig) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(r.root.state_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("attached-"))
-        .collect();
-    names.sort();
-    names
+    r.root.state_names("attached-")
 }
 
 #[test]
@@ -420,13 +414,7 @@ fn detached_by_hand_stays_out_until_replugged() {
 }
 
 fn queued(r: &Rig) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(r.root.state_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with("queued-"))
-        .collect();
-    names.sort();
-    names
+    r.root.state_names("queued-")
 }
 
 /// The routed receiver at 3:7, a second routed device at 3:8, a fake QMP

@@ -107,6 +107,17 @@ impl TestRoot {
         assert_eq!(marks, self.expected_marks(), "the attached-* marks are not what state holds");
     }
 
+    /// The state dir's names that start with `prefix`, sorted.
+    pub fn state_names(&self, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// `attached-BBB-DDD` for each device in state, sorted.
     pub fn expected_marks(&self) -> Vec<String> {
         let mut want: Vec<String> = self
