@@ -1,13 +1,94 @@
-//! Pure policy for one udev event: from the config, state and the device,
-//! the steps that handle it (no I/O; `cmd::udev` executes them). The rule
-//! for a record whose bus:addr now holds another device (`stale`) lives
-//! here and `sync` uses it too.
+//! Pure policy for one udev event: which VM the config sends a device to
+//! (`routing`, and why the host keeps one a rule wants: `held_back`), and
+//! from the config, state and the device, the steps that handle the event
+//! (no I/O; `cmd::udev` executes them). `sync`, `check`, `list` and the
+//! manual commands route by the same rules; the rule for a record whose
+//! bus:addr now holds another device (`stale`) lives here and `sync` uses
+//! it too. Where in the VM a device goes is `plan`'s.
 
+use crate::config::{Config, DenyRule, HubRule, VmConfig};
 use crate::host::{Action, HostDevice};
 use crate::state::{Attached, Origin, State};
 use crate::step::Step;
 use crate::types::BusAddr;
 use log::Level;
+
+/// Where the rules send a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Routing {
+    /// To configured VM `.0` (index into `config.vms`).
+    To(usize),
+    /// A rule of VM `vm` wants it, but it stays on the host: `why`.
+    Held { vm: usize, why: String },
+    /// No rule wants it (hubs never).
+    Nobody,
+}
+
+/// Which configured VM gets this device, if any. Root hubs and hubs are
+/// never passed (devices behind a hub are). A device matching several VMs
+/// goes to the first in config order. A device `held_back` goes nowhere.
+pub(crate) fn route(config: &Config, d: &HostDevice) -> Option<usize> {
+    match routing(config, d) {
+        Routing::To(vm) => Some(vm),
+        Routing::Held { .. } | Routing::Nobody => None,
+    }
+}
+
+/// `route`, saying why a device a rule wants stays on the host.
+pub(crate) fn routing(config: &Config, d: &HostDevice) -> Routing {
+    if d.is_root_hub() || d.is_hub() {
+        return Routing::Nobody;
+    }
+    let Some(vm) = config.vms.iter().position(|vm| wants(vm, d)) else { return Routing::Nobody };
+    match held_back(config, d) {
+        Some(why) => Routing::Held { vm, why },
+        None => Routing::To(vm),
+    }
+}
+
+/// Why `d` stays on the host whatever the routing rules say: a `deny`
+/// entry, the host's own use of it (a mounted disk, swap, RAID, LVM), or
+/// the host's policy (`authorized` = 0, unless `pass-unauthorized`).
+pub(crate) fn held_back(config: &Config, d: &HostDevice) -> Option<String> {
+    if let Some(rule) = config.deny.iter().find(|r| denies(r, d)) {
+        return Some(format!("denied by deny entry {rule:?}", rule = rule.to_string()));
+    }
+    if let Some(why) = &d.in_use {
+        return Some(format!("the host uses it: {why}"));
+    }
+    if !d.authorized && !config.pass_unauthorized {
+        return Some("blocked by host policy (authorized = 0); it goes in once authorized".into());
+    }
+    // A device whose classes are its interfaces' (class 00) is not
+    // configured yet at `add`: a class entry cannot be judged until `bind`.
+    let class_rules = config.deny.iter().any(|r| matches!(r, DenyRule::Class(_)));
+    if class_rules && d.class == 0 && d.interface_classes.is_empty() {
+        return Some("its interfaces are not known yet and deny has class entries; judged at bind".into());
+    }
+    None
+}
+
+pub(crate) fn denies(rule: &DenyRule, d: &HostDevice) -> bool {
+    match rule {
+        DenyRule::Device(r) => r.covers(d.vendor, d.product, d.serial.as_deref()),
+        DenyRule::Port(h) => covers_socket(h, d),
+        DenyRule::Class(c) => d.class == *c || d.interface_classes.contains(c),
+    }
+}
+
+/// Does hub entry `h` cover `d`'s port? A port covers its socket's other
+/// half too (`HostDevice::peer_port_path`): "1-4" takes the SuperSpeed
+/// stick that enumerates as "2-4".
+fn covers_socket(h: &HubRule, d: &HostDevice) -> bool {
+    let peer = d.peer_port_path.as_deref().and_then(|p| Some((p.split_once('-')?.0.parse::<u16>().ok()?, p)));
+    h.covers(d.bus, &d.port_path) || peer.is_some_and(|(bus, p)| matches!(h, HubRule::Port(_)) && h.covers(bus, p))
+}
+
+/// Does any of `vm`'s rules match `d`? Every rule kind is asked here.
+pub(crate) fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
+    vm.hubs.iter().any(|h| covers_socket(h, d))
+        || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
+}
 
 /// Why `rec` (a record at `now`'s bus:addr) no longer describes the device
 /// there, if it doesn't.
@@ -34,7 +115,7 @@ fn note(level: Level, text: String) -> Vec<Step> {
 /// Steps for an add or bind of `dev`, which goes to VM `vm`: by a rule, or
 /// (`origin` Followed) after a device that left its socket.
 pub(crate) fn on_add(
-    config: &crate::config::Config,
+    config: &Config,
     state: &State,
     dev: &HostDevice,
     action: Action,
@@ -75,7 +156,7 @@ pub(crate) fn on_add(
 /// same socket (its port, or the port's peer) within `follow-seconds`
 /// before `now` (seconds since the epoch): the lineage entry.
 pub(crate) fn follow<'s>(
-    config: &crate::config::Config,
+    config: &Config,
     state: &'s State,
     dev: &HostDevice,
     now: u64,
@@ -95,13 +176,7 @@ pub(crate) fn follow<'s>(
 /// config routes the removed device to, if any (from the event's ids).
 /// `now`: seconds since the epoch (a VM's device leaving is remembered for
 /// `follow-seconds`).
-pub(crate) fn on_remove(
-    config: &crate::config::Config,
-    state: &State,
-    at: BusAddr,
-    routed: Option<usize>,
-    now: u64,
-) -> Vec<Step> {
+pub(crate) fn on_remove(config: &Config, state: &State, at: BusAddr, routed: Option<usize>, now: u64) -> Vec<Step> {
     // Unplugging ends an admin's "keep it out".
     let mut steps = vec![Step::Release { at }];
     match state.find(at.bus, at.addr) {
@@ -161,6 +236,90 @@ mod tests {
         let mut s = State::default();
         s.vms.insert(vm.into(), VmState { devices: vec![rec(d)], ..Default::default() });
         s
+    }
+
+    fn dev(port_path: &str, vid: u16, pid: u16, class: u8, speed: &str) -> HostDevice {
+        let bus = port_path.trim_start_matches("usb").split('-').next().unwrap().parse().unwrap();
+        let mut d = HostDevice::fixture(bus, 5, port_path, vid, pid);
+        (d.serial, d.class, d.speed) = (Some("S1".into()), class, speed.into());
+        d
+    }
+
+    #[test]
+    fn deny_the_hosts_use_and_its_policy_beat_every_rule() {
+        let c =
+            parse_str("deny = [\"class:08\", \"1050:0407\", \"1-4.3\"]\n[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t")
+                .unwrap();
+        let mut kbd = dev("1-4.1", 0x046d, 0xc52b, 0, "12");
+        kbd.interface_classes = vec![3];
+        assert_eq!(routing(&c, &kbd), Routing::To(0));
+        let mut stick = dev("1-4.2", 0x0781, 0x5567, 0, "480");
+        stick.interface_classes = vec![8];
+        assert!(matches!(routing(&c, &stick), Routing::Held { vm: 0, why } if why.contains("class:08")));
+        // At `add` its interfaces may not be there yet: judged at bind.
+        stick.interface_classes.clear();
+        assert!(matches!(routing(&c, &stick), Routing::Held { why, .. } if why.contains("judged at bind")));
+        kbd.interface_classes = vec![3];
+        let key = dev("1-4.1", 0x1050, 0x0407, 3, "12");
+        assert!(matches!(routing(&c, &key), Routing::Held { why, .. } if why.contains("1050:0407")));
+        let mut behind = dev("1-4.3.1", 0x046d, 0xc52b, 3, "12");
+        assert!(matches!(routing(&c, &behind), Routing::Held { why, .. } if why.contains("1-4.3")));
+        // The port entry covers its socket's other half too.
+        behind.port_path = "2-4.3".into();
+        behind.bus = 2;
+        behind.peer_port_path = Some("1-4.3".into());
+        assert!(matches!(routing(&c, &behind), Routing::Held { .. }));
+        let plain = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t").unwrap();
+        let mut disk = dev("1-4.2", 0x0781, 0x5567, 0, "480");
+        disk.in_use = Some("its disk sdb1 is mounted on /boot".into());
+        assert!(matches!(routing(&plain, &disk), Routing::Held { why, .. } if why.contains("/boot")));
+        let mut guarded = dev("1-4.1", 0x046d, 0xc52b, 3, "12");
+        guarded.authorized = false;
+        assert!(matches!(routing(&plain, &guarded), Routing::Held { why, .. } if why.contains("host policy")));
+        let pass = parse_str("pass-unauthorized = true\n[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t").unwrap();
+        assert_eq!(routing(&pass, &guarded), Routing::To(0));
+        assert_eq!(route(&plain, &guarded), None);
+    }
+
+    const CFG: &str = r#"
+[[vm]]
+name = "a"
+hubs = ["1-4"]
+devices = ["046d:c52b"]
+[[vm]]
+name = "b"
+hubs = ["usb1", "2-1"]
+devices = ["1050:0407:S1"]
+"#;
+
+    #[test]
+    fn a_port_rule_covers_both_halves_of_a_socket_but_a_bus_rule_only_its_bus() {
+        let c = parse_str("[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n[[vm]]\nname = \"b\"\nhubs = [\"usb1\"]\n", "t")
+            .unwrap();
+        let mut stick = dev("2-4", 1, 1, 0, "5000");
+        assert_eq!(route(&c, &stick), None);
+        stick.peer_port_path = Some("1-4".into());
+        assert_eq!(route(&c, &stick), Some(0));
+        // Behind a USB 3 hub with both halves: 2-4.3's peer is 1-4.3, below 1-4.
+        let mut deep = dev("2-4.3", 1, 1, 0, "5000");
+        deep.peer_port_path = Some("1-4.3".into());
+        assert_eq!(route(&c, &deep), Some(0));
+        // "usb1" names a bus, not a socket: its peer bus is not taken along.
+        let mut other = dev("2-6", 1, 1, 0, "5000");
+        other.peer_port_path = Some("1-6".into());
+        assert_eq!(route(&c, &other), None);
+    }
+
+    #[test]
+    fn routing_first_match_wins_and_hubs_never_pass() {
+        let c = parse_str(CFG, "t").unwrap();
+        assert_eq!(route(&c, &dev("1-4.1", 1, 1, 0, "12")), Some(0));
+        assert_eq!(route(&c, &dev("1-3", 1, 1, 0, "12")), Some(1)); // usb1 in b
+        assert_eq!(route(&c, &dev("2-1", 0x046d, 0xc52b, 0, "12")), Some(0)); // id rule beats b's hub
+        assert_eq!(route(&c, &dev("3-1", 0x1050, 0x0407, 0, "12")), Some(1)); // serial matches
+        assert_eq!(route(&c, &dev("3-1", 9, 9, 0, "12")), None);
+        assert_eq!(route(&c, &dev("1-4", 1, 1, 9, "480")), None); // a hub
+        assert_eq!(route(&c, &dev("usb1", 0x1d6b, 2, 9, "480")), None); // root hub
     }
 
     #[test]

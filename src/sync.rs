@@ -7,8 +7,8 @@
 //! applies the steps over QMP, detaches first, then attaches.
 
 use crate::config::Config;
+use crate::events;
 use crate::host::HostDevice;
-use crate::plan;
 use crate::state::{HeldOut, Origin, VmState};
 use crate::types::BusAddr;
 
@@ -35,11 +35,11 @@ pub(crate) fn plan(
                 // routes it to another VM). Hand-attached devices stay.
                 Some(h) => crate::events::stale(d, h)
                     .or_else(|| {
-                        (d.origin == Origin::Rule && plan::route(config, h) != Some(*vm))
+                        (d.origin == Origin::Rule && events::route(config, h) != Some(*vm))
                             .then_some("no rule routes it to this VM any more")
                     })
                     .or_else(|| {
-                        (d.origin == Origin::Followed && plan::held_back(config, h).is_some())
+                        (d.origin == Origin::Followed && events::held_back(config, h).is_some())
                             .then_some("the host keeps it now (deny, its own use, or its policy)")
                     }),
             };
@@ -52,7 +52,7 @@ pub(crate) fn plan(
         }
     }
     for h in host {
-        let Some(vm) = plan::route(config, h) else { continue };
+        let Some(vm) = events::route(config, h) else { continue };
         if !views.iter().any(|(v, _)| *v == vm)
             || kept.contains(&(h.bus, h.addr))
             || held_out.iter().any(|o| (o.bus, o.addr) == (h.bus, h.addr))
@@ -86,7 +86,7 @@ hubs = ["usb1"]
 
     fn rec(h: &HostDevice, origin: Origin) -> Attached {
         Attached {
-            id: plan::device_id(h.bus, h.addr),
+            id: h.at().device_id(),
             bus: h.bus,
             addr: h.addr,
             controller: "xenusb-0".into(),

@@ -9,9 +9,9 @@ use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::lock::LockGuard;
-use crate::plan;
 use crate::report::{Kind, Report};
 use crate::state::State;
+use crate::{events, plan};
 use std::path::Path;
 
 const RULE_DIRS: &[&str] = &[
@@ -74,13 +74,13 @@ pub(super) fn overlaps(c: &Config) -> Vec<String> {
 
 /// What each VM's rules are waiting for: (VM index, text) for every `hubs`
 /// and `devices` entry that no present device matches, asked as routing asks
-/// (`plan::wants`: peer ports included; hubs are never a match).
+/// (`events::wants`: peer ports included; hubs are never a match).
 pub(super) fn waiting_rules(c: &Config, host: &[host::HostDevice]) -> Vec<(usize, String)> {
     let passable: Vec<&host::HostDevice> = host.iter().filter(|d| !d.is_root_hub() && !d.is_hub()).collect();
     let mut out = Vec::new();
     for (i, vm) in c.vms.iter().enumerate() {
         let only = |hubs, devices| VmConfig { hubs, devices, ..vm.clone() };
-        let waits = |rule: &VmConfig| !passable.iter().any(|d| plan::wants(rule, d));
+        let waits = |rule: &VmConfig| !passable.iter().any(|d| events::wants(rule, d));
         for h in &vm.hubs {
             if waits(&only(vec![h.clone()], Vec::new())) {
                 out.push((i, format!("hubs {h}: waiting for device")));
@@ -99,8 +99,10 @@ pub(super) fn waiting_rules(c: &Config, host: &[host::HostDevice]) -> Vec<(usize
 /// Present devices a rule of a VM wants that the host keeps back (`deny`,
 /// the host's own use of it, `authorized` = 0): (VM index, text with why).
 pub(super) fn held_devices(c: &Config, host: &[host::HostDevice]) -> Vec<(usize, String)> {
-    let held = |d: &host::HostDevice| match plan::routing(c, d) {
-        plan::Routing::Held { vm, why } => Some((vm, format!("{} {} ({}): {why}", d.at(), d.port_path, d.id_string()))),
+    let held = |d: &host::HostDevice| match events::routing(c, d) {
+        events::Routing::Held { vm, why } => {
+            Some((vm, format!("{} {} ({}): {why}", d.at(), d.port_path, d.id_string())))
+        }
         _ => None,
     };
     host.iter().filter_map(held).collect()
@@ -175,7 +177,7 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
     installed(root, &mut report);
 
     let host = host::scan(root)?;
-    let routed = |i: usize| host.iter().filter(move |d| plan::route(&ctx.config, d) == Some(i));
+    let routed = |i: usize| host.iter().filter(move |d| events::route(&ctx.config, d) == Some(i));
     let wanted = |i: usize| -> String {
         let w: Vec<String> = routed(i).map(|d| format!("{} {} ({})", d.at(), d.port_path, d.id_string())).collect();
         if w.is_empty() {

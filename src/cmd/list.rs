@@ -4,8 +4,8 @@
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::host::{self, HostDevice};
-use crate::plan;
 use crate::state::{Attached, State};
+use crate::{events, plan};
 use serde_json::{json, Value};
 
 /// A present host device (or, None, one state still lists that is gone from
@@ -17,7 +17,7 @@ pub(super) fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
     let state = ctx.peek_state();
     let mut rows: Vec<Row<'_>> = Vec::new();
     for d in &devices {
-        let route = plan::route(&ctx.config, d).map(|i| ctx.config.vms[i].name.clone());
+        let route = events::route(&ctx.config, d).map(|i| ctx.config.vms[i].name.clone());
         rows.push((Some(d), state.find(d.bus, d.addr), route));
     }
     for (vm, v) in &state.vms {

@@ -7,8 +7,8 @@ use crate::cli::{DetachTarget, DeviceArgs};
 use crate::config::VmConfig;
 use crate::ctx::Ctx;
 use crate::error::{Context, Error, Result};
+use crate::events;
 use crate::host;
-use crate::plan;
 use crate::selector::Selector;
 use crate::state::{HeldOut, Origin};
 use crate::step::Step;
@@ -26,12 +26,12 @@ pub(super) fn attach(ctx: &Ctx, args: &DeviceArgs, vm_name: Option<&str>) -> Res
         );
     }
     // `deny`, the host's own use of it and its policy beat a hand attach too.
-    if let Some(why) = plan::held_back(&ctx.config, &dev) {
+    if let Some(why) = events::held_back(&ctx.config, &dev) {
         crate::bail!("{bus}:{addr} ({} {}) stays on the host: {why}", dev.port_path, dev.id_string());
     }
     let vm = match vm_name {
         Some(n) => ctx.config.vm(n)?,
-        None => match (plan::route(&ctx.config, &dev), ctx.config.vms.as_slice()) {
+        None => match (events::route(&ctx.config, &dev), ctx.config.vms.as_slice()) {
             (Some(i), _) => &ctx.config.vms[i],
             (None, [only]) => only,
             (None, []) => crate::bail!("no VM is configured in the config file"),
@@ -112,7 +112,7 @@ pub(super) fn detach(ctx: &Ctx, t: &DetachTarget, vm_name: Option<&str>) -> Resu
                 // A rule would put it straight back on the next event or sync:
                 // remember the admin's choice until it is unplugged.
                 if let Ok(dev) = host::find(&ctx.root, at.bus, at.addr) {
-                    if plan::route(&ctx.config, &dev).is_some() && !state.is_held_out(at.bus, at.addr) {
+                    if events::route(&ctx.config, &dev).is_some() && !state.is_held_out(at.bus, at.addr) {
                         state.held_out.push(HeldOut { bus: at.bus, addr: at.addr, vm });
                     }
                 }

@@ -5,9 +5,9 @@ use crate::apply::{self, Mode};
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::events;
+use crate::events::Routing;
 use crate::host::{Action, HostDevice, UdevEvent};
 use crate::outcome::Event;
-use crate::plan::{self, Routing};
 use crate::state::{Origin, State};
 use crate::step::Step;
 use crate::types::BusAddr;
@@ -41,7 +41,7 @@ fn locked(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>, f: impl FnOnce(&mut State
 /// the lock (routing, the host's holds and their lines) is decided again.
 pub(super) fn serve(ctx: &Ctx, state: &mut State, ev: &UdevEvent) -> Result<()> {
     if ev.action == Action::Remove {
-        let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
+        let routed = ev.device(&ctx.root).ok().and_then(|d| events::route(&ctx.config, &d));
         if let Some(vm) = routed {
             ctx.probe(&ctx.config.vms[vm], None)?;
         }
@@ -60,7 +60,7 @@ pub(super) fn serve(ctx: &Ctx, state: &mut State, ev: &UdevEvent) -> Result<()> 
         return Ok(());
     }
     let dev = ev.device(&ctx.root)?;
-    let routed = match plan::routing(&ctx.config, &dev) {
+    let routed = match events::routing(&ctx.config, &dev) {
         Routing::To(vm) => Some(vm),
         // Said when the event came.
         Routing::Held { .. } => return Ok(()),
@@ -79,7 +79,7 @@ pub(super) fn serve(ctx: &Ctx, state: &mut State, ev: &UdevEvent) -> Result<()> 
 fn remove(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
     let at = BusAddr::new(ev.bus, ev.addr);
     // The event's own ids (sysfs is gone): where the rules route it.
-    let routed = ev.device(&ctx.root).ok().and_then(|d| plan::route(&ctx.config, &d));
+    let routed = ev.device(&ctx.root).ok().and_then(|d| events::route(&ctx.config, &d));
     // A routed unplug is ours to handle: state is read once, under the lock.
     // Any other is peeked at without the lock first; most end there.
     let owner = match routed {
@@ -126,7 +126,7 @@ fn add(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
     let dev = ev.device(&ctx.root)?;
     let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
     // Decided before taking the lock: most devices are nobody's business.
-    let routed = match plan::routing(&ctx.config, &dev) {
+    let routed = match events::routing(&ctx.config, &dev) {
         Routing::To(vm) => Some(vm),
         Routing::Held { vm, why } => {
             held(ctx, &dev, vm, &why, format!("{shown}: not attaching it to VM {}: {why}", ctx.config.vms[vm].name));
@@ -141,7 +141,7 @@ fn add(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
                 log::debug!("{shown}: no rule wants it");
                 return Ok(());
             };
-            if let Some(why) = plan::held_back(&ctx.config, &dev) {
+            if let Some(why) = events::held_back(&ctx.config, &dev) {
                 held(ctx, &dev, vm, &why, format!("{shown}: not following it into a VM: {why}"));
                 return Ok(());
             }
@@ -165,7 +165,7 @@ fn add_locked(ctx: &Ctx, state: &mut State, dev: &HostDevice, action: Action, ro
         // Asked again under the lock: the peek may be old.
         None => match events::follow(&ctx.config, state, dev, unix_now()) {
             // The host's hold was said before the lock.
-            Some(_) if plan::held_back(&ctx.config, dev).is_some() => return Ok(()),
+            Some(_) if events::held_back(&ctx.config, dev).is_some() => return Ok(()),
             Some((vm, l)) => {
                 let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
                 let text = format!("following {} on {} into VM {}: {shown}", l.usb_id, l.port_path, l.vm);
@@ -181,12 +181,12 @@ fn add_locked(ctx: &Ctx, state: &mut State, dev: &HostDevice, action: Action, ro
 }
 
 /// A device VM `vm` wants (by a rule, or following) that the host keeps
-/// (`plan::held_back`, `why`): its one line `text`, and its outcome: refused
+/// (`events::held_back`, `why`): its one line `text`, and its outcome: refused
 /// (`deny`, the host's own use of it) or waiting (its policy may authorize
 /// it: the `change` event then attaches it). A device whose classes are not
 /// known yet is judged at `bind`, in a moment: no outcome yet.
 fn held(ctx: &Ctx, dev: &HostDevice, vm: usize, why: &str, text: String) {
-    let event = if dev.in_use.is_some() || ctx.config.deny.iter().any(|r| plan::denies(r, dev)) {
+    let event = if dev.in_use.is_some() || ctx.config.deny.iter().any(|r| events::denies(r, dev)) {
         Some(Event::Refused)
     } else if !dev.authorized {
         Some(Event::Waiting)
