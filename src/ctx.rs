@@ -3,7 +3,7 @@
 //! two things every command does with it: hold the state under the lock
 //! (`with_state`) and open a `Session` to a VM (`connect`).
 
-pub(crate) use crate::backend::{LibxlPlace, Located};
+pub(crate) use crate::backend::{Located, OwnerRecord};
 use crate::config::{Config, VmConfig};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -262,35 +262,32 @@ impl Ctx {
 }
 
 impl Ctx {
-    /// Which configured Xen VM's domain libxl records `busid` (sysfs name) in,
-    /// if any. Optional work (the next sync does it too): asked for at most
-    /// `timing::xl_lookup_cap()`, and a xenstored that is absent or hung means
-    /// None (logged at debug level), never a failure.
-    pub(crate) fn libxl_holder(&self, at: crate::types::BusAddr, busid: &str, peek: &State) -> Option<LibxlPlace> {
-        let vms: Vec<(usize, &str, Option<u32>)> = self
-            .config
-            .vms
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.backend == crate::config::BackendKind::Xen)
-            .map(|(i, v)| (i, v.name.as_str(), peek.vms.get(&v.name).and_then(|s| s.domid)))
-            .collect();
-        if busid.is_empty() || vms.is_empty() {
+    /// Which configured VM's owner records `busid` (sysfs name) as put in
+    /// by its own tool (Xen: `xl usbdev-attach`), if any. Optional work (the
+    /// next sync does it too): asked for at most `timing::xl_lookup_cap()`,
+    /// and an owner that is absent or hung means None (logged at debug
+    /// level), never a failure.
+    pub(crate) fn owner_record(&self, at: crate::types::BusAddr, busid: &str, peek: &State) -> Option<OwnerRecord> {
+        if busid.is_empty() {
             return None;
         }
+        let vms: Vec<(usize, Option<u32>)> =
+            self.config.vms.iter().enumerate().map(|(i, v)| (i, peek.vms.get(&v.name).and_then(|s| s.domid))).collect();
         let probe = Deadline::after(self.deadline.capped("", crate::timing::xl_lookup_cap()).ok()?);
-        match crate::backend::libxl_holder(&self.root, &probe, &vms, busid, &self.xen_names) {
+        match crate::backend::owner_record(&self.env(), &vms, busid, &probe) {
             Ok(found) => found,
             Err(e) => {
-                log::debug!("{busid} ({at}) removed; not asking libxl's records ({e:#}); the next sync checks them");
+                log::debug!(
+                    "{busid} ({at}) removed; not asking its VM owners' records ({e:#}); the next sync checks them"
+                );
                 None
             }
         }
     }
 
-    /// Empty libxl's entry at `place` if it still names `busid`.
-    pub(crate) fn empty_libxl_entry(&self, place: &LibxlPlace, busid: &str) -> Result<()> {
-        crate::backend::empty_libxl_entry(&self.root, &self.deadline, place, busid)
+    /// Empty the owner's entry at `rec` if it still names `busid`.
+    pub(crate) fn forget_owner_record(&self, rec: &OwnerRecord, busid: &str) -> Result<()> {
+        crate::backend::forget_owner_record(&self.env(), rec, busid, &self.deadline)
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 /// refusal (`Refusal` tells the kinds a caller acts on), a timeout, or a
 /// broken conversation. Every backend reports in these terms.
 pub(crate) use wire::qmp::{QmpError as VmError, QmpResult as VmResult, Refusal};
-pub(crate) use xen::{LibxlPlace, Names};
+pub(crate) use xen::Names;
 
 #[cfg(feature = "libvirt")]
 pub use libvirt::serve as libvirt_serve;
@@ -265,6 +265,52 @@ trait Finder {
     /// takes and connecting to nothing (Xen: xenstored finds the domain).
     /// Whether the VM runs is not asked: Ok either way.
     fn probe(&self, env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<()>;
+    /// Of `vms` (this backend's: index into `config.vms`, cached domid),
+    /// the one whose owner records host device `busid` (sysfs name) as put
+    /// in by the owner's own tool, and where. None for a backend whose
+    /// owner keeps no such record that outlives the device (all but Xen).
+    fn owner_record(
+        &self,
+        _env: &Env<'_>,
+        _vms: &[(usize, Option<u32>)],
+        _busid: &str,
+        _deadline: &Deadline,
+    ) -> Result<Option<OwnerRecord>> {
+        Ok(None)
+    }
+    /// Empty the owner's entry at `rec` if it still names `busid`.
+    fn forget_owner_record(
+        &self,
+        _env: &Env<'_>,
+        _rec: &OwnerRecord,
+        _busid: &str,
+        _deadline: &Deadline,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a VM's owner records a host device its own tool put in the VM
+/// (Xen: `xl usbdev-attach` writes libxl's entry): which configured VM
+/// (`vm`, index into `config.vms`), and the owner's place for it, shown as
+/// the owner names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnerRecord {
+    pub(crate) vm: usize,
+    place: xen::LibxlPlace,
+}
+
+impl OwnerRecord {
+    /// Why the device is taken out of the VM, for its outcome.
+    pub(crate) fn why(&self) -> &'static str {
+        "unplugged; libxl records it (xl usbdev-attach)"
+    }
+}
+
+impl fmt::Display for OwnerRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "libxl records it on xenusb-{} port {}", self.place.devid, self.place.port)
+    }
 }
 
 /// The backend of `vm`: this `match` is the one place that knows which
@@ -288,21 +334,35 @@ pub(crate) fn probe(env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, dea
     finder(vm).probe(env, vm, cached_domid, deadline)
 }
 
-/// Which configured Xen VM's domain libxl records `busid` (sysfs name) in:
-/// `vms` are (index, name, cached domid), asked within `deadline`.
-pub(crate) fn libxl_holder(
-    root: &Root,
-    deadline: &Deadline,
-    vms: &[(usize, &str, Option<u32>)],
+/// Which of `vms` (index into `config.vms`, cached domid) has an owner that
+/// records host device `busid` (sysfs name) as put in by its own tool
+/// (`Finder::owner_record`): each backend is asked once, for all its VMs,
+/// within `deadline`.
+pub(crate) fn owner_record(
+    env: &Env<'_>,
+    vms: &[(usize, Option<u32>)],
     busid: &str,
-    names: &Names,
-) -> Result<Option<LibxlPlace>> {
-    xen::libxl_holder(root, deadline, vms, busid, names)
+    deadline: &Deadline,
+) -> Result<Option<OwnerRecord>> {
+    let mut kinds: Vec<crate::config::BackendKind> = Vec::new();
+    for &(i, _) in vms {
+        let kind = env.config.vms[i].backend;
+        if kinds.contains(&kind) {
+            continue;
+        }
+        kinds.push(kind);
+        let mine: Vec<(usize, Option<u32>)> =
+            vms.iter().copied().filter(|&(j, _)| env.config.vms[j].backend == kind).collect();
+        if let Some(rec) = finder(&env.config.vms[i]).owner_record(env, &mine, busid, deadline)? {
+            return Ok(Some(rec));
+        }
+    }
+    Ok(None)
 }
 
-/// Empty libxl's entry at `place` if it still names `busid`.
-pub(crate) fn empty_libxl_entry(root: &Root, deadline: &Deadline, place: &LibxlPlace, busid: &str) -> Result<()> {
-    xen::empty_libxl_entry(root, deadline, place, busid)
+/// Empty the owner's entry at `rec` if it still names `busid`.
+pub(crate) fn forget_owner_record(env: &Env<'_>, rec: &OwnerRecord, busid: &str, deadline: &Deadline) -> Result<()> {
+    finder(&env.config.vms[rec.vm]).forget_owner_record(env, rec, busid, deadline)
 }
 
 /// Merge what the VM holds (`fresh`) with what state remembered about the

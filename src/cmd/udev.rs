@@ -89,7 +89,7 @@ fn remove(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
             match peek.find(at.bus, at.addr) {
                 Some((name, _)) => ctx.config.vms.iter().position(|v| v.name == name),
                 None if peek.is_held_out(at.bus, at.addr) => None,
-                None => return xl_unplugged(ctx, at, ev.port_path(), &peek),
+                None => return owner_unplugged(ctx, at, ev.port_path(), &peek),
             }
         }
     };
@@ -108,7 +108,7 @@ fn remove(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
         Ok(())
     })?;
     match left {
-        Some(state) => xl_unplugged(ctx, at, ev.port_path(), &state),
+        Some(state) => owner_unplugged(ctx, at, ev.port_path(), &state),
         None => Ok(()),
     }
 }
@@ -204,25 +204,19 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// A device we hold no record of was unplugged: if libxl records it in a
-/// configured Xen domain (`xl usbdev-attach`), clean it out of QEMU and of
-/// libxl's records together, as the original tool did. libxl's records are
-/// asked first, without our lock and bounded (`Ctx::libxl_holder`); only a
-/// domain that has it is then changed, under the lock (and libxl's).
-fn xl_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: &State) -> Result<()> {
-    let Some(place) = ctx.libxl_holder(at, busid, peek) else { return Ok(()) };
-    let vm = &ctx.config.vms[place.vm];
-    log::info!(
-        "{busid} ({at}) was unplugged; libxl records it on xenusb-{} port {} of VM {}",
-        place.devid,
-        place.port,
-        vm.name
-    );
-    let why = "unplugged; libxl records it (xl usbdev-attach)";
-    let step = Step::Detach { vm: place.vm, id: at.device_id(), at, why };
+/// A device we hold no record of was unplugged: if a configured VM's owner
+/// records it as put in by its own tool (Xen: `xl usbdev-attach`, libxl's
+/// entry), clean it out of the VM and of the owner's records together, as
+/// the original tool did. The records are asked first, without our lock
+/// and bounded (`Ctx::owner_record`); only a VM whose owner has it is then
+/// changed, under the lock (and the owner's).
+fn owner_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: &State) -> Result<()> {
+    let Some(rec) = ctx.owner_record(at, busid, peek) else { return Ok(()) };
+    log::info!("{busid} ({at}) was unplugged; {rec} of VM {}", ctx.config.vms[rec.vm].name);
+    let step = Step::Detach { vm: rec.vm, id: at.device_id(), at, why: rec.why() };
     ctx.with_state(|state| {
         apply::execute(ctx, state, &[step], Mode::Triggered)?;
-        // QEMU no longer has it either way: libxl's entry must not outlive it.
-        ctx.empty_libxl_entry(&place, busid)
+        // The VM no longer has it either way: the owner's entry must not outlive it.
+        ctx.forget_owner_record(&rec, busid)
     })
 }

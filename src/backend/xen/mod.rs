@@ -13,7 +13,7 @@ mod records;
 use super::qemu::{self, Dialled, Qemu};
 use super::wire::qmp::{QmpError, QmpResult, Refusal};
 use super::wire::xenstore as xs;
-use super::{Env, Finder, Link, Located, Op, OpError, Opened, RecordsReport};
+use super::{Env, Finder, Link, Located, Op, OpError, Opened, OwnerRecord, RecordsReport};
 use crate::config::{Config, VmConfig};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
@@ -140,6 +140,22 @@ impl Finder for Xen {
         records::find_domain(&mut xs, &vm.name, cached, env.names)
             .map_err(|e| Error::caused(format!("VM {}: looking up its domain in xenstore", vm.name), e))
             .map(drop)
+    }
+
+    /// `xl usbdev-attach` puts a host device in a domain and writes libxl's
+    /// entry for it; QEMU and that entry must not outlive the device.
+    fn owner_record(
+        &self,
+        env: &Env<'_>,
+        vms: &[(usize, Option<u32>)],
+        busid: &str,
+        deadline: &Deadline,
+    ) -> Result<Option<OwnerRecord>> {
+        holder(env, vms, busid, deadline).map_err(|e| Error::caused("xenstore", e))
+    }
+
+    fn forget_owner_record(&self, env: &Env<'_>, rec: &OwnerRecord, busid: &str, deadline: &Deadline) -> Result<()> {
+        empty_entry(env.root, deadline, &rec.place, busid)
     }
 }
 
@@ -567,45 +583,33 @@ impl LibxlRecords {
     }
 }
 
-/// Where libxl records a host device (`xl usbdev-attach`): the configured
-/// VM (index into `config.vms`), its domain, and the controller and port.
+/// Where libxl records a host device (`xl usbdev-attach`): the domain, and
+/// the controller and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LibxlPlace {
-    pub(crate) vm: usize,
-    pub(crate) domid: u32,
-    pub(crate) devid: u32,
-    pub(crate) port: u8,
+pub(super) struct LibxlPlace {
+    pub(super) domid: u32,
+    pub(super) devid: u32,
+    pub(super) port: u8,
 }
 
-/// Which of the Xen VMs `vms` ((index, name, cached domid)) has a domain in
-/// whose records libxl has `busid` on a port, within `deadline`.
-pub(super) fn libxl_holder(
-    root: &crate::root::Root,
-    deadline: &crate::deadline::Deadline,
-    vms: &[(usize, &str, Option<u32>)],
-    busid: &str,
-    names: &records::Names,
-) -> Result<Option<LibxlPlace>> {
-    holder(root, deadline, vms, busid, names).map_err(|e| crate::error::Error::caused("xenstore", e))
-}
-
+/// Which of the Xen VMs `vms` (index into `config.vms`, cached domid) has a
+/// domain in whose records libxl has `busid` on a port.
 fn holder(
-    root: &crate::root::Root,
-    deadline: &crate::deadline::Deadline,
-    vms: &[(usize, &str, Option<u32>)],
+    env: &Env<'_>,
+    vms: &[(usize, Option<u32>)],
     busid: &str,
-    names: &records::Names,
-) -> xs::XsResult<Option<LibxlPlace>> {
-    let mut xs = xs::connect(root, deadline)?;
-    for &(vm, name, cached) in vms {
-        let Some(dom) = records::find_domain(&mut xs, name, cached, names)? else { continue };
+    deadline: &Deadline,
+) -> xs::XsResult<Option<OwnerRecord>> {
+    let mut xs = xs::connect(env.root, deadline)?;
+    for &(vm, cached) in vms {
+        let Some(dom) = records::find_domain(&mut xs, &env.config.vms[vm].name, cached, env.names)? else { continue };
         let recs = records::read_vusb(&mut xs, xs::Tx::NONE, dom.domid)?;
         if let Some((devid, port)) = recs
             .iter()
             .filter(|c| c.is_devicemodel())
             .find_map(|c| c.ports.iter().position(|b| b == busid).map(|p| (c.devid, p as u8 + 1)))
         {
-            return Ok(Some(LibxlPlace { vm, domid: dom.domid, devid, port }));
+            return Ok(Some(OwnerRecord { vm, place: LibxlPlace { domid: dom.domid, devid, port } }));
         }
     }
     Ok(None)
@@ -613,13 +617,8 @@ fn holder(
 
 /// Empty libxl's entry at `place` if it still names `busid` (QEMU no longer
 /// has the device: the entry must not outlive it).
-pub(super) fn empty_libxl_entry(
-    root: &crate::root::Root,
-    deadline: &crate::deadline::Deadline,
-    place: &LibxlPlace,
-    busid: &str,
-) -> Result<()> {
-    let err = |e: xs::XsError| crate::error::Error::caused(format!("Xen domain {}", place.domid), e);
+fn empty_entry(root: &Root, deadline: &Deadline, place: &LibxlPlace, busid: &str) -> Result<()> {
+    let err = |e: xs::XsError| Error::caused(format!("Xen domain {}", place.domid), e);
     let mut xs = xs::connect(root, deadline).map_err(err)?;
     let node = records::port_path(place.domid, place.devid, place.port);
     let tx = xs::Tx::NONE;
