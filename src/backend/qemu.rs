@@ -4,7 +4,7 @@
 //! and sending `device_add`/`device_del` (`Qemu`, which the Xen backend
 //! wraps with libxl's bookkeeping).
 
-use super::wire::qmp::{self, Conn, Qmp, QmpError, QmpResult, Refusal};
+use super::wire::qmp::{self, Qmp, QmpError, QmpResult, Refusal};
 use super::{Env, Finder, Link, Located, Op, OpError, Opened};
 use crate::config::VmConfig;
 use crate::controller::ControllerKind;
@@ -14,21 +14,53 @@ use crate::plan::{parse_controller_id, parse_device_id};
 use crate::root::Root;
 use crate::state::{Attached, Controller, CtrlOrigin, Origin, VmState};
 use serde_json::{json, Value};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One QEMU's QMP monitor, as a `Link`. Generic over the stream so unit
-/// tests run it on scripted bytes.
-pub(super) struct Qemu<S = Conn> {
-    pub(super) q: Qmp<S>,
+/// One QEMU's QMP monitor, as a `Link`.
+pub(super) struct Qemu {
+    pub(super) q: qmp::Client,
+    /// QEMU runs as a user who may not open the host's USB device nodes
+    /// (started by its user, or with `-runas`): the tool opens the node
+    /// (under this directory, /dev/bus/usb under the root) and passes it
+    /// (`add-fd`, then `hostdevice=/dev/fdset/N`), whatever the event.
+    pass_fd: Option<PathBuf>,
 }
 
-impl<S: BufRead + Write> Qemu<S> {
+impl Qemu {
     pub(super) fn execute(&mut self, op: &Op, args: Value) -> QmpResult<()> {
+        if let (Some(dir), Op::AddDevice { dev, hostdevice }) = (&self.pass_fd, op) {
+            // Without a node (bind, change) QEMU would look for the device
+            // with libusb, as its user: the node is passed all the same.
+            let node = match hostdevice {
+                Some(node) => node.clone(),
+                None => dir.join(format!("{:03}/{:03}", dev.bus, dev.addr)).display().to_string(),
+            };
+            return self.add_passing(&node, args);
+        }
         let command = if matches!(op, Op::DelDevice { .. }) { "device_del" } else { "device_add" };
         self.q.execute(command, Some(args)).map(drop)
+    }
+
+    /// `device_add` of a usb-host whose device node `node` the tool opens
+    /// and hands to QEMU in an fd set of its own; the set is removed again
+    /// either way (QEMU keeps its own duplicate while the device lives).
+    fn add_passing(&mut self, node: &str, mut args: Value) -> QmpResult<()> {
+        let file = open_node(node).map_err(|e| QmpError::Io(format!("cannot open {node} to pass it to QEMU: {e}")))?;
+        let opaque = format!("auto-usb-attach {}", args.get("id").and_then(Value::as_str).unwrap_or(""));
+        let set = self.q.execute_with_fd("add-fd", Some(json!({ "opaque": opaque })), file.as_fd())?;
+        let Some(fdset) = set.get("fdset-id").and_then(Value::as_u64) else {
+            return Err(QmpError::Protocol(format!("add-fd returned no fdset-id: {set}")));
+        };
+        args["hostdevice"] = json!(format!("/dev/fdset/{fdset}"));
+        let added = self.q.execute("device_add", Some(args));
+        if let Err(e) = self.q.execute("remove-fd", Some(json!({ "fdset-id": fdset }))) {
+            log::warn!("remove-fd of fd set {fdset} ({node}): {e}");
+        }
+        added.map(drop)
     }
 
     /// The line a dry run prints for `op`.
@@ -42,7 +74,7 @@ impl<S: BufRead + Write> Qemu<S> {
     }
 }
 
-impl<S: BufRead + Write> Link for Qemu<S> {
+impl Link for Qemu {
     fn enumerate(&mut self) -> QmpResult<VmState> {
         enumerate(&mut self.q)
     }
@@ -75,7 +107,11 @@ impl<S: BufRead + Write> Link for Qemu<S> {
     }
 
     fn describe(&self, vm: &str, op: &Op, args: &Value) -> Vec<String> {
-        vec![Self::describe_line(vm, op, args)]
+        let mut line = Self::describe_line(vm, op, args);
+        if self.pass_fd.is_some() && matches!(op, Op::AddDevice { .. }) {
+            line.push_str(" (the node passed to QEMU with add-fd: QEMU runs unprivileged)");
+        }
+        vec![line]
     }
 }
 
@@ -96,22 +132,60 @@ pub(super) fn stale_age(paths: impl IntoIterator<Item = PathBuf>) -> Option<Dura
 
 /// How a connection attempt ended.
 pub(super) enum Dialled {
-    Up(Qemu, String),
+    Up(Box<Qemu>, String),
     /// A socket that refuses connections: QEMU is starting, or died.
     Refused(String),
 }
 
 /// Connect to the QMP socket at `path` (under the root), greeted and
 /// negotiated; `instance` (`instance_of`) was read before connecting.
-pub(super) fn dial(path: &Path, instance: String, deadline: &Deadline) -> QmpResult<Dialled> {
+pub(super) fn dial(root: &Root, path: &Path, instance: String, deadline: &Deadline) -> QmpResult<Dialled> {
     match qmp::connect(path, deadline, Duration::MAX) {
         Ok(q) => {
             log::debug!("{}: {}", path.display(), q.greeting);
-            Ok(Dialled::Up(Qemu { q }, instance))
+            let unprivileged = q.peer_pid().and_then(|pid| euid_of(root, pid)).is_some_and(|uid| uid != 0);
+            let pass_fd = unprivileged.then(|| root.path("/dev/bus/usb"));
+            if unprivileged {
+                log::debug!("{}: QEMU runs unprivileged: device nodes are passed to it", path.display());
+            }
+            Ok(Dialled::Up(Box::new(Qemu { q, pass_fd }), instance))
         }
         Err(e @ QmpError::NotListening(_)) => Ok(Dialled::Refused(e.to_string())),
         Err(e) => Err(e),
     }
+}
+
+/// Process `pid`'s effective uid (`/proc/<pid>/status`, under the root);
+/// None when it cannot be read.
+fn euid_of(root: &Root, pid: i32) -> Option<u32> {
+    let mut status = String::new();
+    std::fs::File::open(root.path(format!("/proc/{pid}/status")))
+        .ok()?
+        .take(64 << 10)
+        .read_to_string(&mut status)
+        .ok()?;
+    parse_euid(&status)
+}
+
+/// The effective uid in a `/proc/<pid>/status` text: `Uid:` real, effective, ...
+fn parse_euid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Open a host USB device node read-write to pass it to QEMU: a character
+/// device, never through a symlink.
+fn open_node(node: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NOCTTY)
+        .open(node)?;
+    if !f.metadata()?.file_type().is_char_device() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a device node"));
+    }
+    Ok(f)
 }
 
 /// Plain QEMU VMs: found by their socket.
@@ -137,9 +211,9 @@ fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
     let Some(instance) = instance_of(&path) else {
         return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
     };
-    match dial(&path, instance, deadline) {
+    match dial(root, &path, instance, deadline) {
         Ok(Dialled::Up(link, instance)) => {
-            Ok(Located::Running(Opened { link: Box::new(link), socket: shown.clone(), instance, domid: None }))
+            Ok(Located::Running(Opened { link, socket: shown.clone(), instance, domid: None }))
         }
         Ok(Dialled::Refused(why)) => Ok(Located::NotReady { why, stale: stale_age([path]) }),
         Err(e) => Err(Error::caused(format!("VM {}: QMP {}", vm.name, path.display()), e)),
@@ -345,4 +419,18 @@ pub(super) fn pci_room<S: BufRead + Write>(q: &mut Qmp<S>) -> QmpResult<crate::p
         }
     }
     Ok(room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_effective_uid_is_the_second_of_procs_uid_line() {
+        let status = "Name:\tqemu-system-x86\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t65534\t65534\t65534\nGid:\t100\t100\t100\t100\n";
+        assert_eq!(parse_euid(status), Some(65534));
+        assert_eq!(parse_euid("Uid:\t0\t0\t0\t0\n"), Some(0));
+        assert_eq!(parse_euid("Name:\tx\n"), None);
+        assert_eq!(parse_euid("Uid:\t0\n"), None);
+    }
 }

@@ -236,14 +236,22 @@ class Env:
         check(v.get("name") == name, "inner QEMU %d answers query-name %r" % (domid, v.get("name")))
         return time.time() - t0
 
-    def start_plain_vm(self, name, machine):
+    def start_plain_vm(self, name, machine, user=None):
         """A plain QEMU/KVM VM as its user starts it (`machine`: e.g. "-M q35 -device qemu-xhci,id=xhci"),
-        QMP at /run/qemu/<name>.qmp: no xenstore, nothing for the path unit to see."""
+        QMP at /run/qemu/<name>.qmp: no xenstore, nothing for the path unit to see.  With `user` (a
+        uid), QEMU runs as that user, unprivileged (setpriv), its socket and pidfile in
+        /run/qemu-<user>/, a directory of its own."""
         sock = "/run/qemu/%s.qmp" % name
+        pids, run_as = QEMU_PID_DIR, ""
+        if user is not None:
+            pids = "/run/qemu-%d" % user
+            sock = "%s/%s.qmp" % (pids, name)
+            run_as = "install -d -o %d -g %d -m 0700 %s && setpriv --reuid=%d --regid=%d --clear-groups " % (
+                user, user, pids, user, user)
         t0 = time.time()
-        self.gcheck("mkdir -p /run/qemu %s && %s %s -nodefaults -display none -S -accel tcg -m 64 "
+        self.gcheck("mkdir -p /run/qemu %s && %s%s %s -nodefaults -display none -S -accel tcg -m 64 "
                     "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/plain-%s.pid"
-                    % (QEMU_PID_DIR, INNER_QEMU, machine, shlex.quote(name), sock, QEMU_PID_DIR, name), timeout=60)
+                    % (QEMU_PID_DIR, run_as, INNER_QEMU, machine, shlex.quote(name), sock, pids, name), timeout=60)
         self.plain[name] = sock
         v = self.views()[name]
         check(v.get("name") == name, "inner QEMU %s answers query-name %r" % (name, v.get("name")))

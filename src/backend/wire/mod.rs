@@ -130,6 +130,38 @@ impl DeadlineStream {
     }
 }
 
+impl DeadlineStream {
+    /// All of `buf`, with `fd` passed alongside its first byte (SCM_RIGHTS:
+    /// the peer gets its own descriptor of the same open file), within the
+    /// deadline. Only a socket can carry one.
+    pub(crate) fn send_with_fd(&mut self, buf: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let left = self.left()?;
+        let Transport::Socket(s) = &mut self.t else {
+            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "a device node cannot pass descriptors"));
+        };
+        s.set_write_timeout(Some(left))?;
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let n = loop {
+            match sendmsg::<()>(s.as_raw_fd(), &[std::io::IoSlice::new(buf)], &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.map_err(std::io::Error::from)?,
+            }
+        };
+        s.write_all(&buf[n..])
+    }
+
+    /// The pid of the process at the other end of a socket (SO_PEERCRED:
+    /// the one that created the listening socket), if the kernel says.
+    pub(crate) fn peer_pid(&self) -> Option<i32> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let Transport::Socket(s) = &self.t else { return None };
+        getsockopt(s, PeerCredentials).ok().map(|c| c.pid()).filter(|&p| p > 0)
+    }
+}
+
 impl Read for DeadlineStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.wait_readable()?;

@@ -11,6 +11,7 @@ use crate::deadline::Deadline;
 use serde_json::{json, Value};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -158,6 +159,15 @@ impl<S: BufRead + Write> Qmp<S> {
 
     /// Run one command; returns the `return` value.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> QmpResult<Value> {
+        let (id, line) = self.request(command, arguments);
+        let what = format!("sending {command}");
+        self.stream.write_all(line.as_bytes()).map_err(|e| io_err(e, &what))?;
+        self.stream.flush().map_err(|e| io_err(e, &what))?;
+        self.reply(command, &id)
+    }
+
+    /// The next id, and the line that sends `command` with it.
+    fn request(&mut self, command: &str, arguments: Option<Value>) -> (String, String) {
         self.next_id += 1;
         let id = format!("aua-{}", self.next_id);
         let mut msg = json!({ "execute": command, "id": id });
@@ -166,9 +176,11 @@ impl<S: BufRead + Write> Qmp<S> {
         }
         let mut line = msg.to_string();
         line.push('\n');
-        let what = format!("sending {command}");
-        self.stream.write_all(line.as_bytes()).map_err(|e| io_err(e, &what))?;
-        self.stream.flush().map_err(|e| io_err(e, &what))?;
+        (id, line)
+    }
+
+    /// Read up to the reply to `command` (sent with `id`).
+    fn reply(&mut self, command: &str, id: &str) -> QmpResult<Value> {
         let what = format!("waiting for the reply to {command}");
         loop {
             let v = read_json(&mut self.stream, &what)?;
@@ -179,7 +191,7 @@ impl<S: BufRead + Write> Qmp<S> {
             }
             // A reply to someone else's id (there is no one else on our
             // connection) or without our id is not ours to take.
-            if v.get("id") != Some(&Value::String(id.clone())) {
+            if v.get("id").and_then(Value::as_str) != Some(id) {
                 log::debug!("QMP: skipping reply not for {id}: {}", snippet(&v.to_string()));
                 continue;
             }
@@ -259,6 +271,22 @@ impl Write for Conn {
 }
 
 pub type Client = Qmp<Conn>;
+
+impl Client {
+    /// `execute`, with `fd` passed along with the command, as `add-fd`
+    /// takes the descriptor it adds.
+    pub fn execute_with_fd(&mut self, command: &str, arguments: Option<Value>, fd: BorrowedFd<'_>) -> QmpResult<Value> {
+        let (id, line) = self.request(command, arguments);
+        let what = format!("sending {command}");
+        self.stream.0.get_mut().send_with_fd(line.as_bytes(), fd).map_err(|e| io_err(e, &what))?;
+        self.reply(command, &id)
+    }
+
+    /// The pid of the QEMU at the other end (the process that made the socket).
+    pub fn peer_pid(&self) -> Option<i32> {
+        self.stream.0.get_ref().peer_pid()
+    }
+}
 
 /// Connect and handshake. `greeting_cap` bounds the wait for the greeting
 /// (a busy socket) separately from the whole budget.

@@ -82,7 +82,7 @@ impl Link for XenVm {
     fn describe(&self, vm: &str, op: &Op, args: &Value) -> Vec<String> {
         let mut lines: Vec<String> =
             self.libxl.describe(op).into_iter().map(|l| format!("would {l} (xen bookkeeping) in VM {vm}")).collect();
-        lines.push(Qemu::<super::wire::qmp::Conn>::describe_line(vm, op, args));
+        lines.push(Qemu::describe_line(vm, op, args));
         lines
     }
 
@@ -204,8 +204,8 @@ fn locate(
     let lock_path = lock::path(root, &config.xen_lib_dir, domid, &domain.uuid, lock::Kind::Qmp)?;
     let qmp_lock =
         lock::XenLock::acquire(&lock_path, deadline).map_err(|e| Error::caused(format!("VM {}", vm.name), e))?;
-    let (qemu, instance) = match qemu::dial(&path, instance, deadline) {
-        Ok(Dialled::Up(q, instance)) => (q, instance),
+    let (qemu, instance) = match qemu::dial(root, &path, instance, deadline) {
+        Ok(Dialled::Up(q, instance)) => (*q, instance),
         Ok(Dialled::Refused(why)) => return Ok(Located::NotReady { why, stale: stale() }),
         Err(e) => return Err(Error::caused(format!("VM {}: QMP {}", vm.name, path.display()), e)),
     };
