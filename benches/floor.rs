@@ -94,25 +94,42 @@ fn main() {
     q.qmp().add_xhci("xenusb-0", 15);
     let floor = floor_bin();
     let tool_exe = tool_bin();
-    // FLOOR_STRACE=1: one of each under `strace -f -c` (where the difference goes), no timing.
-    if std::env::var_os("FLOOR_STRACE").is_some() {
+    // FLOOR_STRACE=1: one of each under `strace -f -c` (where the difference
+    // goes; =full: every call, timed), no timing. FLOOR_WRAP="PROGRAM ARGS":
+    // one of each under that instead (e.g. `valgrind --tool=cachegrind
+    // --cache-sim=yes --cachegrind-out-file=/tmp/cg.%p`: the code each runs).
+    let wrap: Option<Vec<String>> = match (std::env::var("FLOOR_WRAP"), std::env::var("FLOOR_STRACE")) {
+        (Ok(w), _) => Some(w.split_whitespace().map(String::from).collect()),
+        (Err(_), Ok(v)) => Some(
+            ["strace", "-f", if v == "full" { "-tt" } else { "-c" }, "-o", "/dev/stdout", "--"]
+                .map(String::from)
+                .into(),
+        ),
+        _ => None,
+    };
+    if let Some(wrap) = wrap.filter(|w| !w.is_empty()) {
         for (what, addr) in [("auto-usb-attach udev remove", 8u32), ("qmp_floor device_del", 9)] {
             place(&root, &q, &sock, addr);
-            let mut c = Command::new("strace");
-            let full = std::env::var("FLOOR_STRACE").is_ok_and(|v| v == "full");
-            c.args(["-f", if full { "-tt" } else { "-c" }, "-o", "/dev/stdout", "--"]);
+            let mut c = Command::new(&wrap[0]);
+            c.args(&wrap[1..]);
             if what.starts_with("auto") {
                 c.arg(tool_bin()).args(["--root", root.root_str(), "udev"]).env_clear().envs(udev_env(addr));
             } else {
                 c.arg(&floor).arg(&sock).arg(format!("xenusb-{BUS}-{addr}")).env_clear();
             }
-            let out = c.output().expect("strace");
-            println!("--- {what} ---\n{}", String::from_utf8_lossy(&out.stdout));
+            let out = c.output().expect(&wrap[0]);
+            println!(
+                "--- {what} ---\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         return;
     }
     // FLOOR_PERF=1: 20 of each under `perf stat` (task-clock, page faults,
     // user/kernel instructions, syscalls), means printed, no timing.
+    // FLOOR_PERF=/DIR: each run under `perf record -g` instead, into
+    // DIR/{tool,floor}-N.data (where the time goes, function by function).
     if std::env::var_os("FLOOR_PERF").is_some() {
         const EVENTS: &str = "task-clock,page-faults,raw_syscalls:sys_enter";
         for (what, base) in [("auto-usb-attach udev remove", 60u32), ("qmp_floor device_del", 90)] {
@@ -122,7 +139,17 @@ fn main() {
                 let addr = base + i;
                 place(&root, &q, &sock, addr);
                 let mut c = Command::new("perf");
-                c.args(["stat", "-x", ",", "-e", EVENTS, "--"]);
+                match std::env::var("FLOOR_PERF").ok().filter(|v| v.starts_with('/')) {
+                    // FLOOR_PERF=DIR: a `perf record` profile of each run into DIR instead.
+                    Some(dir) => c
+                        .args(["record", "-q", "-e", "cpu-clock", "-F", "49000", "-g", "-o"])
+                        .arg(
+                            Path::new(&dir)
+                                .join(format!("{}-{i}.data", if what.starts_with("auto") { "tool" } else { "floor" })),
+                        )
+                        .arg("--"),
+                    None => c.args(["stat", "-x", ",", "-e", EVENTS, "--"]),
+                };
                 if what.starts_with("auto") {
                     c.arg(&tool_exe).args(["--root", root.root_str(), "udev"]).env_clear().envs(udev_env(addr));
                 } else {
@@ -140,6 +167,10 @@ fn main() {
                         None => sums.push((name.to_string(), v)),
                     }
                 }
+            }
+            if let Some(dir) = std::env::var("FLOOR_PERF").ok().filter(|v| v.starts_with('/')) {
+                println!("--- {what}: {N} profiles in {dir} (perf report -i ...) ---");
+                continue;
             }
             println!("--- {what}: mean of {N} under perf stat ---");
             for (name, s) in sums {
