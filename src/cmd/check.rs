@@ -142,6 +142,78 @@ fn installed(root: &crate::root::Root, report: &mut Report) {
     }
 }
 
+/// The paths a path unit's `[Path]` section watches for changes
+/// (`PathChanged=`, `PathModified=`), from its file's text and then its
+/// drop-ins' in the order systemd reads them; an empty assignment clears
+/// the list, as in systemd.
+pub(super) fn watched_paths(texts: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for text in texts {
+        let mut in_path = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_path = line == "[Path]";
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else { continue };
+            if in_path && matches!(key.trim(), "PathChanged" | "PathModified") {
+                match value.trim() {
+                    "" => out.clear(),
+                    v => out.push(v.trim_end_matches('/').to_string()),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The installed sync path unit's text and its drop-ins' (`<unit>.d/*.conf`
+/// in every unit directory, a name in an earlier directory hiding the same
+/// name in a later one, read in name order); None when it is not installed.
+fn path_unit_texts(root: &crate::root::Root) -> Option<Vec<String>> {
+    let unit = UNITS[1];
+    let read = |p: &Path| {
+        crate::fsio::read_regular(&root.path(p), 1 << 20).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let main = UNIT_DIRS.iter().find_map(|d| read(&Path::new(d).join(unit)))?;
+    let mut drop_ins: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for d in UNIT_DIRS {
+        let dir = Path::new(d).join(format!("{unit}.d"));
+        let Ok(entries) = std::fs::read_dir(root.path(&dir)) else { continue };
+        for name in entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()) {
+            if name.ends_with(".conf") && !drop_ins.iter().any(|(n, _)| *n == name) {
+                drop_ins.push((name.clone(), dir.join(&name)));
+            }
+        }
+    }
+    drop_ins.sort();
+    Some(std::iter::once(main).chain(drop_ins.iter().filter_map(|(_, p)| read(p))).collect())
+}
+
+/// Plain QEMU VMs whose QMP socket's directory the path unit does not
+/// watch: a device plugged before such a VM starts waits for the timer.
+pub(super) fn unwatched_sockets(c: &Config, watched: &[String]) -> Vec<(usize, String)> {
+    c.vms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, vm)| {
+            let sock = vm.qmp.as_ref().filter(|_| vm.backend == crate::config::BackendKind::Qemu)?;
+            let dir = sock.parent()?.to_string_lossy().trim_end_matches('/').to_string();
+            let covered = watched.iter().any(|w| *w == dir || Path::new(w) == sock.as_path());
+            (!covered).then(|| {
+                let dir = if dir.is_empty() { "/".to_string() } else { dir };
+                let text = format!(
+                    "its QMP socket's directory {dir} is not watched by {unit}: a device plugged before the VM \
+                     starts waits for the timer's next sync (up to 2 min); `systemctl edit {unit}` and add \
+                     [Path] PathChanged={dir}, then `systemctl restart {unit}`",
+                    unit = UNITS[1]
+                );
+                (i, text)
+            })
+        })
+        .collect()
+}
+
 /// Prints the report (text or JSON) on stdout and nothing else; exit 1 if
 /// anything is wrong. Without root the VMs cannot be looked at (the lock
 /// and the QMP sockets are root's): they are reported as not checked.
@@ -175,6 +247,11 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
         report.push(Kind::Warning, "rules", w);
     }
     installed(root, &mut report);
+    if let Some(texts) = path_unit_texts(root) {
+        for (i, text) in unwatched_sockets(&ctx.config, &watched_paths(&texts)) {
+            report.push(Kind::Warning, format!("VM {}", ctx.config.vms[i].name), text);
+        }
+    }
 
     let host = host::scan(root)?;
     let routed = |i: usize| host.iter().filter(move |d| events::route(&ctx.config, d) == Some(i));
@@ -286,6 +363,32 @@ fn gather(ctx: &Ctx, config_shown: &Path) -> Result<Report> {
 mod tests {
     use super::*;
     use crate::config::parse_str;
+
+    #[test]
+    fn a_plain_vm_whose_socket_directory_the_path_unit_does_not_watch_is_named() {
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/auto-usb-attach-sync.path")).unwrap();
+        let c = parse_str(
+            "[[vm]]\nname = \"lin\"\nqmp = \"/run/qemu/lin.qmp\"\nhubs = [\"usb3\"]\n\
+             [[vm]]\nname = \"xen\"\nhubs = [\"usb4\"]\n\
+             [[vm]]\nname = \"user\"\nqmp = \"/run/user/1000/vm/u.qmp\"\nhubs = [\"usb5\"]\n",
+            "t",
+        )
+        .unwrap();
+        let watched = watched_paths(std::slice::from_ref(&shipped));
+        assert_eq!(watched, ["/run/xen", "/run/libvirt/qemu"]);
+        let named: Vec<usize> = unwatched_sockets(&c, &watched).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(named, [0, 2], "the Xen VM has no qmp socket of its own");
+        let (_, text) = &unwatched_sockets(&c, &watched)[0];
+        assert!(text.contains("/run/qemu is not watched") && text.contains("PathChanged=/run/qemu"), "{text}");
+        // `systemctl edit`'s drop-in adds a directory; a trailing slash is the same path.
+        let edited = watched_paths(&[shipped.clone(), "[Path]\nPathChanged=/run/qemu/\n".into()]);
+        let named: Vec<usize> = unwatched_sockets(&c, &edited).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(named, [2]);
+        // An empty assignment resets the list; keys outside [Path] are not watches.
+        let reset = watched_paths(&[shipped, "[Path]\nPathChanged=\n[Unit]\nPathChanged=/run/user/1000/vm\n".into()]);
+        assert!(reset.is_empty(), "{reset:?}");
+    }
 
     #[test]
     fn overlaps_are_found() {
