@@ -246,8 +246,11 @@ class Env:
         if user is not None:
             pids = "/run/qemu-%d" % user
             sock = "%s/%s.qmp" % (pids, name)
-            run_as = "install -d -o %d -g %d -m 0700 %s && setpriv --reuid=%d --regid=%d --clear-groups " % (
-                user, user, pids, user, user)
+            run_as = "install -d -o %d -g %d -m 0700 %s && " % (user, user, pids)
+            # Another root's QEMU (--qemu-root) is started through a chroot wrapper that must
+            # stay root until it execs QEMU: it switches to the user itself.
+            run_as += ("RUNAS=%d " % user if INNER_QEMU.endswith("qemu-in-root")
+                       else "setpriv --reuid=%d --regid=%d --clear-groups " % (user, user))
         t0 = time.time()
         self.gcheck("mkdir -p /run/qemu %s && %s%s %s -nodefaults -display none -S -accel tcg -m 64 "
                     "-name %s -qmp unix:%s,server=on,wait=off -daemonize -pidfile %s/plain-%s.pid"
