@@ -14,7 +14,7 @@ use crate::plan::{parse_controller_id, parse_device_id};
 use crate::root::Root;
 use crate::state::{Attached, Controller, CtrlOrigin, Origin, VmState};
 use serde_json::{json, Value};
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -158,13 +158,8 @@ pub(super) fn dial(root: &Root, path: &Path, instance: String, deadline: &Deadli
 /// Process `pid`'s effective uid (`/proc/<pid>/status`, under the root);
 /// None when it cannot be read.
 fn euid_of(root: &Root, pid: i32) -> Option<u32> {
-    let mut status = String::new();
-    std::fs::File::open(root.path(format!("/proc/{pid}/status")))
-        .ok()?
-        .take(64 << 10)
-        .read_to_string(&mut status)
-        .ok()?;
-    parse_euid(&status)
+    let status = crate::fsio::read_regular(&root.path(format!("/proc/{pid}/status")), 64 << 10).ok()?;
+    parse_euid(&String::from_utf8_lossy(&status))
 }
 
 /// The effective uid in a `/proc/<pid>/status` text: `Uid:` real, effective, ...
