@@ -131,6 +131,9 @@ fn main() {
     // FLOOR_PERF=/DIR: each run under `perf record -g` instead, into
     // DIR/{tool,floor}-N.data (where the time goes, function by function).
     if std::env::var_os("FLOOR_PERF").is_some() {
+        if let Some(dir) = std::env::var("FLOOR_PERF").ok().filter(|v| v.starts_with('/')) {
+            std::fs::create_dir_all(&dir).expect("FLOOR_PERF's directory");
+        }
         const EVENTS: &str = "task-clock,page-faults,raw_syscalls:sys_enter";
         for (what, base) in [("auto-usb-attach udev remove", 60u32), ("qmp_floor device_del", 90)] {
             let mut sums: Vec<(String, f64)> = Vec::new();
