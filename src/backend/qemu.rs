@@ -23,16 +23,30 @@ use std::time::Duration;
 /// One QEMU's QMP monitor, as a `Link`.
 pub(super) struct Qemu {
     pub(super) q: qmp::Client,
-    /// QEMU runs as a user who may not open the host's USB device nodes
-    /// (started by its user, or with `-runas`): the tool opens the node
+    /// Every OS path's root (`pass_fd` looks under it).
+    root: Root,
+    /// Asked once, when a device is first added (a remove never needs it):
+    /// does QEMU run as a user who may not open the host's USB device nodes
+    /// (started by its user, or with `-runas`)? Then the tool opens the node
     /// (under this directory, /dev/bus/usb under the root) and passes it
     /// (`add-fd`, then `hostdevice=/dev/fdset/N`), whatever the event.
-    pass_fd: Option<PathBuf>,
+    pass_fd: std::cell::OnceCell<Option<PathBuf>>,
 }
 
 impl Qemu {
+    fn pass_fd(&self) -> Option<&PathBuf> {
+        self.pass_fd
+            .get_or_init(|| {
+                let uid = self.q.peer_pid().and_then(|pid| euid_of(&self.root, pid))?;
+                log::debug!("QEMU runs as uid {uid}{}", if uid == 0 { "" } else { ": device nodes are passed to it" });
+                (uid != 0).then(|| self.root.path("/dev/bus/usb"))
+            })
+            .as_ref()
+    }
+
     pub(super) fn execute(&mut self, op: &Op, args: Value) -> QmpResult<()> {
-        if let (Some(dir), Op::AddDevice { dev, hostdevice }) = (&self.pass_fd, op) {
+        let dir = if matches!(op, Op::AddDevice { .. }) { self.pass_fd().cloned() } else { None };
+        if let (Some(dir), Op::AddDevice { dev, hostdevice }) = (dir, op) {
             // Without a node (bind, change) QEMU would look for the device
             // with libusb, as its user: the node is passed all the same.
             let node = match hostdevice {
@@ -108,7 +122,7 @@ impl Link for Qemu {
 
     fn describe(&self, vm: &str, op: &Op, args: &Value) -> Vec<String> {
         let mut line = Self::describe_line(vm, op, args);
-        if self.pass_fd.is_some() && matches!(op, Op::AddDevice { .. }) {
+        if matches!(op, Op::AddDevice { .. }) && self.pass_fd().is_some() {
             line.push_str(" (the node passed to QEMU with add-fd: QEMU runs unprivileged)");
         }
         vec![line]
@@ -143,12 +157,7 @@ pub(super) fn dial(root: &Root, path: &Path, instance: String, deadline: &Deadli
     match qmp::connect(path, deadline, Duration::MAX) {
         Ok(q) => {
             log::debug!("{}: {}", path.display(), q.greeting);
-            let unprivileged = q.peer_pid().and_then(|pid| euid_of(root, pid)).is_some_and(|uid| uid != 0);
-            let pass_fd = unprivileged.then(|| root.path("/dev/bus/usb"));
-            if unprivileged {
-                log::debug!("{}: QEMU runs unprivileged: device nodes are passed to it", path.display());
-            }
-            Ok(Dialled::Up(Box::new(Qemu { q, pass_fd }), instance))
+            Ok(Dialled::Up(Box::new(Qemu { q, root: root.clone(), pass_fd: std::cell::OnceCell::new() }), instance))
         }
         Err(e @ QmpError::NotListening(_)) => Ok(Dialled::Refused(e.to_string())),
         Err(e) => Err(e),
