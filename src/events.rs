@@ -1,13 +1,15 @@
 //! Pure policy for one udev event: which VM the config sends a device to
-//! (`routing`, and why the host keeps one a rule wants: `held_back`), and
-//! from the config, state and the device, the steps that handle the event
-//! (no I/O; `cmd::udev` executes them). `sync`, `check`, `list` and the
+//! (`routing`, and why the host keeps one a rule wants: `held_back`); what
+//! the event needs before the state lock (`triage`); and under it, from the
+//! config, state and the device, the steps that handle it (`under_lock`).
+//! No I/O; `cmd::udev` does what these decide. `sync`, `check`, `list` and the
 //! manual commands route by the same rules; the rule for a record whose
 //! bus:addr now holds another device (`stale`) lives here and `sync` uses
 //! it too. Where in the VM a device goes is `plan`'s.
 
 use crate::config::{Config, DenyRule, HubRule, VmConfig};
 use crate::host::{Action, HostDevice};
+use crate::outcome::Event;
 use crate::state::{Attached, Origin, State};
 use crate::step::Step;
 use crate::types::BusAddr;
@@ -90,6 +92,124 @@ pub(crate) fn wants(vm: &VmConfig, d: &HostDevice) -> bool {
         || vm.devices.iter().any(|r| r.covers(d.vendor, d.product, d.serial.as_deref()))
 }
 
+/// What a udev event is about, as the host shows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Seen<'d> {
+    /// An add, bind or change of a device read from sysfs.
+    Present(&'d HostDevice, Action),
+    /// The removal of whatever was at `at`; `ids`: the device as the event
+    /// names it (sysfs is gone), when it does.
+    Gone { at: BusAddr, ids: Option<&'d HostDevice> },
+}
+
+/// What an event needs before the state lock: most need nothing at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Triage {
+    /// Nobody's business: one debug line; no lock, no VM.
+    Ignore(String),
+    /// State as last saved (read without the lock) decides: ask again with it.
+    Peek,
+    /// VM `vm` wants the device but the host keeps it (`why`): its one
+    /// line `text`, and its outcome: refused (`deny`, the host's own use of
+    /// it) or waiting (its policy may authorize it: the `change` event then
+    /// attaches it). None: its classes are not known yet; `bind` judges it.
+    Held { vm: usize, why: String, text: String, outcome: Option<Event> },
+    /// Ask `probe`'s owner whether it answers (before holding the lock that
+    /// every other VM's events wait on), then handle the event under the lock.
+    Lock { probe: Option<usize> },
+    /// An unplug of a device state has no record of and no rule routes:
+    /// only a VM owner's own records (`xl usbdev-attach`) may have it.
+    AskOwners,
+}
+
+/// What `seen` needs before the lock, from the config, the device and
+/// (once `Triage::Peek` asked for it) `peek`, state as last saved. `now`:
+/// seconds since the epoch.
+pub(crate) fn triage(config: &Config, seen: Seen<'_>, peek: Option<&State>, now: u64) -> Triage {
+    match seen {
+        Seen::Present(dev, _) => {
+            let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
+            let vm = match routing(config, dev) {
+                Routing::To(vm) => return Triage::Lock { probe: Some(vm) },
+                Routing::Held { vm, why } => {
+                    return held(
+                        config,
+                        dev,
+                        vm,
+                        why,
+                        format!("{shown}: not attaching it to VM {}", config.vms[vm].name),
+                    );
+                }
+                // No rule wants it; a VM whose device just left this socket
+                // may (`follow-seconds`): state is peeked only when following is on.
+                Routing::Nobody if config.follow.is_zero() => None,
+                Routing::Nobody => match peek {
+                    None => return Triage::Peek,
+                    Some(peek) => follow(config, peek, dev, now).map(|(vm, _)| vm),
+                },
+            };
+            match vm.map(|vm| (vm, held_back(config, dev))) {
+                None => Triage::Ignore(format!("{shown}: no rule wants it")),
+                Some((vm, Some(why))) => held(config, dev, vm, why, format!("{shown}: not following it into a VM")),
+                // Its VM is asked under the lock (rare), with the lineage as it is then.
+                Some((_, None)) => Triage::Lock { probe: None },
+            }
+        }
+        // A routed unplug is ours to handle: state is read once, under the
+        // lock. Any other is peeked at without the lock first; most end there.
+        Seen::Gone { at, ids } => match (ids.and_then(|d| route(config, d)), peek) {
+            (Some(vm), _) => Triage::Lock { probe: Some(vm) },
+            (None, None) => Triage::Peek,
+            (None, Some(peek)) => match peek.find(at.bus, at.addr) {
+                Some((name, _)) => Triage::Lock { probe: config.vms.iter().position(|v| v.name == name) },
+                None if peek.is_held_out(at.bus, at.addr) => Triage::Lock { probe: None },
+                None => Triage::AskOwners,
+            },
+        },
+    }
+}
+
+/// `Triage::Held` for `dev`, which VM `vm` wants and the host keeps (`why`):
+/// its line is `lead: why`.
+fn held(config: &Config, dev: &HostDevice, vm: usize, why: String, lead: String) -> Triage {
+    let text = format!("{lead}: {why}");
+    let outcome = if dev.in_use.is_some() || config.deny.iter().any(|r| denies(r, dev)) {
+        Some(Event::Refused)
+    } else if !dev.authorized {
+        Some(Event::Waiting)
+    } else {
+        None
+    };
+    Triage::Held { vm, why, text, outcome }
+}
+
+/// The steps for `seen` under the lock, on `state` as it is now: to the VM
+/// the rules route it to, or following a device that just left its socket
+/// (asked again: the peek may be old); a device the host keeps was said
+/// before the lock and gets none. `now`: seconds since the epoch.
+pub(crate) fn under_lock(config: &Config, state: &State, seen: Seen<'_>, now: u64) -> Vec<Step> {
+    let (dev, action) = match seen {
+        Seen::Gone { at, ids } => return on_remove(config, state, at, ids.and_then(|d| route(config, d)), now),
+        Seen::Present(dev, action) => (dev, action),
+    };
+    match routing(config, dev) {
+        Routing::To(vm) => on_add(config, state, dev, action, vm, Origin::Rule),
+        Routing::Held { .. } => Vec::new(),
+        Routing::Nobody => match follow(config, state, dev, now) {
+            Some(_) if held_back(config, dev).is_some() => Vec::new(),
+            Some((vm, l)) => {
+                let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
+                let text = format!("following {} on {} into VM {}: {shown}", l.usb_id, l.port_path, l.vm);
+                let mut steps =
+                    vec![Step::Note { level: Level::Info, text }, Step::Followed { port_path: l.port_path.clone() }];
+                steps.extend(on_add(config, state, dev, action, vm, Origin::Followed));
+                steps
+            }
+            None => Vec::new(),
+        },
+    }
+}
+
 /// Why `rec` (a record at `now`'s bus:addr) no longer describes the device
 /// there, if it doesn't.
 pub(crate) fn stale(rec: &Attached, now: &HostDevice) -> Option<&'static str> {
@@ -114,14 +234,7 @@ fn note(level: Level, text: String) -> Vec<Step> {
 
 /// Steps for an add or bind of `dev`, which goes to VM `vm`: by a rule, or
 /// (`origin` Followed) after a device that left its socket.
-pub(crate) fn on_add(
-    config: &Config,
-    state: &State,
-    dev: &HostDevice,
-    action: Action,
-    vm: usize,
-    origin: Origin,
-) -> Vec<Step> {
+fn on_add(config: &Config, state: &State, dev: &HostDevice, action: Action, vm: usize, origin: Origin) -> Vec<Step> {
     let at = dev.at();
     if state.is_held_out(dev.bus, dev.addr) {
         let text =
@@ -155,7 +268,7 @@ pub(crate) fn on_add(
 /// The VM a device no rule routes follows into, if a VM's device left the
 /// same socket (its port, or the port's peer) within `follow-seconds`
 /// before `now` (seconds since the epoch): the lineage entry.
-pub(crate) fn follow<'s>(
+fn follow<'s>(
     config: &Config,
     state: &'s State,
     dev: &HostDevice,
@@ -176,7 +289,7 @@ pub(crate) fn follow<'s>(
 /// config routes the removed device to, if any (from the event's ids).
 /// `now`: seconds since the epoch (a VM's device leaving is remembered for
 /// `follow-seconds`).
-pub(crate) fn on_remove(config: &Config, state: &State, at: BusAddr, routed: Option<usize>, now: u64) -> Vec<Step> {
+fn on_remove(config: &Config, state: &State, at: BusAddr, routed: Option<usize>, now: u64) -> Vec<Step> {
     // Unplugging ends an admin's "keep it out".
     let mut steps = vec![Step::Release { at }];
     match state.find(at.bus, at.addr) {
@@ -403,5 +516,47 @@ devices = ["1050:0407:S1"]
         // Not in state but routed to a VM: that VM's QEMU is asked.
         let steps = on_remove(&c, &State::default(), d.at(), Some(0), 100);
         assert!(matches!(&steps[..], [Step::Release { .. }, Step::Detach { vm: 0, .. }]), "{steps:?}");
+    }
+
+    #[test]
+    fn triage_takes_the_lock_only_for_what_may_be_ours_and_peeks_only_when_it_must() {
+        let c = parse_str("deny = [\"1-4.3\"]\n[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t").unwrap();
+        let kbd = HostDevice::fixture(1, 5, "1-4.1", 1, 1);
+        let add = Seen::Present(&kbd, Action::Add);
+        assert_eq!(triage(&c, add, None, 100), Triage::Lock { probe: Some(0) });
+        // Denied: said at once, refused, no lock.
+        let denied = HostDevice::fixture(1, 6, "1-4.3", 1, 1);
+        assert!(matches!(
+            triage(&c, Seen::Present(&denied, Action::Add), None, 100),
+            Triage::Held { vm: 0, outcome: Some(Event::Refused), text, .. } if text.ends_with("denied by deny entry \"1-4.3\"")
+        ));
+        // Not authorized: waiting (its `change` attaches it).
+        let mut blocked = kbd.clone();
+        blocked.authorized = false;
+        assert!(matches!(
+            triage(&c, Seen::Present(&blocked, Action::Add), None, 100),
+            Triage::Held { outcome: Some(Event::Waiting), .. }
+        ));
+        // No rule wants it: state is peeked only when following may take it.
+        let other = HostDevice::fixture(1, 7, "1-5", 1, 1);
+        assert_eq!(triage(&c, Seen::Present(&other, Action::Add), None, 100), Triage::Peek);
+        assert!(matches!(
+            triage(&c, Seen::Present(&other, Action::Add), Some(&State::default()), 100),
+            Triage::Ignore(_)
+        ));
+        let off = parse_str("follow-seconds = 0\n[[vm]]\nname = \"a\"\nhubs = [\"1-4\"]\n", "t").unwrap();
+        assert!(matches!(triage(&off, Seen::Present(&other, Action::Add), None, 100), Triage::Ignore(_)));
+        // Unplugs: a routed one takes the lock unpeeked; any other is ours
+        // only if state has it (or holds it out); else only an owner's records may.
+        assert_eq!(
+            triage(&c, Seen::Gone { at: kbd.at(), ids: Some(&kbd) }, None, 100),
+            Triage::Lock { probe: Some(0) }
+        );
+        let gone = Seen::Gone { at: other.at(), ids: None };
+        assert_eq!(triage(&c, gone, None, 100), Triage::Peek);
+        assert_eq!(triage(&c, gone, Some(&State::default()), 100), Triage::AskOwners);
+        assert_eq!(triage(&c, gone, Some(&state_with("a", &other)), 100), Triage::Lock { probe: Some(0) });
+        // A record of a VM no longer configured: the lock, no owner to ask first.
+        assert_eq!(triage(&c, gone, Some(&state_with("gone", &other)), 100), Triage::Lock { probe: None });
     }
 }

@@ -1,14 +1,13 @@
-//! `udev`: handle one udev event. `events` decides the steps; this file
-//! only executes them under the state lock.
+//! `udev`: handle one udev event. `events` decides what it needs before the
+//! state lock (`triage`) and the steps under it (`under_lock`); this file
+//! only does what they decide.
 
 use crate::apply::{self, Mode};
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::events;
-use crate::events::Routing;
+use crate::events::{self, Seen, Triage};
 use crate::host::{Action, HostDevice, UdevEvent};
-use crate::outcome::Event;
-use crate::state::{Origin, State};
+use crate::state::State;
 use crate::step::Step;
 use crate::types::BusAddr;
 use std::collections::HashMap;
@@ -21,35 +20,77 @@ pub(super) fn udev(ctx: &Ctx, env: &HashMap<String, String>) -> Result<()> {
     // udev numbers its events; one without a number (run by hand) waits
     // for the lock instead of queueing.
     let seq = env.get("SEQNUM").and_then(|s| s.parse::<u64>().ok());
+    let dev = read(ctx, &ev)?;
+    let seen = seen(&ev, dev.as_ref());
+    let now = unix_now();
+    let mut peek = None;
+    let triage = loop {
+        match events::triage(&ctx.config, seen, peek.as_ref(), now) {
+            Triage::Peek if peek.is_none() => peek = Some(ctx.peek_state()),
+            t => break t,
+        }
+    };
+    match triage {
+        Triage::Ignore(text) => log::debug!("{text}"),
+        Triage::Peek => log::debug!("{}: nothing decided ({ev:?})", ev.port_path()),
+        Triage::Held { vm, why, text, outcome } => match (outcome, &dev) {
+            (Some(e), Some(dev)) => {
+                let o = apply::outcome_of(e, &ctx.config.vms[vm], dev, why);
+                apply::announce(ctx, log::Level::Info, o, text);
+            }
+            _ => log::info!("{text}"),
+        },
+        Triage::AskOwners => return owner_unplugged(ctx, &ev, &peek.unwrap_or_default()),
+        Triage::Lock { probe } => {
+            // The VM's owner must answer before we hold the lock that every
+            // other VM's events wait on.
+            if let Some(vm) = probe {
+                ctx.probe(&ctx.config.vms[vm], None)?;
+            }
+            // An unplug state had no record of (a routed one was looked up in
+            // QEMU by its id) still goes on to the owners' records below.
+            let mut unrecorded = None;
+            let lock = |state: &mut State| {
+                let gone = ev.action == Action::Remove && state.find(ev.bus, ev.addr).is_none();
+                apply::execute(ctx, state, &events::under_lock(&ctx.config, state, seen, now), Mode::Triggered)?;
+                unrecorded = gone.then(|| state.clone());
+                Ok(())
+            };
+            match seq {
+                Some(seq) => drop(ctx.with_state_or_queue(seq, &ev, lock)?),
+                None => ctx.with_state(lock)?,
+            }
+            if let Some(state) = unrecorded {
+                return owner_unplugged(ctx, &ev, &state);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The device the event is about: sysfs's (add, bind, change), or for an
+/// unplug the event's own ids, if it has them (sysfs is gone).
+fn read(ctx: &Ctx, ev: &UdevEvent) -> Result<Option<HostDevice>> {
     match ev.action {
-        Action::Add | Action::Bind | Action::Change => add(ctx, &ev, seq),
-        Action::Remove => remove(ctx, &ev, seq),
+        Action::Remove => Ok(ev.device(&ctx.root).ok()),
+        Action::Add | Action::Bind | Action::Change => ev.device(&ctx.root).map(Some),
     }
 }
 
-/// Run `f` under the state lock; or, while another invocation holds it,
-/// queue the event for that one (`queue`) and return at once.
-fn locked(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>, f: impl FnOnce(&mut State) -> Result<()>) -> Result<()> {
-    match seq {
-        Some(seq) => ctx.with_state_or_queue(seq, ev, f).map(drop),
-        None => ctx.with_state(f),
+fn seen<'d>(ev: &UdevEvent, dev: Option<&'d HostDevice>) -> Seen<'d> {
+    match (ev.action, dev) {
+        (Action::Remove, ids) | (_, ids @ None) => Seen::Gone { at: BusAddr::new(ev.bus, ev.addr), ids },
+        (action, Some(dev)) => Seen::Present(dev, action),
     }
 }
 
 /// Handle `ev`, an event queued for the lock's holder (`queue`), under the
 /// lock: what its own invocation would have done there. What it did before
-/// the lock (routing, the host's holds and their lines) is decided again.
+/// the lock (the host's holds and their lines) was said when it came; the
+/// owners' records of an unplug nobody recorded are left to the next sync
+/// (they are asked without the lock).
 pub(super) fn serve(ctx: &Ctx, state: &mut State, ev: &UdevEvent) -> Result<()> {
-    if ev.action == Action::Remove {
-        let routed = ev.device(&ctx.root).ok().and_then(|d| events::route(&ctx.config, &d));
-        if let Some(vm) = routed {
-            ctx.probe(&ctx.config.vms[vm], None)?;
-        }
-        // libxl's records of a device only `xl usbdev-attach` put in a
-        // domain are left to the next sync (they are asked without the lock).
-        return remove_locked(ctx, state, ev, routed).map(drop);
-    }
-    if !ev.sysfs_dir(&ctx.root).exists() {
+    if ev.action != Action::Remove && !ev.sysfs_dir(&ctx.root).exists() {
         log::debug!(
             "{} ({}:{}) left before its queued {} was served",
             ev.port_path(),
@@ -59,144 +100,16 @@ pub(super) fn serve(ctx: &Ctx, state: &mut State, ev: &UdevEvent) -> Result<()> 
         );
         return Ok(());
     }
-    let dev = ev.device(&ctx.root)?;
-    let routed = match events::routing(&ctx.config, &dev) {
-        Routing::To(vm) => Some(vm),
-        // Said when the event came.
-        Routing::Held { .. } => return Ok(()),
-        Routing::Nobody => None,
+    let dev = read(ctx, ev)?;
+    let seen = seen(ev, dev.as_ref());
+    let routed = match seen {
+        Seen::Present(d, _) => events::route(&ctx.config, d),
+        Seen::Gone { ids, .. } => ids.and_then(|d| events::route(&ctx.config, d)),
     };
     if let Some(vm) = routed {
         ctx.probe(&ctx.config.vms[vm], None)?;
     }
-    add_locked(ctx, state, &dev, ev.action, routed)
-}
-
-/// An unplug. Most are nobody's business: neither in state, nor kept out,
-/// nor routed by a rule. Those take no lock and touch no VM; only libxl's
-/// records are asked (bounded, and never fatal) whether `xl usbdev-attach`
-/// put the device in a domain.
-fn remove(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
-    let at = BusAddr::new(ev.bus, ev.addr);
-    // The event's own ids (sysfs is gone): where the rules route it.
-    let routed = ev.device(&ctx.root).ok().and_then(|d| events::route(&ctx.config, &d));
-    // A routed unplug is ours to handle: state is read once, under the lock.
-    // Any other is peeked at without the lock first; most end there.
-    let owner = match routed {
-        Some(vm) => Some(vm),
-        None => {
-            let peek = ctx.peek_state();
-            match peek.find(at.bus, at.addr) {
-                Some((name, _)) => ctx.config.vms.iter().position(|v| v.name == name),
-                None if peek.is_held_out(at.bus, at.addr) => None,
-                None => return owner_unplugged(ctx, at, ev.port_path(), &peek),
-            }
-        }
-    };
-    // The VM's owner must answer before we hold the lock that every other
-    // VM's events wait on.
-    if let Some(vm) = owner {
-        ctx.probe(&ctx.config.vms[vm], None)?;
-    }
-    // A routed device state has no record of is looked up in QEMU by
-    // `on_remove`'s Detach and still goes on to libxl's records below.
-    let mut left = None;
-    locked(ctx, ev, seq, |state| {
-        if !remove_locked(ctx, state, ev, routed)? {
-            left = Some(state.clone());
-        }
-        Ok(())
-    })?;
-    match left {
-        Some(state) => owner_unplugged(ctx, at, ev.port_path(), &state),
-        None => Ok(()),
-    }
-}
-
-/// The unplug under the lock; true if state had the device (ours).
-fn remove_locked(ctx: &Ctx, state: &mut State, ev: &UdevEvent, routed: Option<usize>) -> Result<bool> {
-    let at = BusAddr::new(ev.bus, ev.addr);
-    let ours = state.find(at.bus, at.addr).is_some();
-    let steps = events::on_remove(&ctx.config, state, at, routed, unix_now());
-    apply::execute(ctx, state, &steps, Mode::Triggered)?;
-    Ok(ours)
-}
-
-fn add(ctx: &Ctx, ev: &UdevEvent, seq: Option<u64>) -> Result<()> {
-    let dev = ev.device(&ctx.root)?;
-    let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
-    // Decided before taking the lock: most devices are nobody's business.
-    let routed = match events::routing(&ctx.config, &dev) {
-        Routing::To(vm) => Some(vm),
-        Routing::Held { vm, why } => {
-            held(ctx, &dev, vm, &why, format!("{shown}: not attaching it to VM {}: {why}", ctx.config.vms[vm].name));
-            return Ok(());
-        }
-        // No rule wants it; a VM whose device just left this socket may
-        // (`follow-seconds`): state is peeked only when following is on.
-        Routing::Nobody => {
-            let now = unix_now();
-            let peek = (!ctx.config.follow.is_zero()).then(|| ctx.peek_state());
-            let Some((vm, _)) = peek.as_ref().and_then(|s| events::follow(&ctx.config, s, &dev, now)) else {
-                log::debug!("{shown}: no rule wants it");
-                return Ok(());
-            };
-            if let Some(why) = events::held_back(&ctx.config, &dev) {
-                held(ctx, &dev, vm, &why, format!("{shown}: not following it into a VM: {why}"));
-                return Ok(());
-            }
-            None
-        }
-    };
-    // The VM's owner must answer before we hold the lock that every other
-    // VM's events wait on (a followed device's VM is asked under it: rare).
-    if let Some(vm) = routed {
-        ctx.probe(&ctx.config.vms[vm], None)?;
-    }
-    locked(ctx, ev, seq, |state| add_locked(ctx, state, &dev, ev.action, routed))
-}
-
-/// The add, bind or change of `dev` under the lock: to VM `routed`, or
-/// (None) following a device that just left its socket, if one did.
-fn add_locked(ctx: &Ctx, state: &mut State, dev: &HostDevice, action: Action, routed: Option<usize>) -> Result<()> {
-    let mut steps = Vec::new();
-    let (vm, origin) = match routed {
-        Some(vm) => (vm, Origin::Rule),
-        // Asked again under the lock: the peek may be old.
-        None => match events::follow(&ctx.config, state, dev, unix_now()) {
-            // The host's hold was said before the lock.
-            Some(_) if events::held_back(&ctx.config, dev).is_some() => return Ok(()),
-            Some((vm, l)) => {
-                let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
-                let text = format!("following {} on {} into VM {}: {shown}", l.usb_id, l.port_path, l.vm);
-                steps.push(Step::Note { level: log::Level::Info, text });
-                steps.push(Step::Followed { port_path: l.port_path.clone() });
-                (vm, Origin::Followed)
-            }
-            None => return Ok(()),
-        },
-    };
-    steps.extend(events::on_add(&ctx.config, state, dev, action, vm, origin));
-    apply::execute(ctx, state, &steps, Mode::Triggered)
-}
-
-/// A device VM `vm` wants (by a rule, or following) that the host keeps
-/// (`events::held_back`, `why`): its one line `text`, and its outcome: refused
-/// (`deny`, the host's own use of it) or waiting (its policy may authorize
-/// it: the `change` event then attaches it). A device whose classes are not
-/// known yet is judged at `bind`, in a moment: no outcome yet.
-fn held(ctx: &Ctx, dev: &HostDevice, vm: usize, why: &str, text: String) {
-    let event = if dev.in_use.is_some() || ctx.config.deny.iter().any(|r| events::denies(r, dev)) {
-        Some(Event::Refused)
-    } else if !dev.authorized {
-        Some(Event::Waiting)
-    } else {
-        None
-    };
-    match event {
-        Some(e) => apply::announce(ctx, log::Level::Info, apply::outcome_of(e, &ctx.config.vms[vm], dev, why), text),
-        None => log::info!("{text}"),
-    }
+    apply::execute(ctx, state, &events::under_lock(&ctx.config, state, seen, unix_now()), Mode::Triggered)
 }
 
 /// Seconds since the epoch (lineage ages are whole seconds).
@@ -210,7 +123,8 @@ fn unix_now() -> u64 {
 /// the original tool did. The records are asked first, without our lock
 /// and bounded (`Ctx::owner_record`); only a VM whose owner has it is then
 /// changed, under the lock (and the owner's).
-fn owner_unplugged(ctx: &Ctx, at: BusAddr, busid: &str, peek: &State) -> Result<()> {
+fn owner_unplugged(ctx: &Ctx, ev: &UdevEvent, peek: &State) -> Result<()> {
+    let (at, busid) = (BusAddr::new(ev.bus, ev.addr), ev.port_path());
     let Some(rec) = ctx.owner_record(at, busid, peek) else { return Ok(()) };
     log::info!("{busid} ({at}) was unplugged; {rec} of VM {}", ctx.config.vms[rec.vm].name);
     let step = Step::Detach { vm: rec.vm, id: at.device_id(), at, why: rec.why() };
