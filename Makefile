@@ -43,6 +43,7 @@ MANDIR ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UDEVDIR ?= $(shell pkg-config --variable=udevdir udev 2>/dev/null || echo /lib/udev)
 SYSTEMDUNITDIR ?= $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /lib/systemd/system)
+SYSTEMDGENERATORDIR ?= $(shell pkg-config --variable=systemdsystemgeneratordir systemd 2>/dev/null || echo /lib/systemd/system-generators)
 XENRUNDIR ?= /run/xen
 BASHCOMPDIR ?= $(shell pkg-config --variable=completionsdir bash-completion 2>/dev/null || echo $(PREFIX)/share/bash-completion/completions)
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
@@ -196,6 +197,14 @@ install:
 	$(call install-text,udev-rules/99-xen-usb.rules,$(DESTDIR)$(UDEVDIR)/rules.d/99-xen-usb.rules)
 	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
 	for u in $(UNITS); do $(call install-text,systemd/$$u,$(DESTDIR)$(SYSTEMDUNITDIR)/$$u) || exit 1; done
+	@# The generator (a link to the binary, run by its name) reads the default config only: with
+	@# another SYSCONFDIR the admin adds plain VMs' socket directories to the path unit by hand.
+ifeq ($(SYSCONFDIR),$(DEF_SYSCONFDIR))
+	install -d $(DESTDIR)$(SYSTEMDGENERATORDIR)
+	ln -sfn $(SBINDIR)/auto-usb-attach $(DESTDIR)$(SYSTEMDGENERATORDIR)/auto-usb-attach-generator
+else
+	@echo "not installing auto-usb-attach-generator: it reads $(DEF_SYSCONFDIR)/auto-usb-attach.toml, not $(SYSCONFDIR)'s"
+endif
 	install -D -m 0644 man/auto-usb-attach.8 $(DESTDIR)$(MANDIR)/man8/auto-usb-attach.8
 	install -D -m 0644 man/auto-usb-attach.toml.5 $(DESTDIR)$(MANDIR)/man5/auto-usb-attach.toml.5
 	install -d $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
@@ -225,6 +234,7 @@ uninstall:
 		$(DESTDIR)$(BASHCOMPDIR)/auto-usb-attach $(DESTDIR)$(ZSHCOMPDIR)/_auto-usb-attach \
 		$(DESTDIR)$(FISHCOMPDIR)/auto-usb-attach.fish \
 		$(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(UNITS)) \
+		$(DESTDIR)$(SYSTEMDGENERATORDIR)/auto-usb-attach-generator \
 		$(addprefix $(DESTDIR)$(DOCDIR)/,auto-usb-attach.toml README.md CHANGELOG.md LICENSE hooks/notify-send)
 	rmdir $(DESTDIR)$(DOCDIR)/hooks $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 	@echo "left $(SYSCONFDIR)/auto-usb-attach.toml in place (your config)"

@@ -82,6 +82,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// As a systemd generator (systemd.generator(7)): add the directory of each plain QEMU VM's QMP
+    /// socket to the sync path unit, in a drop-in under DIR. Run by systemd at boot and at every
+    /// `systemctl daemon-reload` through the link auto-usb-attach-generator.
+    #[command(hide = true, name = "systemd-generator")]
+    SystemdGenerator {
+        /// The generator's output directories (normal, early, late); the drop-in goes in the first.
+        #[arg(value_name = "DIR", num_args = 1..=3, required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     #[command(hide = true)]
     Completions {
@@ -90,7 +99,21 @@ pub enum Command {
     },
 }
 
+/// The name of the link systemd runs as a generator (`systemd-generator`).
+pub const GENERATOR_NAME: &str = "auto-usb-attach-generator";
+
 impl Cli {
+    /// The command line as clap reads it: run as `auto-usb-attach-generator
+    /// DIR...` (systemd calls generators by their path, with their output
+    /// directories only), it is `auto-usb-attach systemd-generator DIR...`.
+    pub fn as_invoked(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+        let name = args.first().map(std::path::Path::new).and_then(|p| p.file_name());
+        if name.is_some_and(|n| n == GENERATOR_NAME) {
+            args.insert(1, "systemd-generator".into());
+        }
+        args
+    }
+
     /// The udev rule's own command line, `[--root DIR] [--config FILE] [-v]
     /// udev` in any order, read without building clap's command tree: every
     /// event pays for that build, and under TCG it was a fifth of the tool's

@@ -462,6 +462,16 @@ pub fn load(path: &Path, shown: &Path) -> Result<Config> {
     parse_str(&text, &shown.display().to_string())
 }
 
+impl VmConfig {
+    /// The directory of a plain QEMU VM's QMP socket, where QEMU makes it as
+    /// the VM starts: the sync path unit watches it (the generator adds it,
+    /// `check` says when it is not watched). None for Xen and libvirt, whose
+    /// directories the shipped unit watches.
+    pub fn qmp_dir(&self) -> Option<&Path> {
+        self.qmp.as_deref().filter(|_| self.backend == BackendKind::Qemu)?.parent()
+    }
+}
+
 impl Config {
     /// The index in `vms` of the VM named `name` (which must be configured).
     pub fn index_of(&self, name: &str) -> usize {

@@ -211,22 +211,31 @@ impl Dir {
     /// Opens `path`, creating it (and missing parents) first; a directory we
     /// create gets `DIR_MODE` exactly, whatever the umask.
     pub fn create(path: &Path) -> Result<Dir> {
+        Dir::create_as(path, "state dir")
+    }
+
+    /// `create` for a directory that is not the state dir: errors call it `what`.
+    pub fn create_as(path: &Path, what: &str) -> Result<Dir> {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 let mut b = std::fs::DirBuilder::new();
                 b.recursive(true).mode(DIR_MODE);
-                b.create(path).map_err(|e| Error::caused(format!("cannot create state dir {}", path.display()), e))?;
-                let d = Dir::open(path)?;
+                b.create(path).map_err(|e| Error::caused(format!("cannot create {what} {}", path.display()), e))?;
+                let d = Dir::open_as(path, what)?;
                 d.fd.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))
                     .map_err(|e| Error::caused(format!("cannot set mode of {}", path.display()), e))?;
                 Ok(d)
             }
-            _ => Dir::open(path),
+            _ => Dir::open_as(path, what),
         }
     }
 
     /// Opens an existing directory and checks it.
     pub fn open(path: &Path) -> Result<Dir> {
+        Dir::open_as(path, "state dir")
+    }
+
+    fn open_as(path: &Path, what: &str) -> Result<Dir> {
         let fd = rustix::fs::openat(
             CWD,
             path,
@@ -239,12 +248,12 @@ impl Dir {
                 rustix::io::Errno::NOTDIR => "is not a directory".to_string(),
                 e => std::io::Error::from(e).to_string(),
             };
-            Error::new(format!("state dir {}: {why}", path.display()))
+            Error::new(format!("{what} {}: {why}", path.display()))
         })?;
         let fd = File::from(fd);
-        let m = fd.metadata().map_err(|e| Error::caused(format!("state dir {}", path.display()), e))?;
+        let m = fd.metadata().map_err(|e| Error::caused(format!("{what} {}", path.display()), e))?;
         if let Some(why) = vet(&m, false) {
-            crate::bail!("refusing to run: state dir {} is {why}", path.display());
+            crate::bail!("refusing to run: {what} {} is {why}", path.display());
         }
         Ok(Dir { fd, path: path.to_path_buf() })
     }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = cli::Cli::as_invoked(std::env::args_os().collect());
     let parsed = cli::Cli::parse_rule_line(&args).map(Ok).unwrap_or_else(|| cli::Cli::try_parse_from(&args));
     let cli = match parsed {
         Ok(c) => c,

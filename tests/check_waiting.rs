@@ -98,9 +98,18 @@ fn check_warns_of_a_plain_vm_socket_the_path_unit_does_not_watch() {
     assert_eq!(run.stdout.lines().last(), Some("ok, 2 warning(s), 3 waiting"), "{}", run.stdout);
     let drop_in = r.p("/etc/systemd/system/auto-usb-attach-sync.path.d/override.conf");
     std::fs::create_dir_all(drop_in.parent().unwrap()).unwrap();
-    std::fs::write(drop_in, "[Path]\nPathChanged=/run/qemu\n").unwrap();
+    std::fs::write(&drop_in, "[Path]\nPathChanged=/run/qemu\n").unwrap();
     let run = r.run(&["check"]);
     run.ok();
     assert!(!run.stdout.contains("warning: "), "{}", run.stdout);
     assert_eq!(run.stdout.lines().last(), Some("ok, 3 waiting"), "{}", run.stdout);
+    // Without the admin's drop-in, the generator's (what systemd runs at
+    // boot and daemon-reload, into /run/systemd/generator) does the same.
+    std::fs::remove_file(&drop_in).unwrap();
+    let generated = r.p("/run/systemd/generator");
+    std::fs::create_dir_all(&generated).unwrap();
+    r.run(&["systemd-generator", generated.to_str().unwrap()]).ok();
+    let run = r.run(&["check"]);
+    run.ok();
+    assert!(!run.stdout.contains("warning: "), "{}", run.stdout);
 }

@@ -24,6 +24,8 @@ const RULE_DIRS: &[&str] = &[
 const UNIT_DIRS: &[&str] = &[
     "/etc/systemd/system",
     "/run/systemd/system",
+    // The generator's drop-in (`auto-usb-attach-generator`).
+    "/run/systemd/generator",
     "/usr/local/lib/systemd/system",
     "/usr/lib/systemd/system",
     "/lib/systemd/system",
@@ -159,7 +161,8 @@ pub(super) fn watched_paths(texts: &[String]) -> Vec<String> {
             if in_path && matches!(key.trim(), "PathChanged" | "PathModified") {
                 match value.trim() {
                     "" => out.clear(),
-                    v => out.push(v.trim_end_matches('/').to_string()),
+                    // `%%` is systemd's escape for `%` (the generator writes it so).
+                    v => out.push(v.trim_end_matches('/').replace("%%", "%")),
                 }
             }
         }
@@ -192,21 +195,23 @@ fn path_unit_texts(root: &crate::root::Root) -> Option<Vec<String>> {
 
 /// Plain QEMU VMs whose QMP socket's directory the path unit does not
 /// watch: a device plugged before such a VM starts waits for the timer.
+/// The generator's drop-in adds them all; one missing means the generator is
+/// not installed or has not run since the config changed.
 pub(super) fn unwatched_sockets(c: &Config, watched: &[String]) -> Vec<(usize, String)> {
     c.vms
         .iter()
         .enumerate()
         .filter_map(|(i, vm)| {
-            let sock = vm.qmp.as_ref().filter(|_| vm.backend == crate::config::BackendKind::Qemu)?;
-            let dir = sock.parent()?.to_string_lossy().trim_end_matches('/').to_string();
-            let covered = watched.iter().any(|w| *w == dir || Path::new(w) == sock.as_path());
+            let dir = vm.qmp_dir()?.to_string_lossy().trim_end_matches('/').to_string();
+            let covered = watched.iter().any(|w| *w == dir || vm.qmp.as_deref() == Some(Path::new(w)));
             (!covered).then(|| {
                 let dir = if dir.is_empty() { "/".to_string() } else { dir };
                 let text = format!(
                     "its QMP socket's directory {dir} is not watched by {unit}: a device plugged before the VM \
-                     starts waits for the timer's next sync (up to 2 min); `systemctl edit {unit}` and add \
-                     [Path] PathChanged={dir}, then `systemctl restart {unit}`",
-                    unit = UNITS[1]
+                     starts waits for the timer's next sync (up to 2 min); `systemctl daemon-reload` runs \
+                     {gen}, which adds it (or add [Path] PathChanged={dir} with `systemctl edit {unit}`)",
+                    unit = UNITS[1],
+                    gen = crate::cli::GENERATOR_NAME,
                 );
                 (i, text)
             })

@@ -3,6 +3,7 @@
 //! through `apply` and `Session`; they share `ctx::Ctx`.
 
 mod check;
+mod generator;
 mod list;
 mod manual;
 mod sync;
@@ -30,6 +31,10 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
     require_root(&cli)?;
     let root = Root::new(cli.root.clone().unwrap_or_else(|| "/".into()));
     crate::log::init(&root, cli.verbose);
+    // A missing config is no error to a generator (the units need one to run).
+    if let Command::SystemdGenerator { dirs } = &cli.command {
+        return generator::generate(&root, &cli.config, &dirs[0]);
+    }
     let config_path = root.path(&cli.config);
     let config = match config::load(&config_path, &cli.config) {
         Ok(c) => c,
@@ -78,7 +83,7 @@ pub fn run_from(cli: Cli, started: std::time::Instant) -> Result<()> {
         Command::List { json } => list::list(&ctx, json),
         Command::Sync { vm, .. } => sync::sync(&ctx, vm.as_deref()),
         Command::Check { json } => check::check(&ctx, &cli.config, json),
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::SystemdGenerator { .. } => Ok(()),
     };
     // A device refused is one outcome and one line: the error's, with the
     // outcome's journal fields (MESSAGE_ID, VM, USB_*).
