@@ -163,7 +163,7 @@ impl Ctx {
 
     /// Serving stops with a quarter of the budget left: the holder's own
     /// save and exit must fit, and udev kills a RUN program that overruns.
-    fn out_of_budget(&self) -> bool {
+    pub(crate) fn out_of_budget(&self) -> bool {
         self.deadline.remaining("").map_or(true, |left| left < self.config.timeout / 4)
     }
 
@@ -220,6 +220,12 @@ impl Ctx {
     /// an error otherwise). The session's view is not loaded yet.
     pub(crate) fn connect(&self, state: &State, vm: &VmConfig, quiet: bool) -> Result<Option<Session>> {
         self.connect_hinted(vm, state.vms.get(&vm.name).and_then(|v| v.domid), quiet)
+    }
+
+    /// The directories whose change means one of `vms` (index into
+    /// `config.vms`) may have started: what the sync path unit watches.
+    pub(crate) fn start_dirs(&self, vms: &[usize]) -> Vec<PathBuf> {
+        crate::backend::start_dirs(&self.config, vms)
     }
 
     /// Where `vm` is and whether it runs, within `deadline` (`connect` opens a session).

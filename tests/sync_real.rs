@@ -184,3 +184,40 @@ fn sync_finds_a_down_xen_vm_listed_after_running_ones() {
     let s = root.state().unwrap();
     assert_eq!((s["vms"]["a"]["domid"].clone(), s["vms"]["b"]["domid"].clone()), (json!(7), json!(8)), "{s}");
 }
+
+/// A VM that starts while `sync` runs, after sync looked for it: systemd drops
+/// the path unit's trigger for it (sync, its service, still runs), so that
+/// sync sees its directory changed and syncs again. VM `late` (real QEMU) is
+/// started by VM `early`'s first `query-pci` (a stand-in that answers as QEMU
+/// does): `late` was already found not running by then.
+#[test]
+fn a_vm_that_starts_while_sync_runs_is_synced_by_that_sync() {
+    let root = TestRoot::new("s-late");
+    let sys = FakeSysfs::new(&root);
+    sys.root_hub(3);
+    sys.device(&UsbDev::new(3, 7, "3-1.2"));
+    root.write_config(
+        "timeout = 10\n\n[[vm]]\nname = \"late\"\nqmp = \"/run/qemu/late.qmp\"\nhubs = [\"3-1\"]\n\n\
+         [[vm]]\nname = \"early\"\nqmp = \"/run/qemu/early.qmp\"\nhubs = [\"3-4\"]\n",
+    );
+    let late: std::sync::Arc<std::sync::Mutex<Option<Qemu>>> = Default::default();
+    let (starts, late_sock) = (late.clone(), root.p("/run/qemu/late.qmp"));
+    let start_late: Matcher = std::sync::Arc::new(move |v: &serde_json::Value| {
+        let mut q = starts.lock().unwrap();
+        if v["execute"] == "query-pci" && q.is_none() {
+            *q = Some(Qemu::start("late", &late_sock));
+        }
+        false
+    });
+    let opts = FakeOptions { name: Some("early".into()), fault: Some((start_late, Fault::Hang)), ..Default::default() };
+    let _early = FakeQmp::start(&root.p("/run/qemu/early.qmp"), opts);
+    let run = root.run(&["sync"]);
+    let late = late.lock().unwrap().take().expect("sync never asked early's QEMU for its PCI bus");
+    assert!(run.stderr.contains("/run/qemu changed while syncing (a VM starting?); syncing again"), "{}", run.stderr);
+    // Synced: a controller of the tool's in late, then QEMU's own usb-host
+    // refusal (no USB here), as for any routed present device.
+    let line = run.error_contains_any(&["failed to open", "failed to find host usb device"]);
+    assert!(line.contains("3:7") || line.contains("xenusb-3-7"), "{line}");
+    let mut c = late.qmp();
+    assert_eq!(c.peripherals(), vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())]);
+}

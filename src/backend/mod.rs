@@ -278,6 +278,10 @@ trait Finder {
     ) -> Result<Option<OwnerRecord>> {
         Ok(None)
     }
+    /// The directory that changes when `vm` starts (its owner makes its
+    /// socket or run files there): what the sync path unit watches for it.
+    /// None when nothing on this host shows its start.
+    fn start_dir(&self, config: &crate::config::Config, vm: &VmConfig) -> Option<std::path::PathBuf>;
     /// Empty the owner's entry at `rec` if it still names `busid`.
     fn forget_owner_record(
         &self,
@@ -332,6 +336,19 @@ pub(crate) fn locate(env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, de
 /// Does `vm`'s owner answer? (`Finder::probe`)
 pub(crate) fn probe(env: &Env<'_>, vm: &VmConfig, cached_domid: Option<u32>, deadline: &Deadline) -> Result<()> {
     finder(vm).probe(env, vm, cached_domid, deadline)
+}
+
+/// The directories whose change means one of `vms` (index into
+/// `config.vms`) may have started (`Finder::start_dir`), each once.
+pub(crate) fn start_dirs(config: &crate::config::Config, vms: &[usize]) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    for &i in vms {
+        let vm = &config.vms[i];
+        if let Some(d) = finder(vm).start_dir(config, vm).filter(|d| !dirs.contains(d)) {
+            dirs.push(d);
+        }
+    }
+    dirs
 }
 
 /// Which of `vms` (index into `config.vms`, cached domid) has an owner that

@@ -18,12 +18,54 @@ pub(super) fn sync(ctx: &Ctx, only: Option<&str>) -> Result<()> {
     let targets: Vec<usize> = (0..ctx.config.vms.len())
         .filter(|i| only.is_none() || only == Some(ctx.config.vms[*i].name.as_str()))
         .collect();
+    // A VM that starts while this runs may not be seen by it, and systemd
+    // drops the path unit's trigger for it while this (its service) still
+    // runs: so when a directory a VM starts in changed meanwhile, sync again
+    // (at most twice more, within the budget).
+    let dirs = ctx.start_dirs(&targets);
+    let mut passes = 0;
+    loop {
+        let before = stamps(ctx, &dirs);
+        let done = sync_once(ctx, &targets);
+        passes += 1;
+        let changed: Vec<String> = dirs
+            .iter()
+            .zip(before.iter().zip(stamps(ctx, &dirs)))
+            .filter(|(_, (a, b))| *a != b)
+            .map(|(d, _)| d.display().to_string())
+            .collect();
+        if changed.is_empty() {
+            return done;
+        }
+        let changed = changed.join(", ");
+        if passes == 3 || ctx.out_of_budget() {
+            log::info!("{changed} changed while syncing; the next trigger syncs again");
+            return done;
+        }
+        if let Err(e) = &done {
+            log::warn!("{e:#}");
+        }
+        log::info!("{changed} changed while syncing (a VM starting?); syncing again");
+    }
+}
+
+/// What a directory looks like now: its inode and modification time (an
+/// entry made, removed or renamed in it changes them); None if missing.
+fn stamps(ctx: &Ctx, dirs: &[std::path::PathBuf]) -> Vec<Option<(u64, i64, i64)>> {
+    use std::os::unix::fs::MetadataExt;
+    dirs.iter()
+        .map(|d| std::fs::metadata(ctx.root.path(d)).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec())))
+        .collect()
+}
+
+/// One pass of `sync` over `targets`.
+fn sync_once(ctx: &Ctx, targets: &[usize]) -> Result<()> {
     // A VM that cannot be reached (busy socket, QMP failure) is skipped with
     // a warning and the others are still synced: exit 0 then. Only when
     // every targeted VM was skipped is it a failure (exit 1).
     let total = targets.len();
-    let mut skipped = wait_until_ready(ctx, &targets)?;
-    let targets: Vec<usize> = targets.into_iter().filter(|i| !skipped.iter().any(|(s, _)| s == i)).collect();
+    let mut skipped = wait_until_ready(ctx, targets)?;
+    let targets: Vec<usize> = targets.iter().copied().filter(|i| !skipped.iter().any(|(s, _)| s == i)).collect();
     ctx.with_state(|state| {
         let host = host::scan(&ctx.root)?;
         // "Keep it out until unplugged": unplugged now, so the intent ends.

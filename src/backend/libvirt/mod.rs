@@ -167,6 +167,12 @@ impl Finder for Libvirt {
     fn locate(&self, _: &Env<'_>, vm: &VmConfig, _: Option<u32>, deadline: &Deadline) -> Result<Located> {
         locate(vm, deadline)
     }
+    /// libvirtd rewrites `<name>.pid` and `<name>.xml` there as a domain of
+    /// the local system instance starts; another URI's start shows nowhere here.
+    fn start_dir(&self, _: &crate::config::Config, vm: &VmConfig) -> Option<std::path::PathBuf> {
+        let local = vm.libvirt.as_ref().is_some_and(|t| t.uri == crate::config::DEFAULT_LIBVIRT_URI);
+        local.then(|| "/run/libvirt/qemu".into())
+    }
 
     /// Finding the domain is connecting to libvirtd (the helper, each reply
     /// bounded by the deadline): asking twice would double every event's cost.

@@ -131,6 +131,10 @@ impl Finder for Xen {
     fn locate(&self, env: &Env<'_>, vm: &VmConfig, cached: Option<u32>, deadline: &Deadline) -> Result<Located> {
         locate(env.root, env.config, vm, cached, deadline, env.names)
     }
+    /// A domain's device model makes `qmp-libxl-<domid>` there as it starts.
+    fn start_dir(&self, config: &crate::config::Config, _: &VmConfig) -> Option<std::path::PathBuf> {
+        Some(config.xen_run_dir.clone())
+    }
 
     /// xenstored answers and says which domain is the VM's (cached in
     /// `Names`, so the `locate` that follows asks less).
