@@ -30,6 +30,14 @@ pub fn stale_socket() -> Duration {
     ms("STALE_SOCKET", 2000)
 }
 
+/// A plain VM's socket directory made less than this long ago, without the
+/// VM's socket yet, is taken for a QEMU starting now (its making triggered
+/// the sync path unit a moment before QEMU makes its socket): `sync` waits
+/// for the socket as for any VM still starting.
+pub fn fresh_socket_dir() -> Duration {
+    ms("FRESH_SOCKET_DIR", 2000)
+}
+
 /// At most this long is spent asking xenstore whether libxl records a device
 /// that no rule routes and state does not hold (an unplug after `xl
 /// usbdev-attach`): a cleanup the next sync also does, so a xenstored that is

@@ -221,3 +221,40 @@ fn a_vm_that_starts_while_sync_runs_is_synced_by_that_sync() {
     let mut c = late.qmp();
     assert_eq!(c.peripherals(), vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())]);
 }
+
+/// A plain VM's socket directory made a moment ago (its making triggered the
+/// path unit's sync) with no socket yet: its QEMU is starting, and sync waits
+/// for the socket (within the budget) instead of calling the VM not running,
+/// since systemd drops the socket's own trigger while this sync runs.
+#[test]
+fn sync_waits_for_the_socket_of_a_vm_whose_directory_was_just_made() {
+    use std::io::BufRead;
+    let root = TestRoot::new("s-fresh");
+    let sys = FakeSysfs::new(&root);
+    sys.root_hub(3);
+    sys.device(&UsbDev::new(3, 7, "3-1.2"));
+    root.write_config(&config_qmp("late", "/run/qemu-late/late.qmp", "hubs = [\"3-1\"]"));
+    std::fs::create_dir_all(root.p("/run/qemu-late")).unwrap();
+    let mut sync = Command::new(BIN)
+        .args(["--root", root.root_str(), "-v", "sync"])
+        .env("AUTO_USB_ATTACH_SYNC_RETRY_MS", "50")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(sync.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The VM starts once sync has found its directory fresh and empty.
+    while !seen.iter().any(|l: &String| l.contains("not ready") && l.contains("its directory was made")) {
+        match lines.next() {
+            Some(l) => seen.push(l.unwrap()),
+            None => panic!("sync ended without waiting for late's socket:\n{}", seen.join("\n")),
+        }
+    }
+    let late = Qemu::start("late", &root.p("/run/qemu-late/late.qmp"));
+    seen.extend(lines.map(Result::unwrap));
+    sync.wait().unwrap();
+    let all = seen.join("\n");
+    assert!(all.contains("failed to open") || all.contains("failed to find host usb device"), "{all}");
+    let mut c = late.qmp();
+    assert_eq!(c.peripherals(), vec![("xenusb-0".to_string(), "child<nec-usb-xhci>".to_string())], "{all}");
+}

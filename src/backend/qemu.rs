@@ -217,7 +217,18 @@ fn locate(root: &Root, vm: &VmConfig, deadline: &Deadline) -> Result<Located> {
     };
     let path = root.path(shown);
     let Some(instance) = instance_of(&path) else {
-        return Ok(Located::NotRunning(format!("no QMP socket at {}", path.display())));
+        let why = format!("no QMP socket at {}", path.display());
+        // A directory made a moment ago: its QEMU is starting (the sync path
+        // unit fired on the directory, and drops the socket's own change
+        // while this sync runs).
+        let made = path.parent().and_then(|d| std::fs::metadata(d).ok()?.created().ok()?.elapsed().ok());
+        return Ok(match made.filter(|age| *age < crate::timing::fresh_socket_dir()) {
+            Some(age) => Located::NotReady {
+                why: format!("{why} yet; its directory was made {} ms ago", age.as_millis()),
+                stale: None,
+            },
+            None => Located::NotRunning(why),
+        });
     };
     match dial(root, &path, instance, deadline) {
         Ok(Dialled::Up(link, instance)) => {
