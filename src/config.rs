@@ -462,13 +462,24 @@ pub fn load(path: &Path, shown: &Path) -> Result<Config> {
     parse_str(&text, &shown.display().to_string())
 }
 
+/// Directories every service writes in: watching one for a VM's socket
+/// would start a sync at each of their changes.
+const SHARED_DIRS: [&str; 6] = ["/", "/run", "/var/run", "/tmp", "/var/tmp", "/dev/shm"];
+
 impl VmConfig {
     /// The directory of a plain QEMU VM's QMP socket, where QEMU makes it as
-    /// the VM starts: the sync path unit watches it (the generator adds it,
-    /// `check` says when it is not watched). None for Xen and libvirt, whose
-    /// directories the shipped unit watches.
+    /// the VM starts. None for Xen and libvirt, whose directories the
+    /// shipped sync path unit watches.
     pub fn qmp_dir(&self) -> Option<&Path> {
         self.qmp.as_deref().filter(|_| self.backend == BackendKind::Qemu)?.parent()
+    }
+
+    /// `qmp_dir`, which the sync path unit watches (the generator adds it;
+    /// `check` says when it is not watched), unless it is one every service
+    /// writes in (`/run`, `/tmp`, ...): then nothing watches it, and the
+    /// timer syncs the VM.
+    pub fn watched_qmp_dir(&self) -> Option<&Path> {
+        self.qmp_dir().filter(|d| !SHARED_DIRS.iter().any(|s| Path::new(s) == *d))
     }
 }
 

@@ -2,8 +2,8 @@
 //! against fixture directories, zram-generator style: each
 //! `tests/cases/generator/<case>/` holds the config the generator finds (none
 //! for `no-config`) and either `expected/`, the tree it must leave in its
-//! output directory, or `expected-error`, its one stderr line (exit 1, nothing
-//! written). Set `GENERATOR_BLESS=1` to write the trees it makes as expected.
+//! output directory (with `expected-stderr`, its warnings, if any), or
+//! `expected-error`, its one stderr line (exit 1, nothing written). Set `GENERATOR_BLESS=1` to write the trees it makes as expected.
 
 mod common;
 
@@ -67,7 +67,8 @@ fn generator_cases() {
             }
             continue;
         }
-        if !run.status.success() || !stderr.is_empty() {
+        let want_stderr = std::fs::read_to_string(case.join("expected-stderr")).unwrap_or_default();
+        if !run.status.success() || stderr.trim_end() != want_stderr.trim_end() {
             failed.push(format!("{name}: exit {:?}, stderr {stderr:?}", run.status.code()));
             continue;
         }

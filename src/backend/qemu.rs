@@ -199,9 +199,10 @@ impl Finder for Plain {
     fn locate(&self, env: &Env<'_>, vm: &VmConfig, _: Option<u32>, deadline: &Deadline) -> Result<Located> {
         locate(env.root, vm, deadline)
     }
-    /// QEMU makes its QMP socket as it starts.
+    /// QEMU makes its QMP socket as it starts (a socket directly in `/run`
+    /// or `/tmp` is not watched: every service changes those).
     fn start_dir(&self, _: &crate::config::Config, vm: &VmConfig) -> Option<std::path::PathBuf> {
-        vm.qmp_dir().map(Into::into)
+        vm.watched_qmp_dir().map(Into::into)
     }
 
     /// A socket path is all there is to find: nothing can hang.

@@ -206,6 +206,15 @@ pub(super) fn unwatched_sockets(c: &Config, watched: &[String]) -> Vec<(usize, S
             let covered = watched.iter().any(|w| *w == dir || vm.qmp.as_deref() == Some(Path::new(w)));
             (!covered).then(|| {
                 let dir = if dir.is_empty() { "/".to_string() } else { dir };
+                if vm.watched_qmp_dir().is_none() {
+                    let text = format!(
+                        "its QMP socket is directly in {dir}, which {unit} does not watch (every service writes \
+                         there): a device plugged before the VM starts waits for the timer's next sync (up to 2 \
+                         min); give its socket a directory of its own, e.g. /run/qemu/",
+                        unit = UNITS[1]
+                    );
+                    return (i, text);
+                }
                 let text = format!(
                     "its QMP socket's directory {dir} is not watched by {unit}: a device plugged before the VM \
                      starts waits for the timer's next sync (up to 2 min); `systemctl daemon-reload` runs \
@@ -393,6 +402,10 @@ mod tests {
         // An empty assignment resets the list; keys outside [Path] are not watches.
         let reset = watched_paths(&[shipped, "[Path]\nPathChanged=\n[Unit]\nPathChanged=/run/user/1000/vm\n".into()]);
         assert!(reset.is_empty(), "{reset:?}");
+        // A socket directly in /run: no drop-in is offered (every service writes there).
+        let c = parse_str("[[vm]]\nname = \"r\"\nqmp = \"/run/r.qmp\"\n", "t").unwrap();
+        let (_, text) = &unwatched_sockets(&c, &[])[0];
+        assert!(text.starts_with("its QMP socket is directly in /run,") && !text.contains("PathChanged"), "{text}");
     }
 
     #[test]

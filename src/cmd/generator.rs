@@ -23,6 +23,15 @@ pub(crate) fn drop_in(config: &Config, config_shown: &Path) -> Result<Option<Str
     let mut dirs: Vec<&str> = Vec::new();
     for vm in &config.vms {
         let Some(dir) = vm.qmp_dir() else { continue };
+        if vm.watched_qmp_dir().is_none() {
+            log::warn!(
+                "VM {}: not watching {} for its QMP socket (every service writes there: each change would start a \
+                 sync); give its socket a directory of its own, e.g. /run/qemu/",
+                vm.name,
+                dir.display()
+            );
+            continue;
+        }
         let text = dir.to_str().filter(|d| {
             !d.chars().any(|c| c.is_control() || c == '\\')
                 && d.trim() == *d
@@ -93,6 +102,14 @@ mod tests {
         assert_eq!(super::super::check::watched_paths(&[text]), ["/run/qemu", "/run/q 100%"]);
         let xen = parse_str("[[vm]]\nname = \"x\"\n", "t").unwrap();
         assert_eq!(drop_in(&xen, Path::new("t")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_socket_directly_in_a_directory_every_service_writes_in_is_not_watched() {
+        let c =
+            parse_str("[[vm]]\nname = \"a\"\nqmp = \"/run/a.qmp\"\n[[vm]]\nname = \"b\"\nqmp = \"/tmp/b.qmp\"\n", "t")
+                .unwrap();
+        assert_eq!(drop_in(&c, Path::new("t")).unwrap(), None);
     }
 
     #[test]
