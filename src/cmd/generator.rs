@@ -13,13 +13,13 @@ use std::path::Path;
 
 /// The unit the drop-in extends, and the drop-in's name in its `.d`.
 const UNIT: &str = "auto-usb-attach-sync.path";
-pub(crate) const DROP_IN: &str = "50-plain-vm-sockets.conf";
+const DROP_IN: &str = "50-plain-vm-sockets.conf";
 
 /// The drop-in for `config`, or None when no VM is a plain QEMU VM. A
 /// directory that systemd would read otherwise than meant (a control
 /// character or a backslash, `..`, space at either end) is an error naming
 /// its VM; `%` is written as `%%` (systemd's specifiers).
-pub(crate) fn drop_in(config: &Config, config_shown: &Path) -> Result<Option<String>> {
+fn drop_in(config: &Config, config_shown: &Path) -> Result<Option<String>> {
     let mut dirs: Vec<&str> = Vec::new();
     for vm in &config.vms {
         let Some(dir) = vm.qmp_dir() else { continue };
