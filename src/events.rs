@@ -128,17 +128,13 @@ pub(crate) enum Triage {
 pub(crate) fn triage(config: &Config, seen: Seen<'_>, peek: Option<&State>, now: u64) -> Triage {
     match seen {
         Seen::Present(dev, _) => {
-            let shown = format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
+            // Only the lines that say it: most events take the lock or end silently.
+            let shown = || format!("{} ({}) at {}", dev.port_path, dev.id_string(), dev.at());
             let vm = match routing(config, dev) {
                 Routing::To(vm) => return Triage::Lock { probe: Some(vm) },
                 Routing::Held { vm, why } => {
-                    return held(
-                        config,
-                        dev,
-                        vm,
-                        why,
-                        format!("{shown}: not attaching it to VM {}", config.vms[vm].name),
-                    );
+                    let lead = format!("{}: not attaching it to VM {}", shown(), config.vms[vm].name);
+                    return held(config, dev, vm, why, lead);
                 }
                 // No rule wants it; a VM whose device just left this socket
                 // may (`follow-seconds`): state is peeked only when following is on.
@@ -149,8 +145,8 @@ pub(crate) fn triage(config: &Config, seen: Seen<'_>, peek: Option<&State>, now:
                 },
             };
             match vm.map(|vm| (vm, held_back(config, dev))) {
-                None => Triage::Ignore(format!("{shown}: no rule wants it")),
-                Some((vm, Some(why))) => held(config, dev, vm, why, format!("{shown}: not following it into a VM")),
+                None => Triage::Ignore(format!("{}: no rule wants it", shown())),
+                Some((vm, Some(why))) => held(config, dev, vm, why, format!("{}: not following it into a VM", shown())),
                 // Its VM is asked under the lock (rare), with the lineage as it is then.
                 Some((_, None)) => Triage::Lock { probe: None },
             }
